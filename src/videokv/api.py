@@ -1,0 +1,151 @@
+"""The public API: `VideoQA` (a model + a memory configuration) and `Session` (one stream)."""
+
+from __future__ import annotations
+
+import heapq
+import math
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from videokv.config import MemoryConfig
+from videokv.engine import Engine, Frame
+from videokv.errors import InputError
+from videokv.models.base import Adapter
+from videokv.models.registry import adapter_for, load_model
+from videokv.presets import resolve_memory
+from videokv.qa import DEFAULT_SYSTEM, Answer
+from videokv.video.decode import iter_frames, probe
+from videokv.video.frames import validate_frames
+from videokv.video.subtitles import TextEvent, events_from_pairs, load_subtitles
+
+
+class VideoQA:
+    """A video-LLM with a long-term memory configuration; opens `Session`s (one per stream).
+
+    frame_tokens caps the visual tokens per frame for Qwen2-VL-family models (LLaVA-OneVision's count is
+    fixed by its vision tower). The model is shared by every session it opens.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 memory: str | MemoryConfig = "full", memory_set: list[str] | None = None,
+                 frame_tokens: int = 64, system: str = DEFAULT_SYSTEM):
+        self.adapter: Adapter = adapter_for(model, tokenizer, frame_tokens=frame_tokens)
+        self.memory = resolve_memory(memory, memory_set)
+        self.system = system
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, dtype: torch.dtype | None = None, device: str | None = None,
+                        **kwargs) -> VideoQA:
+        """Load a checkpoint (local folder or hub id), "offline" (the offline real-weights model), or
+        "tiny-qwen2_vl" / "tiny-qwen2_5_vl" / "tiny-llava_onevision" (tiny random models)."""
+        model, tokenizer = load_model(name_or_path, dtype=dtype, device=device)
+        return cls(model, tokenizer, **kwargs)
+
+    @classmethod
+    def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, **kwargs) -> VideoQA:
+        """Wrap a model already loaded (Qwen2-VL, Qwen2.5-VL or LLaVA-OneVision)."""
+        return cls(model, tokenizer, **kwargs)
+
+    def session(self, memory: str | MemoryConfig | None = None, memory_set: list[str] | None = None,
+                fps: float = 1.0) -> Session:
+        """A new stream. memory/memory_set override this VideoQA's configuration for this session."""
+        config = self.memory if memory is None else resolve_memory(memory)
+        if memory_set:
+            config = config.with_overrides(memory_set)
+        return Session(self.adapter, config, fps=fps, system=self.system)
+
+
+class Session:
+    """One stream: add video, frames and text as they arrive; ask questions at any time."""
+
+    def __init__(self, adapter: Adapter, config: MemoryConfig, fps: float = 1.0, system: str = DEFAULT_SYSTEM):
+        if not fps > 0:
+            raise InputError(f"fps must be > 0; got {fps}")
+        self.fps = float(fps)
+        self.engine = Engine(adapter, config, system=system, frame_interval=1.0 / self.fps)
+
+    @property
+    def clock(self) -> float:
+        """Stream time reached, in seconds."""
+        return self.engine.clock
+
+    @property
+    def stats(self) -> dict:
+        return self.engine.memory_stats()
+
+    def add_video(self, path: str | Path, fps: float | None = None, subtitles: str | Path | None = None,
+                  start: float = 0.0, end: float | None = None, offset: float | None = None,
+                  chunk_frames: int = 8, progress: bool = False) -> int:
+        """Decode `path` at `fps` (default: the session's) from `start` to `end` seconds and ingest it, with
+        its subtitle file interleaved by time. The video's time 0 is placed at `offset` on the stream clock
+        (default: where the stream is now). All-or-nothing; returns the number of blocks added."""
+        fps = self.fps if fps is None else float(fps)
+        if not fps > 0:
+            raise InputError(f"fps must be > 0; got {fps}")
+        info = probe(path)
+        events = load_subtitles(subtitles) if subtitles is not None else []
+        offset = self.clock if offset is None else float(offset)
+        stop = info.duration if end is None else min(end, info.duration)
+        frames = (Frame(t + offset, img) for t, img in iter_frames(path, fps=fps, start=start, end=end))
+        events = [TextEvent(e.start + offset, e.end + offset, e.text) for e in events
+                  if e.end >= start and (end is None or e.start < end)]
+        total = max(0, math.ceil((stop - start) * fps - 1e-9))
+        return self._ingest(_merge_by_time(frames, events), chunk_frames, progress, total,
+                            f"ingest {Path(path).name}")
+
+    def add_frames(self, frames: object, timestamps: Iterable[float] | None = None, fps: float | None = None,
+                   chunk_frames: int = 8, progress: bool = False) -> int:
+        """Ingest raw RGB frames ([T, H, W, 3] uint8 or float in [0, 1], or a list of arrays / PIL images).
+        Timestamps default to the stream clock plus 1/fps steps; they may not go back in time."""
+        fps = self.fps if fps is None else float(fps)
+        ts = None if timestamps is None else np.asarray(list(timestamps), dtype=np.float64)
+        start = self.clock if self.engine.frames_ingested else 0.0
+        arr, ts = validate_frames(frames, ts, fps=fps, start=start)
+        if len(ts) and ts[0] < self.clock - 1e-9 and self.engine.frames_ingested:
+            raise InputError(f"frame timestamps go back in time: the stream clock is at {self.clock:.3f}s, "
+                             f"the first new frame is at {ts[0]:.3f}s")
+        items = (Frame(float(t), img) for t, img in zip(ts, arr))
+        return self._ingest(items, chunk_frames, progress, len(ts), "ingest frames")
+
+    def add_text(self, events: str | TextEvent | Iterable[TextEvent | tuple], t: float | None = None) -> int:
+        """Ingest timed text: a string (at time `t`, default the stream clock), a TextEvent, or an iterable of
+        TextEvents / (time, text) / (start, end, text) tuples."""
+        at = self.clock if t is None else float(t)
+        items: list[TextEvent] = []
+        for e in [events] if isinstance(events, (str, TextEvent)) else list(events):
+            if isinstance(e, str):
+                items.extend(events_from_pairs([(at, e)]))
+            elif isinstance(e, TextEvent):
+                items.append(e)
+            else:
+                items.extend(events_from_pairs([e]))
+        items = sorted(items, key=lambda e: e.start)
+        return self.engine.ingest(items)
+
+    def ask(self, question: str, choices: list[str] | None = None, max_new_tokens: int = 64,
+            on_token: Callable[[str], None] | None = None) -> Answer:
+        """Answer from memory (greedy); with `choices`, pick the most likely option. Streams text to
+        `on_token`. The question and answer never enter the stream's memory."""
+        return self.engine.ask(question, choices, max_new_tokens=max_new_tokens, on_token=on_token)
+
+    def _ingest(self, items: Iterable[Frame | TextEvent], chunk_frames: int, progress: bool, total: int,
+                desc: str) -> int:
+        if not progress:
+            return self.engine.ingest(items, chunk_frames)
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, leave=False) as bar:
+            return self.engine.ingest(items, chunk_frames, on_frames=bar.update)
+
+
+def _merge_by_time(frames: Iterator[Frame], events: list[TextEvent]) -> Iterator[Frame | TextEvent]:
+    """Frames and text events in stream order (an event comes before a frame at the same time)."""
+    keyed_frames = ((f.t, 1, i, f) for i, f in enumerate(frames))
+    keyed_events = ((e.start, 0, i, e) for i, e in enumerate(sorted(events, key=lambda e: e.start)))
+    for *_, item in heapq.merge(keyed_events, keyed_frames):
+        yield item

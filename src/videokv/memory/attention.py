@@ -1,0 +1,75 @@
+"""The project's attention function, registered in transformers' attention registry as "videokv".
+
+Layers of a videokv cache may hold different numbers of tokens (per-layer retrieval), so the causal mask
+that transformers builds from the first layer does not fit every layer. This function receives each layer's
+full K/V and applies the causal rule itself: the new queries are the last `q_len` positions of the keys,
+and each sees every cached key plus the new keys up to itself. It is numerically the same computation as
+transformers' SDPA path. An optional observer (set with `observe_attention`) receives, per layer, the
+attention weights of chosen query rows: that is how policies get attention statistics for a few queries
+without turning on eager attention for the whole model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+ATTN_NAME = "videokv"
+
+# observer(layer_idx, weights [B, heads, n_rows, kv_len]); rows = which new-token rows to report
+_OBSERVER: contextvars.ContextVar[tuple[Callable, slice] | None] = contextvars.ContextVar("videokv_obs",
+                                                                                          default=None)
+
+
+def _causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor | None:
+    if q_len == 1:
+        return None
+    return torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=kv_len - q_len)
+
+
+def videokv_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                      **kwargs) -> tuple[torch.Tensor, None]:
+    """query [B, H, q, D], key/value [B, H_kv, kv, D] -> (output [B, q, H, D], None)."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    mask = _causal_mask(q_len, kv_len, query.device)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
+                                         enable_gqa=key.shape[1] != query.shape[1])
+    obs = _OBSERVER.get()
+    if obs is not None:
+        fn, rows = obs
+        q = query[:, :, rows]
+        k = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (scaling or q.shape[-1] ** -0.5)
+        if mask is not None:
+            scores = scores.masked_fill(~mask[rows], float("-inf"))
+        fn(int(getattr(module, "layer_idx", 0)), scores.softmax(-1))
+    return out.transpose(1, 2).contiguous(), None
+
+
+@contextlib.contextmanager
+def observe_attention(fn: Callable[[int, torch.Tensor], None], rows: slice) -> Iterator[None]:
+    """Within the block, call fn(layer_idx, weights) with the attention of the new-token `rows`."""
+    token = _OBSERVER.set((fn, rows))
+    try:
+        yield
+    finally:
+        _OBSERVER.reset(token)
+
+
+def register() -> str:
+    """Register the attention function (idempotent) and return its name."""
+    AttentionInterface.register(ATTN_NAME, videokv_attention)
+    return ATTN_NAME
+
+
+def use_videokv_attention(model: torch.nn.Module) -> None:
+    """Make the language model of `model` attend with the videokv function (the vision tower is untouched)."""
+    register()
+    text_config = model.config.get_text_config()
+    text_config._attn_implementation = ATTN_NAME

@@ -1,0 +1,134 @@
+"""Tiny random video-LLMs and a tokenizer built in code: for tests, smoke runs and timing without weights.
+
+Every model here is a real transformers class (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision) built from a config
+alone in milliseconds; the weights are random, seeded, so logits are reproducible. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
+
+TINY_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<image>",
+    "<video>",
+]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "a person rides a bike down the street while a car waits at the light",
+    "what colour is the umbrella? the umbrella is red. answer with one word.",
+    "system user assistant question answer video frame subtitle seconds minute",
+    "0 1 2 3 4 5 6 7 8 9 10 20 30 40 50 60 100",
+]
+
+VOCAB_SIZE = 512
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (vocabulary 512) with the Qwen special tokens and a ChatML template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def _text_config(tokenizer: PreTrainedTokenizerFast, mrope: bool) -> dict:
+    cfg = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        tie_word_embeddings=False,
+    )
+    # head_dim 16 -> 8 rotary frequencies, split over (t, h, w) for M-RoPE
+    rope = {"rope_type": "default", "rope_theta": 10000.0}
+    if mrope:
+        rope["mrope_section"] = [2, 3, 3]
+    cfg["rope_parameters"] = rope
+    return cfg
+
+
+def tiny_model(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Build a tiny random model of `family` (one of TINY_FAMILIES) and its tokenizer, in fp32, eval mode."""
+    tokenizer = tiny_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    torch.manual_seed(seed)
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+                      temporal_patch_size=2, in_channels=3)
+        common = dict(
+            text_config=_text_config(tokenizer, mrope=True),
+            image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+        )
+        if family == "qwen2_vl":
+            config = Qwen2VLConfig(vision_config=dict(vision, mlp_ratio=2), **common)
+            model = Qwen2VLForConditionalGeneration(config)
+        else:
+            vision = dict(vision, out_hidden_size=64, hidden_size=32, intermediate_size=64, window_size=56,
+                          fullatt_block_indexes=[1], tokens_per_second=2)
+            config = Qwen2_5_VLConfig(vision_config=vision, **common)
+            model = Qwen2_5_VLForConditionalGeneration(config)
+    elif family == "llava_onevision":
+        config = LlavaOnevisionConfig(
+            text_config=dict(_text_config(tokenizer, mrope=False), model_type="qwen2"),
+            vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14),
+            image_token_index=ids["<image>"],
+            video_token_index=ids["<video>"],
+            vision_feature_select_strategy="full",
+            vision_feature_layer=-1,
+        )
+        model = LlavaOnevisionForConditionalGeneration(config)
+    else:
+        raise ValueError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+    model.eval()
+    return model, tokenizer
