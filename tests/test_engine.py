@@ -44,7 +44,7 @@ def reference_probe_logits(qa: VideoQA, items: list) -> torch.Tensor:
     pieces.append(probe)
     with sdpa(ad.model):
         logits = ad.model(**ad.reference_inputs(pieces, frames)).logits[0]
-    return logits[-probe.n_tokens:].float()
+    return logits[-probe.n_tokens :].float()
 
 
 def streamed_probe_logits(session) -> torch.Tensor:

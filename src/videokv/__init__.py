@@ -7,6 +7,15 @@ from videokv.presets import PRESETS, get_preset
 from videokv.qa import Answer, Evidence
 from videokv.video.subtitles import TextEvent
 
-__all__ = ["VideoQA", "Session", "Answer", "Evidence", "MemoryConfig", "PRESETS", "get_preset", "Frame",
-           "TextEvent"]
+__all__ = [
+    "VideoQA",
+    "Session",
+    "Answer",
+    "Evidence",
+    "MemoryConfig",
+    "PRESETS",
+    "get_preset",
+    "Frame",
+    "TextEvent",
+]
 __version__ = "0.1.0"

@@ -31,16 +31,23 @@ class VideoQA:
     fixed by its vision tower). The model is shared by every session it opens.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 memory: str | MemoryConfig = "full", memory_set: list[str] | None = None,
-                 frame_tokens: int = 64, system: str = DEFAULT_SYSTEM):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        memory: str | MemoryConfig = "full",
+        memory_set: list[str] | None = None,
+        frame_tokens: int = 64,
+        system: str = DEFAULT_SYSTEM,
+    ):
         self.adapter: Adapter = adapter_for(model, tokenizer, frame_tokens=frame_tokens)
         self.memory = resolve_memory(memory, memory_set)
         self.system = system
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, dtype: torch.dtype | None = None, device: str | None = None,
-                        **kwargs) -> VideoQA:
+    def from_pretrained(
+        cls, name_or_path: str, dtype: torch.dtype | None = None, device: str | None = None, **kwargs
+    ) -> VideoQA:
         """Load a checkpoint (local folder or hub id), "offline" (the offline real-weights model), or
         "tiny-qwen2_vl" / "tiny-qwen2_5_vl" / "tiny-llava_onevision" (tiny random models)."""
         model, tokenizer = load_model(name_or_path, dtype=dtype, device=device)
@@ -51,8 +58,9 @@ class VideoQA:
         """Wrap a model already loaded (Qwen2-VL, Qwen2.5-VL or LLaVA-OneVision)."""
         return cls(model, tokenizer, **kwargs)
 
-    def session(self, memory: str | MemoryConfig | None = None, memory_set: list[str] | None = None,
-                fps: float = 1.0) -> Session:
+    def session(
+        self, memory: str | MemoryConfig | None = None, memory_set: list[str] | None = None, fps: float = 1.0
+    ) -> Session:
         """A new stream. memory/memory_set override this VideoQA's configuration for this session."""
         config = self.memory if memory is None else resolve_memory(memory)
         if memory_set:
@@ -63,7 +71,9 @@ class VideoQA:
 class Session:
     """One stream: add video, frames and text as they arrive; ask questions at any time."""
 
-    def __init__(self, adapter: Adapter, config: MemoryConfig, fps: float = 1.0, system: str = DEFAULT_SYSTEM):
+    def __init__(
+        self, adapter: Adapter, config: MemoryConfig, fps: float = 1.0, system: str = DEFAULT_SYSTEM
+    ):
         if not fps > 0:
             raise InputError(f"fps must be > 0; got {fps}")
         self.fps = float(fps)
@@ -78,9 +88,17 @@ class Session:
     def stats(self) -> dict:
         return self.engine.memory_stats()
 
-    def add_video(self, path: str | Path, fps: float | None = None, subtitles: str | Path | None = None,
-                  start: float = 0.0, end: float | None = None, offset: float | None = None,
-                  chunk_frames: int = 8, progress: bool = False) -> int:
+    def add_video(
+        self,
+        path: str | Path,
+        fps: float | None = None,
+        subtitles: str | Path | None = None,
+        start: float = 0.0,
+        end: float | None = None,
+        offset: float | None = None,
+        chunk_frames: int = 8,
+        progress: bool = False,
+    ) -> int:
         """Decode `path` at `fps` (default: the session's) from `start` to `end` seconds and ingest it, with
         its subtitle file interleaved by time. The video's time 0 is placed at `offset` on the stream clock
         (default: where the stream is now). All-or-nothing; returns the number of blocks added."""
@@ -92,14 +110,29 @@ class Session:
         offset = self.clock if offset is None else float(offset)
         stop = info.duration if end is None else min(end, info.duration)
         frames = (Frame(t + offset, img) for t, img in iter_frames(path, fps=fps, start=start, end=end))
-        events = [TextEvent(e.start + offset, e.end + offset, e.text) for e in events
-                  if e.end >= start and (end is None or e.start < end)]
+        events = [
+            TextEvent(e.start + offset, e.end + offset, e.text)
+            for e in events
+            if e.end >= start and (end is None or e.start < end)
+        ]
         total = max(0, math.ceil((stop - start) * fps - 1e-9))
-        return self._ingest(_merge_by_time(frames, events), chunk_frames, progress, total,
-                            f"ingest {Path(path).name}")
+        return self._ingest(
+            _merge_by_time(frames, events),
+            chunk_frames,
+            progress,
+            total,
+            f"ingest {Path(path).name}",
+            1.0 / fps,
+        )
 
-    def add_frames(self, frames: object, timestamps: Iterable[float] | None = None, fps: float | None = None,
-                   chunk_frames: int = 8, progress: bool = False) -> int:
+    def add_frames(
+        self,
+        frames: object,
+        timestamps: Iterable[float] | None = None,
+        fps: float | None = None,
+        chunk_frames: int = 8,
+        progress: bool = False,
+    ) -> int:
         """Ingest raw RGB frames ([T, H, W, 3] uint8 or float in [0, 1], or a list of arrays / PIL images).
         Timestamps default to the stream clock plus 1/fps steps; they may not go back in time."""
         fps = self.fps if fps is None else float(fps)
@@ -107,10 +140,12 @@ class Session:
         start = self.clock if self.engine.frames_ingested else 0.0
         arr, ts = validate_frames(frames, ts, fps=fps, start=start)
         if len(ts) and ts[0] < self.clock - 1e-9 and self.engine.frames_ingested:
-            raise InputError(f"frame timestamps go back in time: the stream clock is at {self.clock:.3f}s, "
-                             f"the first new frame is at {ts[0]:.3f}s")
+            raise InputError(
+                f"frame timestamps go back in time: the stream clock is at {self.clock:.3f}s, "
+                f"the first new frame is at {ts[0]:.3f}s"
+            )
         items = (Frame(float(t), img) for t, img in zip(ts, arr))
-        return self._ingest(items, chunk_frames, progress, len(ts), "ingest frames")
+        return self._ingest(items, chunk_frames, progress, len(ts), "ingest frames", 1.0 / fps)
 
     def add_text(self, events: str | TextEvent | Iterable[TextEvent | tuple], t: float | None = None) -> int:
         """Ingest timed text: a string (at time `t`, default the stream clock), a TextEvent, or an iterable of
@@ -127,20 +162,32 @@ class Session:
         items = sorted(items, key=lambda e: e.start)
         return self.engine.ingest(items)
 
-    def ask(self, question: str, choices: list[str] | None = None, max_new_tokens: int = 64,
-            on_token: Callable[[str], None] | None = None) -> Answer:
+    def ask(
+        self,
+        question: str,
+        choices: list[str] | None = None,
+        max_new_tokens: int = 64,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Answer:
         """Answer from memory (greedy); with `choices`, pick the most likely option. Streams text to
         `on_token`. The question and answer never enter the stream's memory."""
         return self.engine.ask(question, choices, max_new_tokens=max_new_tokens, on_token=on_token)
 
-    def _ingest(self, items: Iterable[Frame | TextEvent], chunk_frames: int, progress: bool, total: int,
-                desc: str) -> int:
+    def _ingest(
+        self,
+        items: Iterable[Frame | TextEvent],
+        chunk_frames: int,
+        progress: bool,
+        total: int,
+        desc: str,
+        interval: float,
+    ) -> int:
         if not progress:
-            return self.engine.ingest(items, chunk_frames)
+            return self.engine.ingest(items, chunk_frames, frame_interval=interval)
         from tqdm import tqdm
 
         with tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, leave=False) as bar:
-            return self.engine.ingest(items, chunk_frames, on_frames=bar.update)
+            return self.engine.ingest(items, chunk_frames, on_frames=bar.update, frame_interval=interval)
 
 
 def _merge_by_time(frames: Iterator[Frame], events: list[TextEvent]) -> Iterator[Frame | TextEvent]:

@@ -35,11 +35,13 @@ class MemoryConfig:
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise ConfigError(f"unknown memory parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"unknown memory parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+            )
         return dataclasses.replace(self, **overrides)
 
     def with_overrides(self, pairs: list[str]) -> MemoryConfig:
-        """Apply `key=value` strings (as given to --memory-set); values are parsed as int, float, None or str."""
+        """Apply `key=value` strings (as given to --memory-set); values parse as int, float, None or str."""
         overrides: dict[str, object] = {}
         for pair in pairs:
             key, sep, raw = pair.partition("=")

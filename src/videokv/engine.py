@@ -67,8 +67,13 @@ def format_event(event: TextEvent) -> str:
 class Engine:
     """Owns the adapter, the memory configuration and the state of one stream."""
 
-    def __init__(self, adapter: Adapter, config: MemoryConfig, system: str = DEFAULT_SYSTEM,
-                 frame_interval: float = 1.0):
+    def __init__(
+        self,
+        adapter: Adapter,
+        config: MemoryConfig,
+        system: str = DEFAULT_SYSTEM,
+        frame_interval: float = 1.0,
+    ):
         self.adapter = adapter
         self.config = config
         self.frame_interval = frame_interval
@@ -95,12 +100,19 @@ class Engine:
         self._apply_window()
 
     # ---- 2. ingest ----------------------------------------------------------------------------------
-    def ingest(self, items: Iterable[Frame | TextEvent], chunk_frames: int = 1,
-               on_frames: Callable[[int], None] | None = None) -> int:
+    def ingest(
+        self,
+        items: Iterable[Frame | TextEvent],
+        chunk_frames: int = 1,
+        on_frames: Callable[[int], None] | None = None,
+        frame_interval: float | None = None,
+    ) -> int:
         """Ingest frames and text events (in stream order); returns the number of blocks added.
 
-        All-or-nothing: on any error the stream state is restored and the error re-raised.
+        A frame's block spans [t, t + frame_interval) (default: the engine's). All-or-nothing: on any error
+        the stream state is restored and the error re-raised.
         """
+        interval = self.frame_interval if frame_interval is None else frame_interval
         if chunk_frames < 1:
             raise InputError(f"chunk_frames must be >= 1; got {chunk_frames}")
         added = 0
@@ -111,21 +123,24 @@ class Engine:
                 buffer.append(item)
                 n_frames += isinstance(item, Frame)
                 if n_frames >= chunk_frames:
-                    added += self._ingest_chunk(buffer, on_frames)
+                    added += self._ingest_chunk(buffer, on_frames, interval)
                     buffer, n_frames = [], 0
             if buffer:
-                added += self._ingest_chunk(buffer, on_frames)
+                added += self._ingest_chunk(buffer, on_frames, interval)
         return added
 
-    def _ingest_chunk(self, items: list[Frame | TextEvent], on_frames: Callable[[int], None] | None) -> int:
+    def _ingest_chunk(
+        self, items: list[Frame | TextEvent], on_frames: Callable[[int], None] | None, interval: float
+    ) -> int:
         t_start = time.perf_counter()
-        pieces = self._pieces(items)
+        pieces = self._pieces(items, interval)
         embeds = torch.cat([p.embeds for p in pieces])
         positions = torch.cat([p.positions for p in pieces], dim=1)
         self.adapter.forward(embeds, positions, self.cache, logits="none")
         for p in pieces:
-            self.blocks.append(BlockInfo(len(self.blocks), p.kind, p.t0, p.t1, self.non_sink_tokens,
-                                         p.n_tokens, p.text))
+            self.blocks.append(
+                BlockInfo(len(self.blocks), p.kind, p.t0, p.t1, self.non_sink_tokens, p.n_tokens, p.text)
+            )
             self.non_sink_tokens += p.n_tokens
             self.clock = max(self.clock, p.t1)
         self._apply_window()
@@ -136,15 +151,16 @@ class Engine:
             on_frames(n_frames)
         return len(pieces)
 
-    def _pieces(self, items: list[Frame | TextEvent]) -> list[Piece]:
+    def _pieces(self, items: list[Frame | TextEvent], interval: float) -> list[Piece]:
         """Embed items in order; runs of same-sized frames go through the vision tower together."""
         pieces: list[Piece] = []
         i = 0
         while i < len(items):
             item = items[i]
             if isinstance(item, TextEvent):
-                pieces.append(self.adapter.text_piece(format_event(item), self.cursor, "text", item.start,
-                                                      item.end))
+                pieces.append(
+                    self.adapter.text_piece(format_event(item), self.cursor, "text", item.start, item.end)
+                )
                 self.cursor = self.adapter.next_cursor(pieces[-1])
                 i += 1
                 continue
@@ -153,8 +169,7 @@ class Engine:
                 j += 1
             run = items[i:j]
             frames = np.stack([f.image for f in run])
-            new = self.adapter.frame_pieces(frames, np.array([f.t for f in run]), self.cursor,
-                                            self.frame_interval)
+            new = self.adapter.frame_pieces(frames, np.array([f.t for f in run]), self.cursor, interval)
             pieces.extend(new)
             self.cursor = self.adapter.next_cursor(new[-1])
             i = j
@@ -172,8 +187,13 @@ class Engine:
         self.first_kept += drop
 
     # ---- 3. ask -----------------------------------------------------------------------------------------
-    def ask(self, question: str, choices: list[str] | None = None, max_new_tokens: int = 64,
-            on_token: Callable[[str], None] | None = None) -> Answer:
+    def ask(
+        self,
+        question: str,
+        choices: list[str] | None = None,
+        max_new_tokens: int = 64,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Answer:
         """Answer `question` from memory; the stream's memory is left exactly as it was."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty; ask something about the stream")
@@ -229,15 +249,27 @@ class Engine:
         """Restore the stream state if the block raises. Tensors are never written in place, so keeping
         references is a complete snapshot."""
         layers = [(la.keys, la.values) for la in self.cache.layers]
-        scalars = (self.cursor, self.non_sink_tokens, self.first_kept, self.clock, self.ingest_seconds,
-                   self.frames_ingested)
+        scalars = (
+            self.cursor,
+            self.non_sink_tokens,
+            self.first_kept,
+            self.clock,
+            self.ingest_seconds,
+            self.frames_ingested,
+        )
         n_blocks = len(self.blocks)
         try:
             yield
         except BaseException:
             for la, (k, v) in zip(self.cache.layers, layers):
                 la.keys, la.values = k, v
-            (self.cursor, self.non_sink_tokens, self.first_kept, self.clock, self.ingest_seconds,
-             self.frames_ingested) = scalars
+            (
+                self.cursor,
+                self.non_sink_tokens,
+                self.first_kept,
+                self.clock,
+                self.ingest_seconds,
+                self.frames_ingested,
+            ) = scalars
             del self.blocks[n_blocks:]
             raise

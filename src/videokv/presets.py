@@ -16,11 +16,16 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "full": Preset(MemoryConfig(name="full"), "attend to the whole stream (exact; memory grows with the stream)",
-                   "baseline"),
-    "window": Preset(MemoryConfig(name="window", window=2048),
-                     "attention sinks (the header prompt) + the most recent 2048 stream tokens",
-                     "StreamingLLM (Xiao et al., ICLR 2024), as used for ingest by ReKV"),
+    "full": Preset(
+        MemoryConfig(name="full"),
+        "attend to the whole stream (exact; memory grows with the stream)",
+        "baseline",
+    ),
+    "window": Preset(
+        MemoryConfig(name="window", window=2048),
+        "attention sinks (the header prompt) + the most recent 2048 stream tokens",
+        "StreamingLLM (Xiao et al., ICLR 2024), as used for ingest by ReKV",
+    ),
 }
 
 

@@ -49,8 +49,12 @@ class Answer:
     stats: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        d = {"question": self.question, "answer": self.text,
-             "evidence": [e.to_dict() for e in self.evidence], "stats": self.stats}
+        d = {
+            "question": self.question,
+            "answer": self.text,
+            "evidence": [e.to_dict() for e in self.evidence],
+            "stats": self.stats,
+        }
         if self.choice is not None:
             d["choice"] = self.choice
             d["choice_scores"] = self.choice_scores
@@ -89,8 +93,14 @@ class Decoder:
         return logits[-1], self.adapter.next_cursor(piece)
 
     @torch.no_grad()
-    def generate(self, cache: ContextCache, cursor: int, question: str, max_new_tokens: int = 64,
-                 on_token: Callable[[str], None] | None = None) -> tuple[str, dict]:
+    def generate(
+        self,
+        cache: ContextCache,
+        cursor: int,
+        question: str,
+        max_new_tokens: int = 64,
+        on_token: Callable[[str], None] | None = None,
+    ) -> tuple[str, dict]:
         t_start = time.perf_counter()
         logits, cursor = self.prefill(cache, cursor, question)
         t_prefill = time.perf_counter() - t_start
@@ -108,7 +118,7 @@ class Decoder:
             if on_token is not None:
                 text = self.adapter.tokenizer.decode(ids, skip_special_tokens=True)
                 if len(text) > len(emitted) and not text.endswith("\ufffd"):
-                    on_token(text[len(emitted):])
+                    on_token(text[len(emitted) :])
                     emitted = text
             if len(ids) == max_new_tokens:
                 break
@@ -117,13 +127,18 @@ class Decoder:
             cursor += 1
         text = self.adapter.tokenizer.decode(ids, skip_special_tokens=True).strip()
         total = time.perf_counter() - t_start
-        stats = {"prefill_s": round(t_prefill, 4), "decode_s": round(total - t_prefill, 4),
-                 "ttft_s": round(t_first if t_first is not None else total, 4), "answer_tokens": len(ids)}
+        stats = {
+            "prefill_s": round(t_prefill, 4),
+            "decode_s": round(total - t_prefill, 4),
+            "ttft_s": round(t_first if t_first is not None else total, 4),
+            "answer_tokens": len(ids),
+        }
         return text, stats
 
     @torch.no_grad()
-    def score_choices(self, cache: ContextCache, cursor: int, question: str, choices: list[str]
-                      ) -> tuple[int, list[float], dict]:
+    def score_choices(
+        self, cache: ContextCache, cursor: int, question: str, choices: list[str]
+    ) -> tuple[int, list[float], dict]:
         """Pick the option whose text is most likely after the question (mean log-probability per token)."""
         t_start = time.perf_counter()
         logits, cursor = self.prefill(cache, cursor, question)
@@ -138,6 +153,10 @@ class Decoder:
             scores.append(float(logp[torch.arange(len(ids)), torch.tensor(ids)].mean()))
         best = max(range(len(choices)), key=lambda i: scores[i])
         total = time.perf_counter() - t_start
-        stats = {"prefill_s": round(t_prefill, 4), "decode_s": round(total - t_prefill, 4),
-                 "ttft_s": round(total, 4), "answer_tokens": 0}
+        stats = {
+            "prefill_s": round(t_prefill, 4),
+            "decode_s": round(total - t_prefill, 4),
+            "ttft_s": round(total, 4),
+            "answer_tokens": 0,
+        }
         return best, scores, stats

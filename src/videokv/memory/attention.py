@@ -22,8 +22,9 @@ from transformers import AttentionInterface
 ATTN_NAME = "videokv"
 
 # observer(layer_idx, weights [B, heads, n_rows, kv_len]); rows = which new-token rows to report
-_OBSERVER: contextvars.ContextVar[tuple[Callable, slice] | None] = contextvars.ContextVar("videokv_obs",
-                                                                                          default=None)
+_OBSERVER: contextvars.ContextVar[tuple[Callable, slice] | None] = contextvars.ContextVar(
+    "videokv_obs", default=None
+)
 
 
 def _causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor | None:
@@ -32,14 +33,22 @@ def _causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor 
     return torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=kv_len - q_len)
 
 
-def videokv_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                      **kwargs) -> tuple[torch.Tensor, None]:
+def videokv_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """query [B, H, q, D], key/value [B, H_kv, kv, D] -> (output [B, q, H, D], None)."""
     q_len, kv_len = query.shape[2], key.shape[2]
     mask = _causal_mask(q_len, kv_len, query.device)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
-                                         enable_gqa=key.shape[1] != query.shape[1])
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
+    )
     obs = _OBSERVER.get()
     if obs is not None:
         fn, rows = obs

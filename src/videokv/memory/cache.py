@@ -27,8 +27,9 @@ class ContextLayer(CacheLayerMixin):
         self.values = value_states[:, :, :0]
         self.is_initialized = True
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self.new_keys, self.new_values = key_states, value_states
@@ -73,7 +74,9 @@ class ContextCache(Cache):
 
     def fork(self) -> ContextCache:
         """A cache sharing this one's tensors; updating the fork never changes this cache."""
-        return ContextCache(len(self.layers), [ContextLayer(layer.keys, layer.values) for layer in self.layers])
+        return ContextCache(
+            len(self.layers), [ContextLayer(layer.keys, layer.values) for layer in self.layers]
+        )
 
     def lengths(self) -> list[int]:
         return [layer.get_seq_length() for layer in self.layers]

@@ -104,13 +104,24 @@ class Adapter:
         pos = torch.arange(cursor, cursor + n, device=self.device)
         return pos.unsqueeze(0).expand(self.rope_rows, n).clone()
 
-    def text_piece(self, text: str, cursor: int, kind: str = "text", t0: float = 0.0, t1: float = 0.0) -> Piece:
+    def text_piece(
+        self, text: str, cursor: int, kind: str = "text", t0: float = 0.0, t1: float = 0.0
+    ) -> Piece:
         ids = self.tokenize(text)
         return self.ids_piece(ids, cursor, kind=kind, t0=t0, t1=t1, text=text)
 
-    def ids_piece(self, ids: list[int], cursor: int, kind: str = "text", t0: float = 0.0, t1: float = 0.0,
-                  text: str = "") -> Piece:
-        return Piece(self.embed_ids(ids), self.text_positions(cursor, len(ids)), kind, t0, t1, list(ids), text)
+    def ids_piece(
+        self,
+        ids: list[int],
+        cursor: int,
+        kind: str = "text",
+        t0: float = 0.0,
+        t1: float = 0.0,
+        text: str = "",
+    ) -> Piece:
+        return Piece(
+            self.embed_ids(ids), self.text_positions(cursor, len(ids)), kind, t0, t1, list(ids), text
+        )
 
     @staticmethod
     def next_cursor(piece: Piece) -> int:
@@ -118,8 +129,9 @@ class Adapter:
         return int(piece.positions.max().item()) + 1
 
     # ---- frames (family-specific) -----------------------------------------------------------------------
-    def frame_pieces(self, frames: np.ndarray, timestamps: np.ndarray, cursor: int,
-                     frame_interval: float = 1.0) -> list[Piece]:
+    def frame_pieces(
+        self, frames: np.ndarray, timestamps: np.ndarray, cursor: int, frame_interval: float = 1.0
+    ) -> list[Piece]:
         """Embed uint8 RGB frames [T, H, W, 3] (one vision-tower call) into one Piece per frame."""
         raise NotImplementedError
 
@@ -128,15 +140,20 @@ class Adapter:
         raise NotImplementedError
 
     # ---- the language model ----------------------------------------------------------------------------
-    def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Cache,
-                logits: str = "last") -> torch.Tensor | None:
+    def forward(
+        self, embeds: torch.Tensor, positions: torch.Tensor, cache: Cache, logits: str = "last"
+    ) -> torch.Tensor | None:
         """Run the decoder over `embeds` [n, hidden] at `positions` [P, n] against `cache`.
 
         logits: "none" (ingest: only the cache matters), "last" or "all". Returns [n or 1, vocab] or None.
         """
         pos = positions.unsqueeze(1) if self.rope_rows == 3 else positions
-        out = self.language_model(inputs_embeds=embeds.unsqueeze(0).to(self.dtype), position_ids=pos,
-                                  past_key_values=cache, use_cache=True)
+        out = self.language_model(
+            inputs_embeds=embeds.unsqueeze(0).to(self.dtype),
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+        )
         if logits == "none":
             return None
         hidden = out.last_hidden_state[0]

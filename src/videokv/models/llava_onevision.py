@@ -25,8 +25,13 @@ class LlavaOneVisionAdapter(Adapter):
     family = "llava_onevision"
     rope_rows = 1
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        mean: tuple[float, ...] = CLIP_MEAN,
+        std: tuple[float, ...] = CLIP_STD,
+    ):
         super().__init__(model, tokenizer)
         self.image_size = int(model.config.vision_config.image_size)
         self.video_token_id = int(model.config.video_token_index)
@@ -36,7 +41,9 @@ class LlavaOneVisionAdapter(Adapter):
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 frames [T, H, W, 3] -> normalised pixels [T, 1, 3, S, S] (T one-frame videos)."""
         size = (self.image_size, self.image_size)
-        resized = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BICUBIC)) for f in frames])
+        resized = np.stack(
+            [np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BICUBIC)) for f in frames]
+        )
         x = torch.from_numpy(resized).permute(0, 3, 1, 2).float() / 255.0
         x = (x - self.mean) / self.std
         return x.unsqueeze(1)
@@ -49,15 +56,22 @@ class LlavaOneVisionAdapter(Adapter):
             vision_feature_select_strategy=cfg.vision_feature_select_strategy,
         ).pooler_output
 
-    def frame_pieces(self, frames: np.ndarray, timestamps: np.ndarray, cursor: int,
-                     frame_interval: float = 1.0) -> list[Piece]:
+    def frame_pieces(
+        self, frames: np.ndarray, timestamps: np.ndarray, cursor: int, frame_interval: float = 1.0
+    ) -> list[Piece]:
         feats = self._features(self.preprocess(frames))
         pieces = []
         for i, f in enumerate(feats):
             n = f.shape[0]
             t0 = float(timestamps[i])
-            piece = Piece(f.to(self.dtype), self.text_positions(cursor, n), "frame", t0, t0 + frame_interval,
-                          [self.video_token_id] * n)
+            piece = Piece(
+                f.to(self.dtype),
+                self.text_positions(cursor, n),
+                "frame",
+                t0,
+                t0 + frame_interval,
+                [self.video_token_id] * n,
+            )
             pieces.append(piece)
             cursor += n
         return pieces

@@ -33,7 +33,9 @@ class Qwen2VLAdapter(Adapter):
         self.frame_tokens = int(frame_tokens)
         self.processor = Qwen2VLImageProcessorPil(
             size={"shortest_edge": factor * factor, "longest_edge": self.frame_tokens * factor * factor},
-            patch_size=self.patch_size, merge_size=self.merge, temporal_patch_size=self.temporal_patch,
+            patch_size=self.patch_size,
+            merge_size=self.merge,
+            temporal_patch_size=self.temporal_patch,
         )
         cfg = model.config
         self.video_token_id = int(cfg.video_token_id)
@@ -46,8 +48,9 @@ class Qwen2VLAdapter(Adapter):
         out = self.processor(images=list(frames), return_tensors="pt")
         return out["pixel_values"], out["image_grid_thw"]
 
-    def frame_pieces(self, frames: np.ndarray, timestamps: np.ndarray, cursor: int,
-                     frame_interval: float = 1.0) -> list[Piece]:
+    def frame_pieces(
+        self, frames: np.ndarray, timestamps: np.ndarray, cursor: int, frame_interval: float = 1.0
+    ) -> list[Piece]:
         pixels, grids = self.preprocess(frames)
         feats = self.model.model.get_video_features(
             pixel_values_videos=pixels.to(self.device), video_grid_thw=grids.to(self.device)
@@ -62,8 +65,9 @@ class Qwen2VLAdapter(Adapter):
             cols = torch.arange(w, device=self.device).repeat(h)
             s = cursor + 1
             vis = torch.stack([torch.full_like(rows, s), s + rows, s + cols])
-            pos = torch.cat([self.text_positions(cursor, 1), vis,
-                             self.text_positions(s + max(h, w), 1)], dim=1)
+            pos = torch.cat(
+                [self.text_positions(cursor, 1), vis, self.text_positions(s + max(h, w), 1)], dim=1
+            )
             emb = torch.cat([start_emb, f.to(start_emb.dtype), end_emb], dim=0)
             ids = [self.vision_start_id] + [self.video_token_id] * n + [self.vision_end_id]
             t0 = float(timestamps[i])
@@ -75,8 +79,7 @@ class Qwen2VLAdapter(Adapter):
     def reference_inputs(self, pieces: list[Piece], frames: list[np.ndarray]) -> dict:
         ids = [i for p in pieces for i in p.token_ids]
         input_ids = torch.tensor([ids], device=self.device)
-        kw: dict = {"input_ids": input_ids,
-                    "mm_token_type_ids": (input_ids == self.video_token_id).int() * 2}
+        kw: dict = {"input_ids": input_ids, "mm_token_type_ids": (input_ids == self.video_token_id).int() * 2}
         if frames:
             pixels, grids = self.preprocess(np.stack(frames))
             kw["pixel_values_videos"] = pixels.to(self.device)

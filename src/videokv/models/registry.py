@@ -25,15 +25,17 @@ def adapter_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, **op
     model_type = getattr(model.config, "model_type", None)
     cls = ADAPTERS.get(model_type)
     if cls is None:
-        raise ConfigError(f"videokv has no adapter for model_type {model_type!r}; supported: "
-                          f"{', '.join(sorted(ADAPTERS))}")
+        raise ConfigError(
+            f"videokv has no adapter for model_type {model_type!r}; supported: {', '.join(sorted(ADAPTERS))}"
+        )
     if cls is LlavaOneVisionAdapter:
         options.pop("frame_tokens", None)
     return cls(model, tokenizer, **options)
 
 
-def load_model(name_or_path: str, dtype: torch.dtype | None = None, device: str | None = None
-               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(
+    name_or_path: str, dtype: torch.dtype | None = None, device: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a model and tokenizer.
 
     name_or_path: "offline" (the real-weights offline model, see videokv.models.offline), "tiny-<family>"
@@ -46,7 +48,7 @@ def load_model(name_or_path: str, dtype: torch.dtype | None = None, device: str 
     elif name_or_path.startswith(TINY_PREFIX):
         from videokv.models.tiny import tiny_model
 
-        model, tokenizer = tiny_model(name_or_path[len(TINY_PREFIX):].replace("-", "_"))
+        model, tokenizer = tiny_model(name_or_path[len(TINY_PREFIX) :].replace("-", "_"))
     else:
         model, tokenizer = _load_checkpoint(name_or_path, dtype)
     if device is not None:
@@ -70,7 +72,9 @@ def _load_checkpoint(path: str, dtype: torch.dtype | None) -> tuple[PreTrainedMo
         ) from e
     cls = classes.get(config.model_type)
     if cls is None:
-        raise ConfigError(f"{path}: model_type {config.model_type!r} is not supported; supported: "
-                          f"{', '.join(sorted(classes))}")
+        raise ConfigError(
+            f"{path}: model_type {config.model_type!r} is not supported; supported: "
+            f"{', '.join(sorted(classes))}"
+        )
     model = cls.from_pretrained(path, dtype=dtype or "auto")
     return model, AutoTokenizer.from_pretrained(path)

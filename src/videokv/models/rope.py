@@ -17,14 +17,17 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def _cos_sin(rotary: torch.nn.Module, positions: torch.Tensor, like: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def _cos_sin(
+    rotary: torch.nn.Module, positions: torch.Tensor, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin [n, head_dim] for positions [P, n] (P = 3 for M-RoPE, 1 for 1-D)."""
     pos = positions.to(like.device)
     pos = pos.unsqueeze(1) if pos.shape[0] == 3 and getattr(rotary, "mrope_section", None) else pos[:1]
     rope_type = getattr(rotary, "rope_type", "default")
     if rope_type not in ("default", "linear"):
-        raise NotImplementedError(f"re-rotation needs a RoPE linear in the position; got rope_type={rope_type!r}")
+        raise NotImplementedError(
+            f"re-rotation needs a RoPE linear in the position; got rope_type={rope_type!r}"
+        )
     probe = torch.empty(0, dtype=torch.float32, device=like.device)
     cos, sin = rotary(probe, pos)
     scale = float(getattr(rotary, "attention_scaling", 1.0))
@@ -45,6 +48,8 @@ def unrotate(keys: torch.Tensor, positions: torch.Tensor, rotary: torch.nn.Modul
     return (k * cos - _rotate_half(k) * sin).to(keys.dtype)
 
 
-def rerotate(keys: torch.Tensor, old: torch.Tensor, new: torch.Tensor, rotary: torch.nn.Module) -> torch.Tensor:
+def rerotate(
+    keys: torch.Tensor, old: torch.Tensor, new: torch.Tensor, rotary: torch.nn.Module
+) -> torch.Tensor:
     """Move keys [..., n, head_dim] rotated at positions `old` [P, n] to positions `new` [P, n]."""
     return rotate(keys, new.to(old.device) - old, rotary)

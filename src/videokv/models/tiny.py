@@ -100,8 +100,16 @@ def tiny_model(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedT
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     torch.manual_seed(seed)
     if family in ("qwen2_vl", "qwen2_5_vl"):
-        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
-                      temporal_patch_size=2, in_channels=3)
+        vision = dict(
+            depth=2,
+            embed_dim=32,
+            hidden_size=64,
+            num_heads=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+        )
         common = dict(
             text_config=_text_config(tokenizer, mrope=True),
             image_token_id=ids["<|image_pad|>"],
@@ -113,15 +121,29 @@ def tiny_model(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedT
             config = Qwen2VLConfig(vision_config=dict(vision, mlp_ratio=2), **common)
             model = Qwen2VLForConditionalGeneration(config)
         else:
-            vision = dict(vision, out_hidden_size=64, hidden_size=32, intermediate_size=64, window_size=56,
-                          fullatt_block_indexes=[1], tokens_per_second=2)
+            vision = dict(
+                vision,
+                out_hidden_size=64,
+                hidden_size=32,
+                intermediate_size=64,
+                window_size=56,
+                fullatt_block_indexes=[1],
+                tokens_per_second=2,
+            )
             config = Qwen2_5_VLConfig(vision_config=vision, **common)
             model = Qwen2_5_VLForConditionalGeneration(config)
     elif family == "llava_onevision":
         config = LlavaOnevisionConfig(
             text_config=dict(_text_config(tokenizer, mrope=False), model_type="qwen2"),
-            vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
-                               num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14),
+            vision_config=dict(
+                model_type="siglip_vision_model",
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=56,
+                patch_size=14,
+            ),
             image_token_index=ids["<image>"],
             video_token_index=ids["<video>"],
             vision_feature_select_strategy="full",

@@ -1,0 +1,169 @@
+"""`videokv ask | demo | presets`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from videokv.errors import VideoKVError
+from videokv.presets import PRESETS
+
+OFFLINE_CLI_NOTICE = (
+    "videokv: using the offline model (Qwen2.5-Coder-0.5B-Instruct's real language weights with an "
+    "untrained, random vision tower): it reads subtitles and transcripts, not pixels. Pass --model PATH for a real "
+    "video-LLM checkpoint."
+)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="offline",
+        help="checkpoint folder or hub id (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision); 'offline' (default) "
+        "is the offline real-weights model; 'tiny-qwen2_vl' a tiny random model",
+    )
+    p.add_argument("--memory", default="full", help=f"memory preset: {', '.join(PRESETS)} (default: full)")
+    p.add_argument(
+        "--memory-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a memory parameter (repeatable), e.g. --memory-set window=4096",
+    )
+    p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default: 1)")
+    p.add_argument(
+        "--frame-tokens",
+        type=int,
+        default=None,
+        help="visual tokens per frame for Qwen2-VL models (default: 64; 16 for the offline model)",
+    )
+    p.add_argument(
+        "--chunk-frames", type=int, default=8, help="frames per forward during ingest (default: 8)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit (default: 48)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: CPU)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per question on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="videokv", description="Long-term KV memory for video question answering."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ask = sub.add_parser("ask", help="ingest a video once and answer one or more questions about it")
+    ask.add_argument("video", help="video file (any format FFmpeg reads)")
+    ask.add_argument("questions", nargs="+", metavar="QUESTION")
+    ask.add_argument("--subtitles", help="SRT or WebVTT file of timed text, interleaved with the frames")
+    ask.add_argument(
+        "--choices",
+        nargs="+",
+        metavar="CHOICE",
+        help="multiple choice: pick one of these options (by likelihood) for every question",
+    )
+    _add_model_args(ask)
+
+    demo = sub.add_parser("demo", help="answer three questions about a real clip with the offline model")
+    demo.add_argument("--out", default=None, help="folder for the demo's subtitle file (default: a temp dir)")
+    _add_model_args(demo)
+
+    sub.add_parser("presets", help="list the memory presets and their sources")
+    return parser
+
+
+def _open_session(args: argparse.Namespace):
+    from videokv.api import VideoQA
+
+    if args.model == "offline" and not args.json:
+        print(OFFLINE_CLI_NOTICE, file=sys.stderr)
+    frame_tokens = args.frame_tokens or (16 if args.model == "offline" else 64)
+    qa = VideoQA.from_pretrained(
+        args.model,
+        device=args.device,
+        memory=args.memory,
+        memory_set=args.memory_set,
+        frame_tokens=frame_tokens,
+    )
+    return qa.session(fps=args.fps)
+
+
+def _print_answer(answer, as_json: bool, correct: bool | None = None) -> None:
+    if as_json:
+        d = answer.to_dict()
+        if correct is not None:
+            d["correct"] = correct
+        print(json.dumps(d), flush=True)
+        return
+    mark = "" if correct is None else ("  [correct]" if correct else "  [WRONG]")
+    print(f"Q: {answer.question}\nA: {answer.text}{mark}")
+    spans = ", ".join(f"{e.t0:.1f}-{e.t1:.1f}s" for e in answer.evidence[:6])
+    more = f" (+{len(answer.evidence) - 6} more)" if len(answer.evidence) > 6 else ""
+    print(f"   evidence: {spans}{more}")
+    s = answer.stats
+    print(
+        f"   memory: {s['memory']} | {s['memory_tokens']} tokens, {s['memory_bytes'] / 2**20:.1f} MiB KV | "
+        f"{s['blocks']} blocks, {s['stream_seconds']:.1f}s of stream | prefill {s['prefill_s']:.2f}s, "
+        f"decode {s['decode_s']:.2f}s ({s['answer_tokens']} tokens)\n",
+        flush=True,
+    )
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    session = _open_session(args)
+    session.add_video(
+        args.video, subtitles=args.subtitles, chunk_frames=args.chunk_frames, progress=not args.json
+    )
+    for q in args.questions:
+        answer = session.ask(q, choices=args.choices, max_new_tokens=args.max_new_tokens)
+        _print_answer(answer, args.json)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from videokv.demo import DEMO_QUESTIONS, is_correct, prepare_demo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        video, srt = prepare_demo(args.out or tmp)
+        if not args.json:
+            print(
+                f"videokv demo: {video.name} (real street footage, 10 s) with subtitles {srt}",
+                file=sys.stderr,
+            )
+        session = _open_session(args)
+        session.add_video(video, subtitles=srt, chunk_frames=args.chunk_frames, progress=not args.json)
+        n_ok = 0
+        for q in DEMO_QUESTIONS:
+            answer = session.ask(q.question, max_new_tokens=args.max_new_tokens)
+            ok = is_correct(answer.text, q)
+            n_ok += ok
+            _print_answer(answer, args.json, correct=ok)
+    if not args.json:
+        print(f"{n_ok}/{len(DEMO_QUESTIONS)} answers correct.")
+    return 0 if n_ok == len(DEMO_QUESTIONS) else 1
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    width = max(len(n) for n in PRESETS)
+    for name, preset in PRESETS.items():
+        print(f"{name:<{width}}  {preset.summary}\n{'':<{width}}  source: {preset.source}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"ask": cmd_ask, "demo": cmd_demo, "presets": cmd_presets}[args.command]
+    try:
+        return handler(args)
+    except VideoKVError as e:
+        print(f"videokv: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("videokv: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

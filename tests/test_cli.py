@@ -1,0 +1,112 @@
+"""The command line, run as a user would (a subprocess for the JSON contract; main() for the rest)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from videokv.cli import main
+from videokv.demo import DEMO_QUESTIONS, prepare_demo
+
+
+def test_ask_json_one_object_per_question_in_order(tmp_path):
+    video, srt = prepare_demo(tmp_path)
+    qs = ["What colour is the jacket?", "What number is on the van?"]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "videokv.cli",
+            "ask",
+            str(video),
+            *qs,
+            "--subtitles",
+            str(srt),
+            "--model",
+            "tiny-qwen2_vl",
+            "--json",
+            "--max-new-tokens",
+            "3",
+            "--fps",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2
+    objs = [json.loads(line) for line in lines]
+    assert [o["question"] for o in objs] == qs
+    for o in objs:
+        assert set(o) >= {"question", "answer", "evidence", "stats"}
+        assert o["stats"]["frames"] == 5  # 10 s at 0.5 fps
+        assert o["stats"]["blocks"] == 5 + 5  # five frames, five subtitle lines
+        assert o["evidence"][0]["t0"] == 0.0
+
+
+def test_ask_multiple_choice_and_window(tmp_path, capsys):
+    video, srt = prepare_demo(tmp_path)
+    rc = main(
+        [
+            "ask",
+            str(video),
+            "Which colour?",
+            "--choices",
+            "yellow",
+            "blue",
+            "--model",
+            "tiny-qwen2_vl",
+            "--memory",
+            "window",
+            "--memory-set",
+            "window=40",
+            "--json",
+            "--fps",
+            "0.5",
+        ]
+    )
+    assert rc == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["answer"] in ("yellow", "blue")
+    assert obj["stats"]["memory"] == "window"
+    assert obj["stats"]["blocks_in_memory"] < obj["stats"]["blocks"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["ask", "/nonexistent/clip.mp4", "q?"], "not found"),
+        (["ask", "{video}", "q?", "--memory", "nope"], "unknown memory preset"),
+        (["ask", "{video}", "q?", "--memory-set", "colour=red"], "unknown memory parameter"),
+        (["ask", "{video}", "q?", "--subtitles", "/nonexistent.srt"], "not found"),
+        (["ask", "{video}", "  "], "empty"),
+    ],
+)
+def test_errors_are_clear(tmp_path, capsys, argv, message):
+    video, _ = prepare_demo(tmp_path)
+    argv = [a.replace("{video}", str(video)) for a in argv] + ["--model", "tiny-qwen2_vl", "--fps", "0.5"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "videokv: error:" in err and message in err.lower()
+
+
+def test_presets_lists_sources(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "full" in out and "window" in out and "source:" in out
+
+
+@pytest.mark.realmodel
+def test_demo_answers_correctly_with_the_offline_model(capsys):
+    """End to end with real weights: the demo's three questions are answered from the subtitles."""
+    rc = main(["demo", "--json"])
+    objs = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [o["question"] for o in objs] == [q.question for q in DEMO_QUESTIONS]
+    for o, q in zip(objs, DEMO_QUESTIONS):
+        assert q.expected.lower() in o["answer"].lower(), (q.question, o["answer"])
+    assert rc == 0
