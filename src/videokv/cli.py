@@ -13,8 +13,8 @@ from videokv.presets import PRESETS
 
 OFFLINE_CLI_NOTICE = (
     "videokv: using the offline model (Qwen2.5-Coder-0.5B-Instruct's real language weights with an "
-    "untrained, random vision tower): it reads subtitles and transcripts, not pixels. Pass --model PATH for a real "
-    "video-LLM checkpoint."
+    "untrained, random vision tower): it reads subtitles and transcripts, not pixels. "
+    "Pass --model PATH for a real video-LLM checkpoint."
 )
 
 
