@@ -1,0 +1,66 @@
+"""KVBlock: one unit of memory (a frame, a segment, a patch, a text event) with its per-layer K/V.
+
+Keys are stored as the attention layers produced them: rotated at the positions in `positions`. Layers may
+keep different tokens (a per-layer compressor), so every per-layer field is a list over layers. `rkey`
+is the retrieval key: per layer, the mean of the block's *un-rotated* keys, flattened over KV heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class KVBlock:
+    """A memory block.
+
+    index: the block's id in its session (unique, increasing with stream order; versions of one unit at
+    several levels share `unit`). kind: "frame", "segment", "patch", "text", "summary". level: "full",
+    "L"/"H" (bi-level), or a granularity tag. keys/values: per layer [kv_heads, n_l, head_dim]. positions:
+    per layer [P, n_l] (P = 3 for M-RoPE). rkey: [layers, kv_heads * head_dim] (float32).
+    """
+
+    index: int
+    unit: int
+    kind: str
+    t0: float
+    t1: float
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    positions: list[torch.Tensor]
+    rkey: torch.Tensor
+    level: str = "full"
+    text: str = ""
+    pinned: bool = False  # never evicted from retrieval (e.g. segment summaries)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.keys)
+
+    def tokens(self, layer: int = 0) -> int:
+        return int(self.keys[layer].shape[-2])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of K/V held (positions and retrieval keys are bookkeeping, counted separately)."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    @property
+    def device(self) -> torch.device:
+        return self.keys[0].device
+
+    def to(self, device: torch.device | str, non_blocking: bool = False, pin: bool = False) -> KVBlock:
+        """A copy of the block's K/V on `device` (pinned host memory when `pin` and CUDA is available)."""
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            out = t.to(device, non_blocking=non_blocking)
+            if pin and out.device.type == "cpu" and torch.cuda.is_available():
+                out = out.pin_memory()
+            return out
+
+        return KVBlock(self.index, self.unit, self.kind, self.t0, self.t1, [move(k) for k in self.keys],
+                       [move(v) for v in self.values], self.positions, self.rkey, self.level, self.text,
+                       self.pinned, dict(self.meta))
