@@ -61,6 +61,18 @@ class KVBlock:
                 out = out.pin_memory()
             return out
 
-        return KVBlock(self.index, self.unit, self.kind, self.t0, self.t1, [move(k) for k in self.keys],
-                       [move(v) for v in self.values], self.positions, self.rkey, self.level, self.text,
-                       self.pinned, dict(self.meta))
+        return KVBlock(
+            self.index,
+            self.unit,
+            self.kind,
+            self.t0,
+            self.t1,
+            [move(k) for k in self.keys],
+            [move(v) for v in self.values],
+            self.positions,
+            self.rkey,
+            self.level,
+            self.text,
+            self.pinned,
+            dict(self.meta),
+        )
