@@ -10,6 +10,7 @@ from tests.conftest import get_tiny, random_frames, sdpa
 from videokv import MemoryConfig, TextEvent, VideoQA
 from videokv.engine import Frame, format_event
 from videokv.errors import InputError
+from videokv.policies.ingest import Window
 from videokv.qa import split_template
 
 PROBE = "\nQuestion: what colour is the umbrella?"
@@ -85,7 +86,7 @@ def test_window_keeps_sinks_and_last_n_tokens(family):
     model, tok = get_tiny(family)
     window = 23
     full = VideoQA.from_model(model, tok, memory="full").session()
-    win = VideoQA.from_model(model, tok, memory=MemoryConfig(name="window", window=window)).session()
+    win = VideoQA.from_model(model, tok, memory=MemoryConfig(name="window", ingest=Window(window))).session()
     items = stream_items(5)
     full.engine.ingest(items, chunk_frames=2)
     win.engine.ingest(items, chunk_frames=2)

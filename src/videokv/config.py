@@ -1,11 +1,22 @@
-"""MemoryConfig: how a session's memory behaves. Presets (presets.py) are named MemoryConfigs."""
+"""MemoryConfig: how a session's memory behaves, as a combination of small policies.
+
+Presets (presets.py) are named MemoryConfigs. Overrides use `key=value` strings (the CLI's --memory-set):
+`positions=compact`, `retrieve=topk` (swap a policy by its registry name), `retrieve.k=32` (a policy's
+parameter), `window=4096` (shorthand for `ingest=window` with that many tokens).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from videokv.errors import ConfigError
+from videokv.policies.compress import NoCompression
+from videokv.policies.ingest import Window
+from videokv.policies.segment import Uniform
+
+POLICY_FIELDS = ("ingest", "segment", "compress", "retrieve")
 
 
 @dataclass(frozen=True)
@@ -14,21 +25,41 @@ class MemoryConfig:
 
     Parameters
     ----------
-    name: the preset's name (informational).
-    window: tokens of the stream the ingest context keeps besides the sinks (the header prompt); None keeps
-        everything (`full`). With a window, a question sees only the sinks and the window.
-    sinks: how many tokens of the header prompt stay as attention sinks; None keeps the whole header.
+    name: the preset's name (informational; shown in answers' statistics and evidence).
+    ingest: what a new unit attends to while prefilled (policies/ingest.py); Window(None) is full attention.
+    segment: where a memory unit ends (policies/segment).
+    compress: what is kept of a unit's frame tokens (policies/compress).
+    retrieve: which blocks a question sees (policies/retrieve); None answers from the ingest context itself
+        (the `full` and `window` presets), without a block store.
+    positions: "keep" (keys keep the positions they were computed at) or "compact" (re-rotate the assembled
+        context to contiguous positions).
+    summary: add StreamKV's segment-summary pseudo-frame to every unit with frames.
+    sinks: how many header tokens stay as attention sinks; None keeps the whole header.
+    device_bytes / host_bytes: byte budgets of the accelerator and host tiers of the block store (None: no
+        limit); older blocks spill to the next tier, finally to disk (spill_dir, default a temp folder).
     """
 
     name: str = "full"
-    window: int | None = None
+    ingest: Any = field(default_factory=Window)
+    segment: Any = field(default_factory=Uniform)
+    compress: Any = field(default_factory=NoCompression)
+    retrieve: Any = None
+    positions: str = "keep"
+    summary: bool = False
     sinks: int | None = None
+    device_bytes: int | None = None
+    host_bytes: int | None = None
+    spill_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.window is not None and self.window < 1:
-            raise ConfigError(f"window must be a positive number of tokens or None; got {self.window}")
+        if self.positions not in ("keep", "compact"):
+            raise ConfigError(f"positions must be 'keep' or 'compact'; got {self.positions!r}")
         if self.sinks is not None and self.sinks < 0:
             raise ConfigError(f"sinks must be >= 0 or None; got {self.sinks}")
+        for name in ("device_bytes", "host_bytes"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive number of bytes or None; got {value!r}")
 
     def replace(self, **overrides: object) -> MemoryConfig:
         """A copy with `overrides`; unknown keys raise ConfigError listing the valid ones."""
@@ -41,17 +72,48 @@ class MemoryConfig:
         return dataclasses.replace(self, **overrides)
 
     def with_overrides(self, pairs: list[str]) -> MemoryConfig:
-        """Apply `key=value` strings (as given to --memory-set); values parse as int, float, None or str."""
-        overrides: dict[str, object] = {}
+        """Apply `key=value` strings (see the module docstring), left to right."""
+        from videokv.policies import make_policy
+
+        config = self
         for pair in pairs:
             key, sep, raw = pair.partition("=")
-            if not sep or not key.strip():
+            key, raw = key.strip(), raw.strip()
+            if not sep or not key:
                 raise ConfigError(f"--memory-set expects key=value; got {pair!r}")
-            overrides[key.strip()] = _parse_value(raw.strip())
-        return self.replace(**overrides)
+            value = _parse_value(raw)
+            if key == "window":
+                config = config.replace(ingest=Window(value))
+            elif "." in key:
+                kind, _, param = key.partition(".")
+                policy = getattr(config, kind, None) if kind in POLICY_FIELDS else None
+                if policy is None or not dataclasses.is_dataclass(policy):
+                    raise ConfigError(f"{key!r}: {kind!r} is not a policy set in this config")
+                params = {f.name for f in dataclasses.fields(policy)}
+                if param not in params:
+                    raise ConfigError(
+                        f"unknown parameter {param!r} of {kind}={type(policy).__name__}; "
+                        f"valid: {', '.join(sorted(params)) or 'none'}"
+                    )
+                try:
+                    config = config.replace(**{kind: dataclasses.replace(policy, **{param: value})})
+                except TypeError as e:
+                    raise ConfigError(f"{key}={raw}: {e}") from e
+            elif key in POLICY_FIELDS:
+                config = config.replace(**{key: make_policy(key, raw)})
+            else:
+                config = config.replace(**{key: value})
+        return config
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def describe(self) -> dict:
+        """A JSON-friendly description (policies by class name and parameters)."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value = {"policy": getattr(value, "name", type(value).__name__), **dataclasses.asdict(value)}
+            out[f.name] = value
+        return out
 
 
 def _parse_value(raw: str) -> object:

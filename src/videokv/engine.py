@@ -1,23 +1,32 @@
 """The engine: the ingest / ask loop of one stream. Read top to bottom for the whole data flow.
 
-1. Start: the chat template's header (system prompt, the user turn's opening) is prefilled; its tokens are
-   the attention sinks.
-2. Ingest: frames and timed-text events arrive in time order. Every `chunk_frames` frames, the buffered
-   items become `Piece`s (the adapter embeds frames with the vision tower and gives every token explicit
-   position ids), and one forward of the language model appends their K/V to the context cache. Each piece
-   is recorded as a block (kind, time span, token range). The memory policy then trims the context
-   (`window`: sinks + the most recent N tokens; `full`: nothing).
-3. Ask: the question is prefilled into a *fork* of the context (the stream's memory never holds it), then
-   greedy decoding streams the answer, or each option of a multiple-choice question is scored by its
+1. Start: the chat template's header (system prompt, the user turn's opening) is prefilled; its first
+   `sinks` tokens are the attention sinks.
+2. Ingest: frames and timed-text events arrive in time order. The adapter embeds them into `Piece`s with
+   explicit position ids (frames go through the vision tower in batches).
+   - Context mode (`retrieve` is None: the `full` and `window` presets): pieces are forwarded in chunks of
+     `chunk_frames` frames; the context cache *is* the memory; the ingest policy trims it.
+   - Memory mode (a retriever is set): the segmenter groups pieces into units; each unit is prefilled
+     against the ingest context (sinks + the recent tokens the ingest policy keeps), with the statistics the
+     compressor asked for (a guidance prompt's attention, the unit's own attention). Its K/V become blocks:
+     text pieces whole, frames through the compressor (at one or more levels); a StreamKV summary
+     pseudo-frame is added when configured. Blocks go to the tiered store, their retrieval keys to the index.
+3. Ask: the question never enters the stream's memory.
+   - Context mode: the question is prefilled into a fork of the context.
+   - Memory mode: the question is first prefilled against the ingest context to capture its per-layer
+     queries (the retrieval forward); the retriever picks blocks per layer; the context is assembled as
+     [sinks | selected blocks] with positions kept or compacted; then the question is prefilled into it.
+   Then greedy decoding streams the answer, or each option of a multiple-choice question is scored by its
    likelihood. The answer carries the time spans it attended to and the memory statistics.
 
 Every change to the stream state happens inside `transaction()`: if anything fails mid-way (a corrupt frame
-in the middle of a file, a bad array), the state is restored exactly as it was before the call.
+in the middle of a file, a block over budget), the state is restored exactly as it was before the call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -27,9 +36,16 @@ import torch
 
 from videokv.config import MemoryConfig
 from videokv.errors import InputError
-from videokv.memory.attention import use_videokv_attention
+from videokv.memory.assemble import assemble
+from videokv.memory.attention import observe_attention, use_videokv_attention
+from videokv.memory.block import KVBlock
 from videokv.memory.cache import ContextCache
+from videokv.memory.index import Index
+from videokv.memory.query import capture_query
+from videokv.memory.store import Store
 from videokv.models.base import Adapter, Piece
+from videokv.models.rope import unrotate
+from videokv.policies.base import BlockDraft, Unit
 from videokv.qa import DEFAULT_SYSTEM, Answer, Decoder, Evidence, question_text, split_template
 from videokv.video.subtitles import TextEvent
 
@@ -44,7 +60,7 @@ class Frame:
 
 @dataclass(frozen=True)
 class BlockInfo:
-    """A memory block: the tokens of one frame or one text event, with its stream time span.
+    """A block of the context (context mode): one frame or text event, its time span and token range.
 
     start is the block's offset in the sequence of non-sink tokens (header tokens past the sinks, then the
     stream), so a block is in the context when its range is at or after `first_kept`.
@@ -77,13 +93,18 @@ class Engine:
         self.adapter = adapter
         self.config = config
         self.frame_interval = frame_interval
+        self.memory_mode = config.retrieve is not None
         use_videokv_attention(adapter.model)
         header, tail = split_template(adapter.tokenizer, system)
         self.decoder = Decoder(adapter, tail)
         # ---- stream state (everything `transaction` snapshots) ----
-        self.cache = ContextCache(adapter.num_layers)
+        self.cache = ContextCache(adapter.num_layers)  # the ingest context
         self.cursor = 0  # position id of the next token
-        self.blocks: list[BlockInfo] = []
+        self.blocks: list[BlockInfo] = []  # context mode
+        self.store = Store(adapter.device, config.device_bytes, config.host_bytes, config.spill_dir)
+        self.index = Index()
+        self.segmenter = config.segment.start()
+        self.unit_tokens: list[int] = []  # tokens of each unit, for the ingest policy
         self.non_sink_tokens = 0  # header tokens past the sinks + every stream token ever ingested
         self.first_kept = 0  # offset (in non-sink tokens) of the oldest token still in the context
         self.clock = 0.0  # stream time reached (seconds)
@@ -97,7 +118,7 @@ class Engine:
         self.header_tokens = piece.n_tokens
         self.n_sinks = piece.n_tokens if config.sinks is None else min(config.sinks, piece.n_tokens)
         self.non_sink_tokens = piece.n_tokens - self.n_sinks
-        self._apply_window()
+        self._trim_context()
 
     # ---- 2. ingest ----------------------------------------------------------------------------------
     def ingest(
@@ -107,14 +128,14 @@ class Engine:
         on_frames: Callable[[int], None] | None = None,
         frame_interval: float | None = None,
     ) -> int:
-        """Ingest frames and text events (in stream order); returns the number of blocks added.
+        """Ingest frames and text events (in stream order); returns the number of pieces added.
 
-        A frame's block spans [t, t + frame_interval) (default: the engine's). All-or-nothing: on any error
-        the stream state is restored and the error re-raised.
+        A frame spans [t, t + frame_interval) (default: the engine's). All-or-nothing: on any error the
+        stream state is restored and the error re-raised.
         """
-        interval = self.frame_interval if frame_interval is None else frame_interval
         if chunk_frames < 1:
             raise InputError(f"chunk_frames must be >= 1; got {chunk_frames}")
+        interval = self.frame_interval if frame_interval is None else frame_interval
         added = 0
         with self.transaction(), torch.no_grad():
             buffer: list[Frame | TextEvent] = []
@@ -134,18 +155,15 @@ class Engine:
     ) -> int:
         t_start = time.perf_counter()
         pieces = self._pieces(items, interval)
-        embeds = torch.cat([p.embeds for p in pieces])
-        positions = torch.cat([p.positions for p in pieces], dim=1)
-        self.adapter.forward(embeds, positions, self.cache, logits="none")
-        for p in pieces:
-            self.blocks.append(
-                BlockInfo(len(self.blocks), p.kind, p.t0, p.t1, self.non_sink_tokens, p.n_tokens, p.text)
-            )
-            self.non_sink_tokens += p.n_tokens
-            self.clock = max(self.clock, p.t1)
-        self._apply_window()
+        if self.memory_mode:
+            for piece in pieces:
+                for unit in self.segmenter.push(piece):
+                    self._ingest_unit(unit)
+        else:
+            self._forward_context(pieces)
         n_frames = sum(p.kind == "frame" for p in pieces)
         self.frames_ingested += n_frames
+        self.clock = max([self.clock] + [p.t1 for p in pieces])
         self.ingest_seconds += time.perf_counter() - t_start
         if on_frames is not None and n_frames:
             on_frames(n_frames)
@@ -175,16 +193,195 @@ class Engine:
             i = j
         return pieces
 
-    def _apply_window(self) -> None:
-        """`window`: keep the sinks and the most recent `window` tokens; older tokens leave the context."""
-        window = self.config.window
-        if window is None or self.non_sink_tokens - self.first_kept <= window:
+    def _forward_context(self, pieces: list[Piece]) -> None:
+        """Context mode: one forward appends the pieces to the context, which is the memory."""
+        embeds = torch.cat([p.embeds for p in pieces])
+        positions = torch.cat([p.positions for p in pieces], dim=1)
+        self.adapter.forward(embeds, positions, self.cache, logits="none")
+        for p in pieces:
+            self.blocks.append(
+                BlockInfo(len(self.blocks), p.kind, p.t0, p.t1, self.non_sink_tokens, p.n_tokens, p.text)
+            )
+            self.non_sink_tokens += p.n_tokens
+        self._trim_context()
+
+    def _trim_context(self) -> None:
+        """Keep the sinks and the most recent tokens the ingest policy allows; older tokens leave."""
+        keep = self.config.ingest.keep_tokens(self.unit_tokens)
+        if keep is None or self.non_sink_tokens - self.first_kept <= keep:
             return
-        drop = self.non_sink_tokens - self.first_kept - window
+        drop = self.non_sink_tokens - self.first_kept - keep
         length = self.cache.lengths()[0]
         index = torch.cat([torch.arange(self.n_sinks), torch.arange(self.n_sinks + drop, length)])
         self.cache.keep(index.to(self.adapter.device))
         self.first_kept += drop
+
+    # ---- memory mode: units -> blocks ---------------------------------------------------------------------
+    def _ingest_unit(self, pieces: list[Piece]) -> None:
+        """Prefill one unit against the ingest context; store its blocks; trim the context."""
+        compressor = self.config.compress
+        frames = [p for p in pieces if p.kind == "frame"]
+        summary = self._summary_piece(frames) if self.config.summary and frames else None
+        stored = pieces + ([summary] if summary is not None else [])
+        guidance = None
+        if "guidance" in compressor.needs and frames:
+            guidance = self.adapter.text_piece(compressor.prompt, self.cursor, kind="prompt")
+        forwarded = stored + ([guidance] if guidance is not None else [])
+        n_stored = sum(p.n_tokens for p in stored)
+        n_new = n_stored + (guidance.n_tokens if guidance is not None else 0)
+        stats: dict[str, list] = {"guidance": [], "self": []}
+        observers = contextlib.ExitStack()
+        if guidance is not None:
+
+            def on_guidance(layer: int, w: torch.Tensor) -> None:
+                stats["guidance"].append(w[0].mean(1)[:, -n_new:][:, :n_stored])  # [heads, n_stored]
+
+            observers.enter_context(observe_attention(on_guidance, slice(n_stored, n_new)))
+        if "self" in compressor.needs and frames:
+
+            def on_self(layer: int, w: torch.Tensor) -> None:
+                stats["self"].append(w[0][:, :, -n_new:][:, :, :n_stored])  # [heads, n_stored, n_stored]
+
+            observers.enter_context(
+                observe_attention(on_self, slice(0, n_stored), {self.adapter.num_layers - 1})
+            )
+        with observers:
+            embeds = torch.cat([p.embeds for p in forwarded])
+            positions = torch.cat([p.positions for p in forwarded], dim=1)
+            self.adapter.forward(embeds, positions, self.cache, logits="none")
+        new_k, new_v = self.cache.new_kv()
+        if guidance is not None:  # the guidance prompt leaves the cache at once
+            length = self.cache.lengths()[0]
+            self.cache.keep(torch.arange(length - guidance.n_tokens, device=self.adapter.device))
+        keys = [k[0, :, :n_stored] for k in new_k]
+        values = [v[0, :, :n_stored] for v in new_v]
+        positions = torch.cat([p.positions for p in stored], dim=1)
+        spans, start = [], 0
+        for p in stored:
+            spans.append((start, start + p.n_tokens))
+            start += p.n_tokens
+        attention = {}
+        if stats["guidance"]:
+            attention["guidance"] = torch.stack(stats["guidance"])
+        if stats["self"]:
+            attention["self"] = stats["self"][0]
+        unit_id = len(self.unit_tokens)
+        drafts = self._drafts(Unit(stored, keys, values, positions, spans, attention), summary)
+        for draft in drafts:
+            self._store_block(draft, keys, values, positions, unit_id)
+        self.unit_tokens.append(n_stored)
+        self.non_sink_tokens += n_stored
+        self._trim_context()
+
+    def _summary_piece(self, frames: list[Piece]) -> Piece | None:
+        """StreamKV's segment summary: the mean of the unit's frame embeddings as one more pseudo-frame."""
+        if any(f.embeds.shape != frames[0].embeds.shape for f in frames):
+            return None
+        first = frames[0]
+        shift = self.cursor - int(first.positions.min())
+        piece = Piece(
+            torch.stack([f.embeds for f in frames]).mean(0),
+            first.positions + shift,
+            "summary",
+            first.t0,
+            frames[-1].t1,
+            list(first.token_ids),
+            grid=first.grid,
+        )
+        self.cursor = self.adapter.next_cursor(piece)
+        return piece
+
+    def _drafts(self, unit: Unit, summary: Piece | None) -> list[BlockDraft]:
+        """Text pieces and the summary are kept whole; the frames go through the compressor."""
+        drafts: list[BlockDraft] = []
+        frame_idx = [torch.arange(*s) for s, p in zip(unit.spans, unit.pieces) if p.kind == "frame"]
+        n_layers = len(unit.keys)
+        for (a, b), p in zip(unit.spans, unit.pieces):
+            if p.kind in ("text", "summary"):
+                drafts.append(
+                    BlockDraft(
+                        p.kind,
+                        p.t0,
+                        p.t1,
+                        index=[torch.arange(a, b)] * n_layers,
+                        text=p.text,
+                        pinned=p.kind == "summary",
+                    )
+                )
+        if frame_idx:
+            idx = torch.cat(frame_idx).to(unit.positions.device)
+            frame_pieces = [p for p in unit.pieces if p.kind == "frame"]
+            spans, start = [], 0
+            for p in frame_pieces:
+                spans.append((start, start + p.n_tokens))
+                start += p.n_tokens
+            attention = {}
+            if "guidance" in unit.attention:
+                attention["guidance"] = unit.attention["guidance"][:, :, idx]
+            if "self" in unit.attention:
+                attention["self"] = unit.attention["self"][:, idx][:, :, idx]
+            frames_unit = Unit(
+                frame_pieces,
+                [k[:, idx] for k in unit.keys],
+                [v[:, idx] for v in unit.values],
+                unit.positions[:, idx],
+                spans,
+                attention,
+            )
+            for d in self.config.compress.compress(frames_unit):
+                if d.index is not None:
+                    d = BlockDraft(
+                        d.kind,
+                        d.t0,
+                        d.t1,
+                        index=[idx[i.to(idx.device)] for i in d.index],
+                        level=d.level,
+                        text=d.text,
+                        pinned=d.pinned,
+                    )
+                drafts.append(d)
+        return sorted(drafts, key=lambda d: d.t0)
+
+    def _store_block(
+        self,
+        draft: BlockDraft,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        positions: torch.Tensor,
+        unit_id: int,
+    ) -> None:
+        if draft.index is not None:
+            k = [keys[layer][:, i] for layer, i in enumerate(draft.index)]
+            v = [values[layer][:, i] for layer, i in enumerate(draft.index)]
+            pos = [positions[:, i] for i in draft.index]
+        else:
+            k, v, pos = draft.keys, draft.values, draft.positions
+        rotary = self.adapter.rotary_emb
+        rkey = torch.stack([unrotate(kl, pl, rotary).float().mean(1).reshape(-1) for kl, pl in zip(k, pos)])
+        block = KVBlock(
+            len(self.store),
+            unit_id,
+            draft.kind,
+            draft.t0,
+            draft.t1,
+            [t.contiguous() for t in k],
+            [t.contiguous() for t in v],
+            pos,
+            rkey,
+            draft.level,
+            draft.text,
+            draft.pinned,
+        )
+        self.store.add(block)
+        self.index.add(block)
+
+    def flush(self) -> None:
+        """Memory mode: close the open unit (a question is about to be asked, or the stream ended)."""
+        if not self.memory_mode:
+            return
+        with self.transaction(), torch.no_grad():
+            for unit in self.segmenter.flush():
+                self._ingest_unit(unit)
 
     # ---- 3. ask -----------------------------------------------------------------------------------------
     def ask(
@@ -194,7 +391,7 @@ class Engine:
         max_new_tokens: int = 64,
         on_token: Callable[[str], None] | None = None,
     ) -> Answer:
-        """Answer `question` from memory; the stream's memory is left exactly as it was."""
+        """Answer `question` from memory; the stream's memory is left as it was (an open unit is closed)."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty; ask something about the stream")
         if choices is not None:
@@ -202,22 +399,53 @@ class Engine:
                 raise InputError("choices must be at least two non-empty strings")
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
-        context = self.cache.fork()
         prompt = question_text(question, choices)
+        self.flush()
+        t_start = time.perf_counter()
         with torch.no_grad():
+            if self.memory_mode and len(self.index):
+                context, cursor, evidence = self._retrieve(prompt)
+            else:
+                context, cursor, evidence = self.cache.fork(), self.cursor, self.evidence()
+            retrieval_s = time.perf_counter() - t_start
+            context_tokens = context.lengths()
             if choices:
-                best, scores, stats = self.decoder.score_choices(context, self.cursor, prompt, choices)
+                best, scores, stats = self.decoder.score_choices(context, cursor, prompt, choices)
                 text = choices[best]
                 if on_token is not None:
                     on_token(text)
             else:
                 best, scores = None, None
-                text, stats = self.decoder.generate(context, self.cursor, prompt, max_new_tokens, on_token)
+                text, stats = self.decoder.generate(context, cursor, prompt, max_new_tokens, on_token)
         stats.update(self.memory_stats())
-        return Answer(question, text, self.evidence(), best, scores, stats)
+        stats["retrieval_s"] = round(retrieval_s, 4)
+        stats["context_tokens"] = round(sum(context_tokens) / len(context_tokens), 1)
+        return Answer(question, text, evidence, best, scores, stats)
+
+    def _retrieve(self, prompt: str) -> tuple[ContextCache, int, list[Evidence]]:
+        """Retrieval forward, block selection, and assembly of [sinks | selected blocks]."""
+        probe = self.cache.fork()
+        query = capture_query(self.adapter, lambda: self.decoder.prefill(probe, self.cursor, prompt))
+        selection = self.config.retrieve.select(self.index.catalog(), query)
+        rows = sorted({r for layer in selection for r in layer})
+        loaded = {r: self.store.get(r) for r in rows}
+        per_layer = [sorted((loaded[r] for r in layer), key=lambda b: b.index) for layer in selection]
+        sink_k = [la.keys[:, :, : self.n_sinks] for la in self.cache.layers]
+        sink_v = [la.values[:, :, : self.n_sinks] for la in self.cache.layers]
+        context, cursor = assemble(
+            sink_k,
+            sink_v,
+            self.n_sinks,
+            per_layer,
+            self.config.positions,
+            self.adapter.rotary_emb,
+            self.cursor,
+        )
+        evidence = [Evidence(loaded[r].t0, loaded[r].t1, loaded[r].kind, loaded[r].level) for r in rows]
+        return context, cursor, sorted(evidence, key=lambda e: (e.t0, e.t1))
 
     def evidence(self) -> list[Evidence]:
-        """Time spans of the blocks in the context, adjacent blocks merged."""
+        """Context mode: time spans of the blocks in the context, adjacent blocks merged."""
         spans: list[Evidence] = []
         for b in self.blocks:
             if b.start < self.first_kept:
@@ -231,23 +459,42 @@ class Engine:
         return spans
 
     def memory_stats(self) -> dict:
-        return {
+        stats = {
             "memory": self.config.name,
-            "memory_tokens": self.cache.lengths()[0],
-            "memory_bytes": self.cache.nbytes,
             "stream_tokens": self.non_sink_tokens - (self.header_tokens - self.n_sinks),
-            "blocks": len(self.blocks),
-            "blocks_in_memory": sum(b.start >= self.first_kept for b in self.blocks),
             "frames": self.frames_ingested,
             "stream_seconds": round(self.clock, 3),
             "ingest_s": round(self.ingest_seconds, 4),
         }
+        if self.memory_mode:
+            tiers = self.store.bytes_by_tier()
+            stats.update(
+                {
+                    "memory_tokens": sum(int(b.positions[0].shape[1]) for b in self.store.blocks),
+                    "memory_bytes": self.store.resident_bytes,
+                    "offloaded_bytes": tiers["disk"],
+                    "bytes_by_tier": tiers,
+                    "blocks": len(self.store),
+                    "units": len(self.unit_tokens),
+                    "ingest_context_bytes": self.cache.nbytes,
+                }
+            )
+        else:
+            stats.update(
+                {
+                    "memory_tokens": self.cache.lengths()[0],
+                    "memory_bytes": self.cache.nbytes,
+                    "blocks": len(self.blocks),
+                    "blocks_in_memory": sum(b.start >= self.first_kept for b in self.blocks),
+                }
+            )
+        return stats
 
     # ---- all-or-nothing changes ---------------------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """Restore the stream state if the block raises. Tensors are never written in place, so keeping
-        references is a complete snapshot."""
+        references is a complete snapshot of the context; the store and index are truncated back."""
         layers = [(la.keys, la.values) for la in self.cache.layers]
         scalars = (
             self.cursor,
@@ -257,7 +504,8 @@ class Engine:
             self.ingest_seconds,
             self.frames_ingested,
         )
-        n_blocks = len(self.blocks)
+        n_blocks, n_units, n_stored = len(self.blocks), len(self.unit_tokens), len(self.store)
+        segmenter = copy.deepcopy(self.segmenter)
         try:
             yield
         except BaseException:
@@ -271,5 +519,8 @@ class Engine:
                 self.ingest_seconds,
                 self.frames_ingested,
             ) = scalars
-            del self.blocks[n_blocks:]
+            del self.blocks[n_blocks:], self.unit_tokens[n_units:]
+            self.store.truncate(n_stored)
+            self.index.truncate(n_stored)
+            self.segmenter = segmenter
             raise

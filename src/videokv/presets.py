@@ -1,4 +1,10 @@
-"""Named memory configurations. `videokv presets` lists them with their sources."""
+"""Named memory configurations. `videokv presets` lists them with their sources.
+
+Each preset takes its paper's defaults. Where the paper counts tokens for 196-token frames (LLaVA-OV), the
+values here are in frames and converted for the model at hand by `tokens_per_frame`-free rules: windows are
+given in tokens sized for videokv's default 64-token frames (about 66 tokens per frame with the frame's
+special tokens), and block counts (top-k) are counts of frames or units, which do not depend on the model.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,15 @@ from dataclasses import dataclass
 
 from videokv.config import MemoryConfig
 from videokv.errors import ConfigError
+from videokv.policies.compress import Bilevel, DualSignal, NoCompression, Pool
+from videokv.policies.compress.guidance import Guidance
+from videokv.policies.ingest import Independent, PrevBlocks, Window
+from videokv.policies.retrieve import BilevelReload, Hierarchical, LayerAdaptive, TopK
+from videokv.policies.retrieve.uniform import UniformSample
+from videokv.policies.segment import Semantic, Uniform
+
+# ReKV's local window holds 15000 tokens = about 77 frames of 196 tokens; 77 frames of ~66 tokens:
+INGEST_WINDOW = 5000
 
 
 @dataclass(frozen=True)
@@ -22,9 +37,72 @@ PRESETS: dict[str, Preset] = {
         "baseline",
     ),
     "window": Preset(
-        MemoryConfig(name="window", window=2048),
+        MemoryConfig(name="window", ingest=Window(2048)),
         "attention sinks (the header prompt) + the most recent 2048 stream tokens",
-        "StreamingLLM (Xiao et al., ICLR 2024), as used for ingest by ReKV",
+        "StreamingLLM (Xiao et al., ICLR 2024), as ReKV uses it for ingest",
+    ),
+    "uniform": Preset(
+        MemoryConfig(
+            name="uniform",
+            ingest=Window(INGEST_WINDOW),
+            segment=Uniform(1),
+            retrieve=UniformSample(k=64),
+            positions="compact",
+        ),
+        "64 frames evenly spaced over the stream (+ all timed text): the same budget as rekv, query-agnostic",
+        "the uniform-sampling baseline of the ReKV / StreamKV / MuKV papers",
+    ),
+    "rekv": Preset(
+        MemoryConfig(
+            name="rekv",
+            ingest=Window(INGEST_WINDOW),
+            segment=Uniform(1),
+            compress=NoCompression(),
+            retrieve=TopK(k=64, per_layer=True),
+            positions="compact",
+        ),
+        "one block per frame; per-layer top-64 blocks by question query . mean block key; compact positions",
+        "ReKV (Di et al., ICLR 2025), Becomebright/ReKV",
+    ),
+    "streamkv": Preset(
+        MemoryConfig(
+            name="streamkv",
+            ingest=Window(INGEST_WINDOW),
+            segment=Semantic(0.99, 4, 64),
+            compress=Guidance(keep=0.6, temp=1.0),
+            summary=True,
+            retrieve=LayerAdaptive(k=64, temp=0.5, recent=8),
+            positions="compact",
+        ),
+        "semantic segments + summary pseudo-frames; guidance-prompt frame selection (60%); layer-adaptive "
+        "retrieval of 64 blocks with the newest 8",
+        "StreamKV (arXiv 2511.07278), sou1p0wer/StreamKV",
+    ),
+    "mukv": Preset(
+        MemoryConfig(
+            name="mukv",
+            ingest=Independent(),
+            segment=Uniform(4),
+            compress=DualSignal(keep=0.8),
+            retrieve=Hierarchical(),
+            positions="keep",
+        ),
+        "4-frame units prefilled independently; dual-signal (attention + key frequency) token selection; "
+        "semi-hierarchical retrieval with context re-ranking",
+        "MuKV (CVPR 2026, arXiv 2605.22269), IMBALDY/MuKV",
+    ),
+    "x2l": Preset(
+        MemoryConfig(
+            name="x2l",
+            ingest=PrevBlocks(3),
+            segment=Uniform(4),
+            compress=Bilevel(low=NoCompression(), high=Pool(stride=8)),
+            retrieve=BilevelReload(k_low=4),
+            positions="keep",
+        ),
+        "4-frame chunks seeing the previous 3; each kept at low (L, full) and high (H, 8x pooled) "
+        "compression; L reloaded for the 4 chunks most relevant to the question, H for the rest",
+        "Video-X²L (arXiv 2506.21184); Video-XL-2 chunked prefill + bi-level KV (VectorSpaceLab/Video-XL)",
     ),
 }
 

@@ -21,8 +21,9 @@ from transformers import AttentionInterface
 
 ATTN_NAME = "videokv"
 
-# observer(layer_idx, weights [B, heads, n_rows, kv_len]); rows = which new-token rows to report
-_OBSERVER: contextvars.ContextVar[tuple[Callable, slice] | None] = contextvars.ContextVar(
+# observer(layer_idx, weights [B, heads, n_rows, kv_len]); rows = which new-token rows to report;
+# layers = which layers report (None: all)
+_OBSERVER: contextvars.ContextVar[tuple[Callable, slice, frozenset | None] | None] = contextvars.ContextVar(
     "videokv_obs", default=None
 )
 
@@ -50,21 +51,25 @@ def videokv_attention(
         query, key, value, attn_mask=mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
     )
     obs = _OBSERVER.get()
-    if obs is not None:
-        fn, rows = obs
+    layer = int(getattr(module, "layer_idx", 0))
+    if obs is not None and (obs[2] is None or layer in obs[2]):
+        fn, rows, _ = obs
         q = query[:, :, rows]
         k = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
         scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (scaling or q.shape[-1] ** -0.5)
         if mask is not None:
             scores = scores.masked_fill(~mask[rows], float("-inf"))
-        fn(int(getattr(module, "layer_idx", 0)), scores.softmax(-1))
+        fn(layer, scores.softmax(-1))
     return out.transpose(1, 2).contiguous(), None
 
 
 @contextlib.contextmanager
-def observe_attention(fn: Callable[[int, torch.Tensor], None], rows: slice) -> Iterator[None]:
-    """Within the block, call fn(layer_idx, weights) with the attention of the new-token `rows`."""
-    token = _OBSERVER.set((fn, rows))
+def observe_attention(
+    fn: Callable[[int, torch.Tensor], None], rows: slice, layers: set[int] | None = None
+) -> Iterator[None]:
+    """Within the block, call fn(layer_idx, weights) with the attention of the new-token `rows` (at
+    `layers`, default all)."""
+    token = _OBSERVER.set((fn, rows, None if layers is None else frozenset(layers)))
     try:
         yield
     finally:

@@ -1,0 +1,56 @@
+"""The retrieval index: every stored block's retrieval keys and metadata, as tensors a retriever scores.
+
+Scoring all blocks is one matrix product per layer over `rkeys` [N, L, D] (see `Catalog.scores`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from videokv.memory.block import KVBlock
+from videokv.policies.retrieve.base import Catalog
+
+
+class Index:
+    """Rows in the order blocks were stored (which is stream order: the engine stores units in order)."""
+
+    def __init__(self) -> None:
+        self.rkeys: list[torch.Tensor] = []
+        self.kinds: list[str] = []
+        self.units: list[int] = []
+        self.levels: list[str] = []
+        self.t0: list[float] = []
+        self.t1: list[float] = []
+        self.pinned: list[bool] = []
+        self._catalog: Catalog | None = None
+
+    def add(self, block: KVBlock) -> None:
+        self.rkeys.append(block.rkey.float())
+        self.kinds.append(block.kind)
+        self.units.append(block.unit)
+        self.levels.append(block.level)
+        self.t0.append(block.t0)
+        self.t1.append(block.t1)
+        self.pinned.append(block.pinned)
+        self._catalog = None
+
+    def __len__(self) -> int:
+        return len(self.rkeys)
+
+    def truncate(self, n: int) -> None:
+        for field in (self.rkeys, self.kinds, self.units, self.levels, self.t0, self.t1, self.pinned):
+            del field[n:]
+        self._catalog = None
+
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog(
+                rkeys=torch.stack(self.rkeys),
+                kinds=list(self.kinds),
+                units=torch.tensor(self.units, dtype=torch.long),
+                levels=list(self.levels),
+                t0=torch.tensor(self.t0, dtype=torch.float64),
+                t1=torch.tensor(self.t1, dtype=torch.float64),
+                pinned=torch.tensor(self.pinned, dtype=torch.bool),
+            )
+        return self._catalog

@@ -1,0 +1,48 @@
+"""The question's retrieval query: its pre-RoPE queries and keys, per layer, captured with forward hooks.
+
+The question is prefilled once against the ingest context (sinks + recent window), as ReKV's "retrieval
+forward" does; forward hooks on each attention layer's q_proj / k_proj (a public PyTorch extension point;
+no forward is replaced) record the projections before RoPE. The query of layer l is the mean over question
+tokens of its queries, summed within each KV-head group, so that `q[l] @ rkey` equals ReKV's inner product
+of the GQA-repeated query with the block's mean key.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from videokv.models.base import Adapter
+from videokv.policies.retrieve.base import Query
+
+
+def capture_query(adapter: Adapter, run) -> Query:
+    """Call `run()` (a forward of the question) and return the Query its projections define."""
+    layers = adapter.language_model.layers
+    captured: dict[tuple[str, int], torch.Tensor] = {}
+    handles = []
+    for i, layer in enumerate(layers):
+        attn = layer.self_attn
+        handles.append(attn.q_proj.register_forward_hook(_keep(captured, "q", i)))
+        handles.append(attn.k_proj.register_forward_hook(_keep(captured, "k", i)))
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    kv, d = adapter.num_kv_heads, adapter.head_dim
+    q_rows, k_rows = [], []
+    for i in range(len(layers)):
+        q = captured[("q", i)][0].float()  # [n, heads * d]
+        n = q.shape[0]
+        q = q.view(n, kv, -1, d).sum(2).mean(0).reshape(kv * d)
+        k = captured[("k", i)][0, -1].float()  # last question token, [kv * d]
+        q_rows.append(q)
+        k_rows.append(k)
+    return Query(q=torch.stack(q_rows), last_key=torch.stack(k_rows))
+
+
+def _keep(store: dict, what: str, layer: int):
+    def hook(module, args, output):
+        store[(what, layer)] = output.detach()
+
+    return hook

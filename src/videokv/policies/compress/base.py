@@ -1,0 +1,100 @@
+"""The compressor protocol and the scorer helper every token-selecting compressor builds on.
+
+A compressor turns a prefilled `Unit` (frame pieces only; the engine keeps text whole) into `BlockDraft`s.
+By convention it returns one draft covering the whole unit: kind "frame" when the unit holds one frame piece
+and "segment" otherwise, t0/t1 = the unit's time span. A `ScorerCompressor` only scores tokens (per layer or
+once for all layers) and keeps the `budget(n, keep)` best per layer, in the style of kvpress's ScorerPress.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from videokv.errors import ConfigError
+from videokv.policies.base import BlockDraft, Unit, budget, keep_top
+
+
+class Compressor(abc.ABC):
+    """Base class of the compressors.
+
+    name: the registry name used in configs (``--memory-set compress=<name>``). needs: the statistics the
+    engine must put in ``unit.attention`` before calling `compress` (e.g. ``("self",)``).
+    """
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def compress(self, unit: Unit) -> list[BlockDraft]:
+        """The drafts (kept tokens or transformed K/V, per layer) of a prefilled unit."""
+
+
+def unit_kind(unit: Unit) -> str:
+    """ "frame" for a unit with one frame piece, "segment" otherwise."""
+    return "frame" if sum(p.kind == "frame" for p in unit.pieces) == 1 else "segment"
+
+
+def whole_unit_draft(unit: Unit, **fields) -> BlockDraft:
+    """One draft covering the whole unit, with the conventional kind and time span."""
+    return BlockDraft(kind=unit_kind(unit), t0=unit.t0, t1=unit.t1, **fields)
+
+
+def check_keep(keep: object, owner: str) -> None:
+    """Raise ConfigError unless `keep` is a ratio in (0, 1] (float) or a token count >= 1 (int)."""
+    if isinstance(keep, bool) or not isinstance(keep, int | float):
+        raise ConfigError(f"{owner}: keep must be a float ratio in (0, 1] or an int count; got {keep!r}")
+    if isinstance(keep, float) and not 0.0 < keep <= 1.0:
+        raise ConfigError(
+            f"{owner}: a keep ratio must be in (0, 1]; got {keep} (give an int for a token count)"
+        )
+    if isinstance(keep, int) and keep < 1:
+        raise ConfigError(f"{owner}: a keep count must be >= 1; got {keep}")
+
+
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """`x` in at least float32 (half precision is upcast; float64 stays float64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def minmax(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Min-max normalisation to [0, 1] (a constant tensor becomes zeros)."""
+    if x.numel() == 0:
+        return x
+    return (x - x.min()) / (x.max() - x.min() + eps)
+
+
+@dataclass(frozen=True)
+class ScorerCompressor(Compressor):
+    """Keeps, per layer, the `budget(n, keep)` tokens with the highest `score` (ties: the earlier token).
+
+    Parameters
+    ----------
+    keep: a float in (0, 1] is the kept fraction of the unit's tokens (at least 1 token), an int the number
+        of tokens kept.
+
+    Subclasses implement `score(unit)`, returning [layers, n] (one score per layer and token) or [n] (the same
+    score, hence the same kept tokens, for every layer).
+    """
+
+    keep: float | int = 0.5
+
+    def __post_init__(self) -> None:
+        check_keep(self.keep, type(self).__name__)
+
+    @abc.abstractmethod
+    def score(self, unit: Unit) -> torch.Tensor:
+        """Token scores, [layers, n] or [n]; higher is kept first."""
+
+    def compress(self, unit: Unit) -> list[BlockDraft]:
+        n, layers = unit.n_tokens, len(unit.keys)
+        k = budget(n, self.keep)
+        scores = self.score(unit)
+        if scores.dim() == 1:
+            index = [keep_top(scores, k)] * layers
+        else:
+            index = [keep_top(scores[layer], k) for layer in range(layers)]
+        return [whole_unit_draft(unit, index=index, level="full")]

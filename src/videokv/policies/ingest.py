@@ -1,0 +1,76 @@
+"""Ingest policies: which cached tokens a new unit attends to while it is prefilled.
+
+Every policy keeps the attention sinks (the header prompt) plus a suffix of the most recent stream tokens;
+they differ in how long that suffix is. The engine trims its ingest context to `keep_tokens(...)` after
+every unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from videokv.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Window:
+    """Sinks + the most recent `tokens` stream tokens (None: the whole stream, i.e. exact full attention).
+
+    Parameters
+    ----------
+    tokens: size of the recent window in tokens, or None for no limit.
+
+    Source: StreamingLLM (Xiao et al., "Efficient Streaming Language Models with Attention Sinks", ICLR 2024),
+    as ReKV (ICLR 2025) and StreamKV (arXiv 2511.07278) use it while encoding video (n_init + n_local).
+    """
+
+    name: ClassVar[str] = "window"
+    tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens is not None and self.tokens < 1:
+            raise ConfigError(f"window tokens must be >= 1 or None; got {self.tokens}")
+
+    def keep_tokens(self, unit_tokens: list[int]) -> int | None:
+        return self.tokens
+
+
+@dataclass(frozen=True)
+class Independent:
+    """Every unit is prefilled seeing only the sinks: blocks are independent of each other.
+
+    Source: MuKV (CVPR 2026, arXiv 2605.22269), which prefills each block with only the initial prompt as
+    context. Unlike MuKV, positions stay those of the stream (no aliasing of every block at one offset).
+    """
+
+    name: ClassVar[str] = "independent"
+
+    def keep_tokens(self, unit_tokens: list[int]) -> int | None:
+        return 0
+
+
+@dataclass(frozen=True)
+class PrevBlocks:
+    """A unit sees the sinks and the previous `n` units (block-sparse chunked prefill).
+
+    Parameters
+    ----------
+    n: how many previous units stay visible.
+
+    Source: Video-XL-2 chunk-based pre-filling (`prev_blocks_num`), the prefill behind Video-X²L
+    (arXiv 2506.21184).
+    """
+
+    name: ClassVar[str] = "prev_blocks"
+    n: int = 3
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise ConfigError(f"prev_blocks n must be >= 0; got {self.n}")
+
+    def keep_tokens(self, unit_tokens: list[int]) -> int | None:
+        return sum(unit_tokens[-self.n :]) if self.n else 0
+
+
+INGEST_POLICIES = {cls.name: cls for cls in (Window, Independent, PrevBlocks)}

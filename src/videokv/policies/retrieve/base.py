@@ -1,0 +1,148 @@
+"""What a retriever sees (`Catalog`, `Query`) and the `Retriever` base class.
+
+A retriever picks, per layer, the stored blocks a question attends to. It sees only a catalog of the memory
+(one row per stored block: its representative keys and where it came from) and a summary of the question's
+queries; it returns, for each layer, catalog rows sorted in stream order (by start time, then row).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from videokv.errors import ConfigError
+
+LEVEL_PREFERENCE = ("full", "L", "H")  # when a unit is stored at several levels, the one a plain reader takes
+
+
+@dataclass
+class Catalog:
+    """What a retriever sees of the memory, one row per stored block (a row index is the block id).
+
+    rkeys: [N, L, D] float32, per layer the mean of the block's un-rotated keys flattened over kv heads
+    (D = kv_heads * head_dim). kinds: "frame", "segment", "patch", "text" or "summary". units: [N] long, the
+    ingest unit a block came from (the levels and granularities of one unit share it; larger is newer).
+    levels: "full", "L", "H", ... t0/t1: [N] float stream times. pinned: [N] bool, always included (e.g.
+    segment summaries).
+    """
+
+    rkeys: torch.Tensor
+    kinds: list[str]
+    units: torch.Tensor
+    levels: list[str]
+    t0: torch.Tensor
+    t1: torch.Tensor
+    pinned: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.rkeys.dim() != 3:
+            raise ConfigError(f"Catalog: rkeys must be [N, L, D]; got shape {tuple(self.rkeys.shape)}")
+        n = self.rkeys.shape[0]
+        for what, size in (
+            ("kinds", len(self.kinds)),
+            ("units", self.units.numel()),
+            ("levels", len(self.levels)),
+            ("t0", self.t0.numel()),
+            ("t1", self.t1.numel()),
+            ("pinned", self.pinned.numel()),
+        ):
+            if size != n:
+                raise ConfigError(f"Catalog: {what} has {size} entries but rkeys has {n} rows")
+
+    @property
+    def n(self) -> int:
+        return int(self.rkeys.shape[0])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.rkeys.shape[1])
+
+    def scores(self, query: Query) -> torch.Tensor:
+        """ReKV's relevance, [L, N] fp32: per layer, the question's query · each block's rkey."""
+        return torch.einsum("nld,ld->ln", self.rkeys.float(), query.q.float())
+
+    def in_stream_order(self, rows: Iterable[int]) -> list[int]:
+        """`rows` without duplicates, sorted by start time, then row."""
+        t0 = self.t0.tolist()
+        return sorted(set(int(r) for r in rows), key=lambda r: (t0[r], r))
+
+    def pinned_rows(self) -> list[int]:
+        return [int(r) for r in torch.nonzero(self.pinned.bool()).flatten().tolist()]
+
+    def unit_ids(self) -> list[int]:
+        """The distinct ingest units, oldest first."""
+        return sorted(set(int(u) for u in self.units.tolist()))
+
+    def newest_units(self, n: int) -> list[int]:
+        """The `n` newest ingest units (largest ids)."""
+        return self.unit_ids()[-n:] if n > 0 else []
+
+    def unit_rows(self, units: Iterable[int]) -> list[int]:
+        """Every row of the given units."""
+        wanted = set(int(u) for u in units)
+        return [r for r, u in enumerate(self.units.tolist()) if u in wanted]
+
+    def level_rows(
+        self, units: Iterable[int] | None = None, prefer: dict[int, str] | None = None
+    ) -> list[int]:
+        """One level per unit: the rows a reader takes of `units` (all units when None).
+
+        A unit's visual rows (not text, not pinned) are read at the level `prefer[unit]` when the unit has it,
+        else at the first of "full" > "L" > "H" it has, else at its first row's level. Text rows are always
+        taken. Pinned rows are not included (callers add them).
+        """
+        prefer = prefer or {}
+        wanted = None if units is None else set(int(u) for u in units)
+        by_unit: dict[int, list[int]] = {}
+        text: list[int] = []
+        pinned = self.pinned.bool().tolist()
+        for r, u in enumerate(self.units.tolist()):
+            if wanted is not None and u not in wanted:
+                continue
+            if self.kinds[r] == "text":
+                text.append(r)
+            elif not pinned[r]:
+                by_unit.setdefault(u, []).append(r)
+        out = list(text)
+        for u, rows in by_unit.items():
+            have = [self.levels[r] for r in rows]
+            level = next((lv for lv in (prefer.get(u), *LEVEL_PREFERENCE) if lv in have), have[0])
+            out.extend(r for r in rows if self.levels[r] == level)
+        return out
+
+
+@dataclass
+class Query:
+    """The question, summarised for retrieval.
+
+    q: [L, D], per layer the question's pre-RoPE queries averaged over question tokens and summed within
+    each KV-head group, so ``q[l] @ rkeys[:, l]`` is ReKV's score. last_key: [L, D], per layer the un-rotated
+    key of the question's last token (MuKV's query).
+    """
+
+    q: torch.Tensor
+    last_key: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Retriever(ABC):
+    """Base class of the retrievers: `select` returns, per layer, the catalog rows a question sees."""
+
+    name: ClassVar[str] = "retriever"
+
+    @abstractmethod
+    def select(self, catalog: Catalog, query: Query) -> list[list[int]]:
+        """For each layer, the catalog rows (block ids) the question sees, sorted in stream order."""
+
+    @staticmethod
+    def top_rows(scores: torch.Tensor, candidates: list[int], k: int) -> list[int]:
+        """The `k` candidate rows with the highest `scores` (a 1-D tensor over all rows; ties: lower row)."""
+        if k <= 0 or not candidates:
+            return []
+        idx = torch.tensor(candidates, dtype=torch.long, device=scores.device)
+        order = torch.argsort(-scores.float()[idx], stable=True)[:k]
+        return idx[order].tolist()
