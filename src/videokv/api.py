@@ -17,6 +17,7 @@ from videokv.engine import Engine, Frame
 from videokv.errors import InputError
 from videokv.models.base import Adapter
 from videokv.models.registry import adapter_for, load_model
+from videokv.persist import load_config, read_save, restore_engine, save_engine
 from videokv.presets import resolve_memory
 from videokv.qa import DEFAULT_SYSTEM, Answer
 from videokv.video.decode import iter_frames, probe
@@ -67,6 +68,10 @@ class VideoQA:
             config = config.with_overrides(memory_set)
         return Session(self.adapter, config, fps=fps, system=self.system)
 
+    def load_session(self, folder: str | Path) -> Session:
+        """A session saved with `Session.save`, on this VideoQA's model (which must be the same model)."""
+        return Session.load(folder, self)
+
 
 class Session:
     """One stream: add video, frames and text as they arrive; ask questions at any time."""
@@ -77,7 +82,27 @@ class Session:
         if not fps > 0:
             raise InputError(f"fps must be > 0; got {fps}")
         self.fps = float(fps)
+        self.system = system
         self.engine = Engine(adapter, config, system=system, frame_interval=1.0 / self.fps)
+
+    def save(self, folder: str | Path) -> Path:
+        """Save the whole session (config, blocks, index, positions, stream clock) to `folder`, atomically:
+        a crash mid-save leaves the previous save readable. An open memory unit is closed first."""
+        return save_engine(self.engine, folder, extra={"fps": self.fps, "system": self.system})
+
+    @classmethod
+    def load(cls, folder: str | Path, qa: VideoQA) -> Session:
+        """Load a session saved with `save` (in any process) onto `qa`'s model; it continues streaming."""
+        manifest, tensors = read_save(folder)
+        extra = manifest.get("extra") or {}
+        session = cls(
+            qa.adapter,
+            load_config(manifest),
+            fps=extra.get("fps", 1.0),
+            system=extra.get("system", DEFAULT_SYSTEM),
+        )
+        restore_engine(session.engine, manifest, tensors)
+        return session
 
     @property
     def clock(self) -> float:

@@ -1,0 +1,231 @@
+"""Saving and loading a session: config, blocks, index, positions, ingest context and stream clock.
+
+A save is a folder: `manifest.json` (format, model identity, memory config, stream state, block metadata)
+and `tensors.safetensors` (the ingest context's K/V and every block's K/V, positions and retrieval key).
+It is written to a temporary sibling folder and renamed into place; an existing save is moved aside first
+and removed last, so a crash at any moment leaves a readable save (`load` falls back to the moved-aside one).
+The memory config is stored as data (policy class paths under `videokv.policies` and their parameters),
+never pickled. Loading checks that the model is the one the session was saved with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from videokv.config import MemoryConfig
+from videokv.engine import BlockInfo, Engine
+from videokv.errors import ConfigError, InputError
+from videokv.memory.block import KVBlock
+
+FORMAT = "videokv-session"
+VERSION = 1
+MANIFEST = "manifest.json"
+TENSORS = "tensors.safetensors"
+
+
+class SaveError(InputError):
+    """A session save folder is missing, corrupt, or was made with another model."""
+
+
+# ---- the memory config as data -------------------------------------------------------------------------
+def encode_config(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        cls = type(value)
+        fields = {f.name: encode_config(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"__class__": f"{cls.__module__}.{cls.__qualname__}", **fields}
+    if isinstance(value, dict):
+        return {k: encode_config(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode_config(v) for v in value]
+    return value
+
+
+def decode_config(data: object) -> object:
+    if isinstance(data, dict) and "__class__" in data:
+        path = data["__class__"]
+        module, _, name = path.rpartition(".")
+        if not (module.startswith("videokv.policies") or path == "videokv.config.MemoryConfig"):
+            raise SaveError(f"refusing to build {path!r} from a save: not a videokv policy")
+        cls = getattr(importlib.import_module(module), name)
+        kwargs = {k: decode_config(v) for k, v in data.items() if k != "__class__"}
+        for f in dataclasses.fields(cls):
+            if f.name in kwargs and isinstance(kwargs[f.name], list) and isinstance(f.default, tuple):
+                kwargs[f.name] = tuple(kwargs[f.name])
+        return cls(**kwargs)
+    if isinstance(data, dict):
+        return {k: decode_config(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [decode_config(v) for v in data]
+    return data
+
+
+def model_identity(engine: Engine) -> dict:
+    cfg = engine.adapter.text_config
+    return {
+        "family": engine.adapter.family,
+        "layers": engine.adapter.num_layers,
+        "kv_heads": engine.adapter.num_kv_heads,
+        "head_dim": engine.adapter.head_dim,
+        "hidden_size": int(cfg.hidden_size),
+        "vocab_size": int(cfg.vocab_size),
+        "dtype": str(engine.adapter.dtype),
+    }
+
+
+# ---- save -----------------------------------------------------------------------------------------
+STATE_FIELDS = (
+    "cursor",
+    "n_sinks",
+    "header_tokens",
+    "non_sink_tokens",
+    "first_kept",
+    "clock",
+    "ingest_seconds",
+    "frames_ingested",
+    "frame_interval",
+)
+
+
+def save_engine(engine: Engine, folder: str | Path, extra: dict | None = None) -> Path:
+    """Write `engine`'s whole state to `folder` atomically (the open unit, if any, is closed first)."""
+    engine.flush()
+    folder = Path(folder)
+    tensors: dict[str, torch.Tensor] = {}
+    for i, layer in enumerate(engine.cache.layers):
+        tensors[f"ctx.k{i}"] = layer.keys.contiguous().cpu()
+        tensors[f"ctx.v{i}"] = layer.values.contiguous().cpu()
+    blocks = []
+    for row in range(len(engine.store)):
+        b = engine.store.get(row)
+        for i in range(b.num_layers):
+            tensors[f"b{row}.k{i}"] = b.keys[i].contiguous().cpu()
+            tensors[f"b{row}.v{i}"] = b.values[i].contiguous().cpu()
+            tensors[f"b{row}.p{i}"] = b.positions[i].cpu().clone()
+        tensors[f"b{row}.r"] = b.rkey.contiguous().cpu()
+        blocks.append(
+            {
+                "index": b.index,
+                "unit": b.unit,
+                "kind": b.kind,
+                "t0": b.t0,
+                "t1": b.t1,
+                "level": b.level,
+                "text": b.text,
+                "pinned": b.pinned,
+                "layers": b.num_layers,
+            }
+        )
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model_identity(engine),
+        "config": encode_config(engine.config),
+        "state": {name: getattr(engine, name) for name in STATE_FIELDS},
+        "unit_tokens": engine.unit_tokens,
+        "context_blocks": [dataclasses.asdict(b) for b in engine.blocks],
+        "blocks": blocks,
+        "extra": extra or {},
+    }
+    tmp = folder.with_name(f".{folder.name}.saving-{os.getpid()}")
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / TENSORS))
+    (tmp / MANIFEST).write_text(json.dumps(manifest))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+# ---- load -----------------------------------------------------------------------------------------
+def read_save(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The manifest and tensors of a save (or of the save a crash left moved aside)."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).exists():
+        old = folder.with_name(f".{folder.name}.old")
+        if (old / MANIFEST).exists():
+            folder = old
+        elif not folder.exists():
+            raise SaveError(f"no saved session at {folder}: the folder does not exist")
+        else:
+            raise SaveError(f"{folder} is not a videokv session save: {MANIFEST} is missing")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise SaveError(f"{folder}/{MANIFEST} is corrupt: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise SaveError(f"{folder} is not a videokv session save (format {manifest.get('format')!r})")
+    if manifest.get("version") != VERSION:
+        raise SaveError(
+            f"{folder} was saved with format version {manifest.get('version')}; this videokv "
+            f"reads version {VERSION}"
+        )
+    try:
+        tensors = load_file(str(folder / TENSORS))
+    except Exception as e:  # safetensors raises several types for truncated or garbled files
+        raise SaveError(f"{folder}/{TENSORS} is missing or corrupt: {e}") from e
+    return manifest, tensors
+
+
+def restore_engine(engine: Engine, manifest: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Fill a fresh engine (same model, same config) with a save's state."""
+    if manifest["model"] != model_identity(engine):
+        raise SaveError(
+            f"this save was made with another model: saved {manifest['model']}, "
+            f"loaded {model_identity(engine)}"
+        )
+    device = engine.adapter.device
+    try:
+        for i, layer in enumerate(engine.cache.layers):
+            layer.keys = tensors[f"ctx.k{i}"].to(device)
+            layer.values = tensors[f"ctx.v{i}"].to(device)
+        for name in STATE_FIELDS:
+            setattr(engine, name, manifest["state"][name])
+        engine.unit_tokens = list(manifest["unit_tokens"])
+        engine.blocks = [BlockInfo(**b) for b in manifest["context_blocks"]]
+        for row, meta in enumerate(manifest["blocks"]):
+            n = meta["layers"]
+            block = KVBlock(
+                meta["index"],
+                meta["unit"],
+                meta["kind"],
+                meta["t0"],
+                meta["t1"],
+                [tensors[f"b{row}.k{i}"].to(device) for i in range(n)],
+                [tensors[f"b{row}.v{i}"].to(device) for i in range(n)],
+                [tensors[f"b{row}.p{i}"].to(device) for i in range(n)],
+                tensors[f"b{row}.r"],
+                meta["level"],
+                meta["text"],
+                meta["pinned"],
+            )
+            engine.store.add(block)
+            engine.index.add(block)
+    except KeyError as e:
+        raise SaveError(f"the save is incomplete: {e} is missing") from e
+    if len(engine.cache.layers) and engine.cache.lengths()[0] < engine.n_sinks:
+        raise SaveError("the save is inconsistent: its context is shorter than its attention sinks")
+
+
+def load_config(manifest: dict) -> MemoryConfig:
+    try:
+        config = decode_config(manifest["config"])
+    except (KeyError, TypeError, ValueError, ImportError, AttributeError, ConfigError) as e:
+        raise SaveError(f"the save's memory configuration cannot be read: {e}") from e
+    if not isinstance(config, MemoryConfig):
+        raise SaveError("the save's memory configuration is not a MemoryConfig")
+    return config

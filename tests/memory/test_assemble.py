@@ -1,0 +1,65 @@
+"""Assembly of a question's context: `compact` positions are contiguous and exact; evidence carries levels."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tests.conftest import get_tiny, random_frames
+from videokv import MemoryConfig, VideoQA, get_preset
+from videokv.memory.assemble import compact_positions
+from videokv.models.rope import rotate
+from videokv.policies.retrieve import TopK
+from videokv.qa import question_text
+
+
+def test_compact_positions_are_contiguous():
+    one_d = [torch.tensor([[5, 6, 9]]), torch.tensor([[40, 41]])]
+    new, end = compact_positions(one_d, 3)
+    assert [p.tolist() for p in new] == [[[3, 4, 5]], [[6, 7]]] and end == 8
+    frame = torch.tensor([[10, 10, 10, 10], [10, 10, 11, 11], [10, 11, 10, 11]])  # M-RoPE 2x2 frame
+    text = torch.tensor([[30, 31], [30, 31], [30, 31]])
+    new, end = compact_positions([frame, text], 3)
+    assert torch.equal(new[0], frame - 7)  # shifted as a whole, inner (t, h, w) offsets kept
+    assert new[1].tolist() == [[5, 6]] * 3 and end == 7
+
+
+def test_compact_context_keys_are_recomputed_exactly():
+    """With compact positions, the assembled layer-0 keys equal keys computed from scratch for the selected
+    frames at contiguous positions right after the sinks (LLaVA-OV, 1-D RoPE)."""
+    model, tok = get_tiny("llava_onevision")
+    config = MemoryConfig(name="t", retrieve=TopK(k=2, per_layer=False), positions="compact")
+    s = VideoQA.from_model(model, tok, memory=config).session()
+    frames = random_frames(5)
+    s.add_frames(frames)
+    eng = s.engine
+    with torch.no_grad():
+        context, cursor, evidence = eng._retrieve(question_text("what is there?"))
+    chosen = [int(round(e.t0)) for e in evidence]  # frames at t = 0, 1, 2, ...
+    assert len(chosen) == 2
+    ad = eng.adapter
+    pieces = ad.frame_pieces(frames[chosen], np.array(chosen, dtype=float), 0)
+    emb = torch.cat([p.embeds for p in pieces])
+    n = emb.shape[0]
+    assert context.lengths()[0] == eng.n_sinks + n
+    assert cursor == eng.n_sinks + n  # the question follows the blocks without a gap
+    layer0 = ad.language_model.layers[0]
+    with torch.no_grad():
+        k = layer0.self_attn.k_proj(layer0.input_layernorm(emb))
+    k = k.view(n, ad.num_kv_heads, ad.head_dim).transpose(0, 1)
+    expected = rotate(k, torch.arange(eng.n_sinks, eng.n_sinks + n)[None], ad.rotary_emb)
+    got = context.layers[0].keys[0, :, eng.n_sinks :]
+    assert (got - expected).abs().max().item() < 1e-5
+
+
+def test_x2l_evidence_gives_low_compression_to_top_chunks():
+    model, tok = get_tiny("qwen2_vl")
+    config = get_preset("x2l").with_overrides(["retrieve.k_low=1"])
+    s = VideoQA.from_model(model, tok, memory=config, frame_tokens=16).session()
+    s.add_frames(random_frames(12))
+    ans = s.ask("what happens?", max_new_tokens=2)
+    levels = [e.level for e in ans.evidence]
+    assert levels.count("L") == 1 and levels.count("H") == 2  # 3 chunks of 4 frames
+    h_bytes = [b.nbytes for b in s.engine.store.blocks if b.level == "H"]
+    l_bytes = [b.nbytes for b in s.engine.store.blocks if b.level == "L"]
+    assert max(h_bytes) < min(l_bytes)
