@@ -10,6 +10,7 @@ import pytest
 
 from videokv.cli import main
 from videokv.demo import DEMO_QUESTIONS, prepare_demo
+from videokv.presets import PRESETS
 
 
 def test_ask_json_one_object_per_question_in_order(tmp_path):
@@ -101,10 +102,37 @@ def test_presets_lists_sources(capsys):
     assert "full" in out and "window" in out and "source:" in out
 
 
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_ask_works_with_every_preset(tmp_path, capsys, preset):
+    video, srt = prepare_demo(tmp_path)
+    rc = main(
+        [
+            "ask",
+            str(video),
+            "What colour is the jacket?",
+            "--subtitles",
+            str(srt),
+            "--memory",
+            preset,
+            "--model",
+            "tiny-qwen2_vl",
+            "--json",
+            "--fps",
+            "0.5",
+            "--max-new-tokens",
+            "2",
+        ]
+    )
+    assert rc == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["stats"]["memory"] == preset and obj["evidence"]
+
+
 @pytest.mark.realmodel
-def test_demo_answers_correctly_with_the_offline_model(capsys):
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_demo_answers_correctly_with_the_offline_model(capsys, preset):
     """End to end with real weights: the demo's three questions are answered from the subtitles."""
-    rc = main(["demo", "--json"])
+    rc = main(["demo", "--json", "--memory", preset])
     objs = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [o["question"] for o in objs] == [q.question for q in DEMO_QUESTIONS]
     for o, q in zip(objs, DEMO_QUESTIONS):

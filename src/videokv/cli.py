@@ -79,6 +79,10 @@ def _open_session(args: argparse.Namespace):
 
     if args.model == "offline" and not args.json:
         print(OFFLINE_CLI_NOTICE, file=sys.stderr)
+    if args.json:  # keep stderr quiet too: no weight-loading bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     frame_tokens = args.frame_tokens or (16 if args.model == "offline" else 64)
     qa = VideoQA.from_pretrained(
         args.model,

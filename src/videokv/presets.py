@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from videokv.config import MemoryConfig
 from videokv.errors import ConfigError
-from videokv.policies.compress import Bilevel, DualSignal, NoCompression, Pool
+from videokv.policies.compress import Bilevel, MultiGrain, NoCompression, Pool
 from videokv.policies.compress.guidance import Guidance
 from videokv.policies.ingest import Independent, PrevBlocks, Window
 from videokv.policies.retrieve import BilevelReload, Hierarchical, LayerAdaptive, TopK
@@ -83,12 +83,12 @@ PRESETS: dict[str, Preset] = {
             name="mukv",
             ingest=Independent(),
             segment=Uniform(4),
-            compress=DualSignal(keep=0.8),
+            compress=MultiGrain(),
             retrieve=Hierarchical(),
             positions="keep",
         ),
-        "4-frame units prefilled independently; dual-signal (attention + key frequency) token selection; "
-        "semi-hierarchical retrieval with context re-ranking",
+        "4-frame units prefilled independently, kept as patch/frame/segment blocks by dual-signal (attention "
+        "+ key frequency) selection; semi-hierarchical retrieval with context re-ranking",
         "MuKV (CVPR 2026, arXiv 2605.22269), IMBALDY/MuKV",
     ),
     "x2l": Preset(

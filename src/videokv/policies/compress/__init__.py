@@ -15,13 +15,14 @@ from videokv.policies.compress.base import Compressor, ScorerCompressor
 from videokv.policies.compress.bilevel import Bilevel
 from videokv.policies.compress.dual_signal import DualSignal
 from videokv.policies.compress.knorm import KeyNorm
+from videokv.policies.compress.multigrain import MultiGrain
 from videokv.policies.compress.none import NoCompression
 from videokv.policies.compress.pool import Pool
 from videokv.policies.compress.redundancy import Redundancy
 from videokv.policies.compress.value_norm import ValueNorm
 
 COMPRESSORS: dict[str, type[Compressor]] = {
-    c.name: c for c in (NoCompression, Pool, KeyNorm, ValueNorm, Redundancy, DualSignal, Bilevel)
+    c.name: c for c in (NoCompression, Pool, KeyNorm, ValueNorm, Redundancy, DualSignal, Bilevel, MultiGrain)
 }
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Compressor",
     "DualSignal",
     "KeyNorm",
+    "MultiGrain",
     "NoCompression",
     "Pool",
     "Redundancy",

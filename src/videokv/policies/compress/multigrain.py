@@ -1,0 +1,169 @@
+"""MultiGrain: store every unit at three granularities (patch, frame, segment), each dual-signal compressed
+(MuKV)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from videokv.errors import ConfigError, VideoKVError
+from videokv.policies.base import BlockDraft, Unit, budget, keep_top
+from videokv.policies.compress.base import Compressor, check_keep
+from videokv.policies.compress.dual_signal import DualSignal
+
+GRAINS = ("patch", "frame", "segment")
+
+
+def _default_keep() -> dict[str, float]:
+    return {"patch": 0.1, "frame": 0.1, "segment": 0.8}
+
+
+def _default_alpha() -> dict[str, float]:
+    return {"patch": 0.5, "frame": 0.7, "segment": 0.8}
+
+
+def raster_slices(start: int, end: int, parts: int) -> list[tuple[int, int]]:
+    """`[start, end)` cut into `parts` consecutive slices of near-equal size (the first ones one token
+    longer when it does not divide evenly, as ``torch.tensor_split``); empty slices are dropped."""
+    n = end - start
+    size, extra = divmod(n, parts)
+    out, a = [], start
+    for i in range(parts):
+        b = a + size + (i < extra)
+        if b > a:
+            out.append((a, b))
+        a = b
+    return out
+
+
+def sub_unit(unit: Unit, a: int, b: int) -> Unit:
+    """Tokens `[a, b)` of `unit` as a Unit of their own: K/V, positions and the self-attention among these
+    tokens only (rows and columns `a:b`). It carries no pieces: only what `DualSignal.score` reads."""
+    attention = {}
+    if "self" in unit.attention:
+        attention["self"] = unit.attention["self"][..., a:b, a:b]
+    return Unit(
+        [],
+        [k[:, a:b] for k in unit.keys],
+        [v[:, a:b] for v in unit.values],
+        unit.positions[:, a:b],
+        [],
+        attention,
+    )
+
+
+@dataclass(frozen=True)
+class MultiGrain(Compressor):
+    """Stores every unit at up to three granularities, each sub-block compressed by MuKV's dual signal.
+
+    For a (frames-only) unit the sub-blocks are:
+
+    - ``segment``: the whole unit (in MuKV, 4 frames = 784 tokens), one draft;
+    - ``frame``: each frame piece, one draft per frame;
+    - ``patch``: each frame's tokens cut into `patches` consecutive *raster* slices (MuKV's 49-token
+      quarter-frame slices, not spatial tiles), one draft per non-empty slice, with its frame's times.
+
+    Each sub-block of granularity g is scored on its own by `DualSignal` with ``keep[g]``, ``alpha[g]`` and
+    ``beta = 1 - alpha[g]``: the attention signal is the unit's last-layer self-attention restricted to the
+    sub-block's rows and columns (MuKV prefills every block separately, so a block's attention is the
+    attention among its own tokens), the frequency signal runs over the sub-block's own last-layer keys.
+    The ``budget(len, keep[g])`` best tokens are kept, the same on every layer. Drafts have kind "patch",
+    "frame" or "segment", level "full", the sub-block's t0/t1, and sorted indices into the unit; a token
+    usually appears in several drafts (one per granularity). A one-frame unit still gives a segment draft.
+
+    Parameters
+    ----------
+    keep: per granularity, a float in (0, 1] is the kept fraction of a sub-block's tokens (at least 1), an
+        int a token count. MuKV ships patch 0.1, frame 0.1, segment 0.8.
+    alpha: per granularity, the attention weight in [0, 1]; the frequency weight is ``1 - alpha``. MuKV
+        ships patch 0.5, frame 0.7, segment 0.8.
+    frequency: the frequency signal, "fft" or "diff" (see `DualSignal`).
+    patches: raster slices per frame for the patch granularity (>= 1; MuKV: 4).
+    granularities: the granularities stored, a non-empty subset of ("patch", "frame", "segment"); `keep`
+        and `alpha` must have an entry for each.
+
+    Differences from MuKV: the unit is prefilled once (with the ingest policy's context), not once per
+    granularity, so the sub-block attention is a restriction of the unit's attention (rows normalised over
+    the whole causal prefix) and the keys carry the unit's context and positions.
+
+    Source: MuKV (Xiao et al., CVPR 2026, arXiv 2605.22269), multi-granularity KV cache with dual-signal
+    compression (``model/mukv_multigrain_kvcache.py``, ``model/mukv_dualsignal_compression.py``).
+    """
+
+    name: ClassVar[str] = "multigrain"
+    needs: ClassVar[tuple[str, ...]] = ("self",)
+    keep: dict[str, float] = field(default_factory=_default_keep)
+    alpha: dict[str, float] = field(default_factory=_default_alpha)
+    frequency: str = "fft"
+    patches: int = 4
+    granularities: tuple[str, ...] = GRAINS
+
+    def __post_init__(self) -> None:
+        grains = self.granularities
+        if not isinstance(grains, tuple | list) or not grains or set(grains) - set(GRAINS):
+            raise ConfigError(
+                f"MultiGrain: granularities must be a non-empty tuple among {GRAINS}; got {grains!r}"
+            )
+        if len(set(grains)) != len(grains):
+            raise ConfigError(f"MultiGrain: granularities has duplicates: {grains!r}")
+        for label, d in (("keep", self.keep), ("alpha", self.alpha)):
+            if not isinstance(d, dict) or set(d) - set(GRAINS):
+                raise ConfigError(f"MultiGrain: {label} must be a dict with keys among {GRAINS}; got {d!r}")
+            missing = [g for g in grains if g not in d]
+            if missing:
+                raise ConfigError(f"MultiGrain: {label} has no entry for {', '.join(missing)}")
+        for g, k in self.keep.items():
+            check_keep(k, f"MultiGrain keep[{g!r}]")
+        for g, a in self.alpha.items():
+            if (
+                isinstance(a, bool)
+                or not isinstance(a, int | float)
+                or not math.isfinite(a)
+                or not 0 <= a <= 1
+            ):
+                raise ConfigError(f"MultiGrain: alpha[{g!r}] must be a number in [0, 1]; got {a!r}")
+        if isinstance(self.patches, bool) or not isinstance(self.patches, int) or self.patches < 1:
+            raise ConfigError(f"MultiGrain: patches must be an int >= 1; got {self.patches!r}")
+        if self.frequency not in ("fft", "diff"):
+            raise ConfigError(f"MultiGrain: frequency must be 'fft' or 'diff'; got {self.frequency!r}")
+
+    def scorer(self, grain: str) -> DualSignal:
+        """The dual-signal scorer of granularity `grain`."""
+        alpha = float(self.alpha[grain])
+        return DualSignal(keep=self.keep[grain], alpha=alpha, beta=1.0 - alpha, frequency=self.frequency)
+
+    def sub_blocks(self, unit: Unit) -> list[tuple[str, int, int, float, float]]:
+        """(granularity, start, end, t0, t1) of every sub-block of `unit`, in `granularities` order."""
+        frames = [(s, p) for s, p in zip(unit.spans, unit.pieces) if p.kind == "frame"]
+        out: list[tuple[str, int, int, float, float]] = []
+        for grain in self.granularities:
+            if grain == "segment":
+                if unit.n_tokens:
+                    out.append((grain, 0, unit.n_tokens, unit.t0, unit.t1))
+            elif grain == "frame":
+                out += [(grain, a, b, p.t0, p.t1) for (a, b), p in frames if b > a]
+            else:
+                for (a, b), p in frames:
+                    out += [(grain, c, d, p.t0, p.t1) for c, d in raster_slices(a, b, self.patches)]
+        return out
+
+    def compress(self, unit: Unit) -> list[BlockDraft]:
+        n, layers = unit.n_tokens, len(unit.keys)
+        attention = unit.attention.get("self")
+        if attention is None and any(self.alpha[g] > 0 for g in self.granularities):
+            raise VideoKVError(
+                "MultiGrain needs unit.attention['self'] (the unit's last-layer self-attention); "
+                "the engine must compute it for compressors whose `needs` include 'self'"
+            )
+        if attention is not None and attention.shape[-2:] != (n, n):
+            raise VideoKVError(
+                f"MultiGrain: unit.attention['self'] must be [heads, {n}, {n}]; got {tuple(attention.shape)}"
+            )
+        scorers = {g: self.scorer(g) for g in self.granularities}
+        drafts = []
+        for grain, a, b, t0, t1 in self.sub_blocks(unit):
+            scores = scorers[grain].score(sub_unit(unit, a, b))
+            index = keep_top(scores, budget(b - a, self.keep[grain])) + a
+            drafts.append(BlockDraft(kind=grain, t0=t0, t1=t1, index=[index] * layers, level="full"))
+        return drafts
