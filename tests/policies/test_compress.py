@@ -166,7 +166,16 @@ UNITS = {
 
 
 def test_every_class_is_exported_and_registered():
-    assert set(COMPRESSORS) == {"none", "pool", "knorm", "value_norm", "redundancy", "dual_signal", "bilevel", "multigrain"}
+    assert set(COMPRESSORS) == {
+        "none",
+        "pool",
+        "knorm",
+        "value_norm",
+        "redundancy",
+        "dual_signal",
+        "bilevel",
+        "multigrain",
+    }
     for name, cls in COMPRESSORS.items():
         assert cls.name == name and issubclass(cls, Compressor)
         assert cls.__doc__ and ("Source" in cls.__doc__ or cls is NoCompression)
