@@ -55,11 +55,15 @@ class KVBlock:
     def to(self, device: torch.device | str, non_blocking: bool = False, pin: bool = False) -> KVBlock:
         """A copy of the block's K/V on `device` (pinned host memory when `pin` and CUDA is available)."""
 
+        pinned = pin and torch.device(device).type == "cpu" and torch.cuda.is_available()
+
         def move(t: torch.Tensor) -> torch.Tensor:
-            out = t.to(device, non_blocking=non_blocking)
-            if pin and out.device.type == "cpu" and torch.cuda.is_available():
-                out = out.pin_memory()
-            return out
+            if not pinned:
+                return t.to(device, non_blocking=non_blocking)
+            if t.device.type == "cpu" and t.is_pinned():
+                return t
+            # one copy straight into page-locked memory (not a pageable copy, then a pinned one)
+            return torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True).copy_(t)
 
         return KVBlock(
             self.index,
