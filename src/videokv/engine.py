@@ -83,6 +83,19 @@ def format_event(event: TextEvent) -> str:
 class Engine:
     """Owns the adapter, the memory configuration and the state of one stream."""
 
+    # the scalar part of the stream state (snapshotted by `transaction`, saved by persist.py)
+    SCALAR_STATE = (
+        "cursor",
+        "n_sinks",
+        "header_tokens",
+        "non_sink_tokens",
+        "first_kept",
+        "clock",
+        "ingest_seconds",
+        "frames_ingested",
+        "frame_interval",
+    )
+
     def __init__(
         self,
         adapter: Adapter,
@@ -496,14 +509,7 @@ class Engine:
         """Restore the stream state if the block raises. Tensors are never written in place, so keeping
         references is a complete snapshot of the context; the store and index are truncated back."""
         layers = [(la.keys, la.values) for la in self.cache.layers]
-        scalars = (
-            self.cursor,
-            self.non_sink_tokens,
-            self.first_kept,
-            self.clock,
-            self.ingest_seconds,
-            self.frames_ingested,
-        )
+        scalars = {name: getattr(self, name) for name in self.SCALAR_STATE}
         n_blocks, n_units, n_stored = len(self.blocks), len(self.unit_tokens), len(self.store)
         segmenter = copy.deepcopy(self.segmenter)
         try:
@@ -511,14 +517,8 @@ class Engine:
         except BaseException:
             for la, (k, v) in zip(self.cache.layers, layers):
                 la.keys, la.values = k, v
-            (
-                self.cursor,
-                self.non_sink_tokens,
-                self.first_kept,
-                self.clock,
-                self.ingest_seconds,
-                self.frames_ingested,
-            ) = scalars
+            for name, value in scalars.items():
+                setattr(self, name, value)
             del self.blocks[n_blocks:], self.unit_tokens[n_units:]
             self.store.truncate(n_stored)
             self.index.truncate(n_stored)
