@@ -150,3 +150,13 @@ def test_bad_input_leaves_memory_unchanged(qwen):
     with pytest.raises(InputError, match="corrupt"):
         s.engine.ingest(failing(), chunk_frames=1)
     assert same()
+
+
+def test_window_in_frames_follows_the_models_frame_size(family):
+    model, tok = get_tiny(family)
+    s = VideoQA.from_model(model, tok, memory=MemoryConfig(name="w", ingest=Window(frames=2))).session()
+    s.add_frames(random_frames(5), chunk_frames=1)
+    eng = s.engine
+    per_frame = eng.tokens_per_frame
+    assert per_frame == eng.frame_tokens / 5 and per_frame > 2
+    assert eng.cache.lengths()[0] == eng.n_sinks + round(2 * per_frame)

@@ -85,6 +85,7 @@ class Engine:
 
     # the scalar part of the stream state (snapshotted by `transaction`, saved by persist.py)
     SCALAR_STATE = (
+        "frame_tokens",
         "cursor",
         "n_sinks",
         "header_tokens",
@@ -123,6 +124,7 @@ class Engine:
         self.clock = 0.0  # stream time reached (seconds)
         self.ingest_seconds = 0.0
         self.frames_ingested = 0
+        self.frame_tokens = 0  # tokens of every frame ingested (for windows given in frames)
         # 1. the header: its first `sinks` tokens are the attention sinks
         with torch.no_grad():
             piece = adapter.text_piece(header, 0, kind="prompt")
@@ -175,6 +177,7 @@ class Engine:
         else:
             self._forward_context(pieces)
         n_frames = sum(p.kind == "frame" for p in pieces)
+        self.frame_tokens += sum(p.n_tokens for p in pieces if p.kind == "frame")
         self.frames_ingested += n_frames
         self.clock = max([self.clock] + [p.t1 for p in pieces])
         self.ingest_seconds += time.perf_counter() - t_start
@@ -220,7 +223,7 @@ class Engine:
 
     def _trim_context(self) -> None:
         """Keep the sinks and the most recent tokens the ingest policy allows; older tokens leave."""
-        keep = self.config.ingest.keep_tokens(self.unit_tokens)
+        keep = self.config.ingest.keep_tokens(self.unit_tokens, self.tokens_per_frame)
         if keep is None or self.non_sink_tokens - self.first_kept <= keep:
             return
         drop = self.non_sink_tokens - self.first_kept - keep
@@ -228,6 +231,10 @@ class Engine:
         index = torch.cat([torch.arange(self.n_sinks), torch.arange(self.n_sinks + drop, length)])
         self.cache.keep(index.to(self.adapter.device))
         self.first_kept += drop
+
+    @property
+    def tokens_per_frame(self) -> float:
+        return self.frame_tokens / self.frames_ingested if self.frames_ingested else 0.0
 
     # ---- memory mode: units -> blocks ---------------------------------------------------------------------
     def _ingest_unit(self, pieces: list[Piece]) -> None:

@@ -1,9 +1,9 @@
 """Named memory configurations. `videokv presets` lists them with their sources.
 
-Each preset takes its paper's defaults. Where the paper counts tokens for 196-token frames (LLaVA-OV), the
-values here are in frames and converted for the model at hand by `tokens_per_frame`-free rules: windows are
-given in tokens sized for videokv's default 64-token frames (about 66 tokens per frame with the frame's
-special tokens), and block counts (top-k) are counts of frames or units, which do not depend on the model.
+Each preset takes its paper's defaults, scaled to the model: windows the papers give in tokens for
+LLaVA-OV's 196-token frames are given here in frames (converted with the tokens per frame of the model at
+hand); block counts (top-k) are counts of frames or units; per-layer policies (per-layer top-k,
+layer-adaptive budgets) use the model's own number of layers.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from videokv.policies.retrieve import BilevelReload, Hierarchical, LayerAdaptive
 from videokv.policies.retrieve.uniform import UniformSample
 from videokv.policies.segment import Semantic, Uniform
 
-# ReKV's local window holds 15000 tokens = about 77 frames of 196 tokens; 77 frames of ~66 tokens:
-INGEST_WINDOW = 5000
+# ReKV's local window holds 15000 tokens = about 77 frames of LLaVA-OV's 196 tokens; here it is given in
+# frames, so it follows the model's frame size:
+INGEST_WINDOW = Window(frames=77)
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ PRESETS: dict[str, Preset] = {
     "uniform": Preset(
         MemoryConfig(
             name="uniform",
-            ingest=Window(INGEST_WINDOW),
+            ingest=INGEST_WINDOW,
             segment=Uniform(1),
             retrieve=UniformSample(k=64),
             positions="compact",
@@ -55,7 +56,7 @@ PRESETS: dict[str, Preset] = {
     "rekv": Preset(
         MemoryConfig(
             name="rekv",
-            ingest=Window(INGEST_WINDOW),
+            ingest=INGEST_WINDOW,
             segment=Uniform(1),
             compress=NoCompression(),
             retrieve=TopK(k=64, per_layer=True),
@@ -67,7 +68,7 @@ PRESETS: dict[str, Preset] = {
     "streamkv": Preset(
         MemoryConfig(
             name="streamkv",
-            ingest=Window(INGEST_WINDOW),
+            ingest=INGEST_WINDOW,
             segment=Semantic(0.99, 4, 64),
             compress=Guidance(keep=0.6, temp=1.0),
             summary=True,

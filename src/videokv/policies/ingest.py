@@ -2,7 +2,8 @@
 
 Every policy keeps the attention sinks (the header prompt) plus a suffix of the most recent stream tokens;
 they differ in how long that suffix is. The engine trims its ingest context to `keep_tokens(...)` after
-every unit.
+every unit. `tokens_per_frame` is the mean token count of the frames seen so far (0 before any), so windows
+given in frames follow the model's frame size.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ class Window:
     Parameters
     ----------
     tokens: size of the recent window in tokens, or None for no limit.
+    frames: the window as a number of frames instead (converted with the model's tokens per frame: ReKV's
+        15000-token window is about 77 frames of LLaVA-OV's 196 tokens). Give at most one of the two.
 
     Source: StreamingLLM (Xiao et al., "Efficient Streaming Language Models with Attention Sinks", ICLR 2024),
     as ReKV (ICLR 2025) and StreamKV (arXiv 2511.07278) use it while encoding video (n_init + n_local).
@@ -27,12 +30,19 @@ class Window:
 
     name: ClassVar[str] = "window"
     tokens: int | None = None
+    frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.tokens is not None and self.tokens < 1:
             raise ConfigError(f"window tokens must be >= 1 or None; got {self.tokens}")
+        if self.frames is not None and self.frames < 1:
+            raise ConfigError(f"window frames must be >= 1 or None; got {self.frames}")
+        if self.tokens is not None and self.frames is not None:
+            raise ConfigError("give the window in tokens or in frames, not both")
 
-    def keep_tokens(self, unit_tokens: list[int]) -> int | None:
+    def keep_tokens(self, unit_tokens: list[int], tokens_per_frame: float = 0.0) -> int | None:
+        if self.frames is not None:
+            return max(1, round(self.frames * tokens_per_frame)) if tokens_per_frame else None
         return self.tokens
 
 
@@ -46,7 +56,7 @@ class Independent:
 
     name: ClassVar[str] = "independent"
 
-    def keep_tokens(self, unit_tokens: list[int]) -> int | None:
+    def keep_tokens(self, unit_tokens: list[int], tokens_per_frame: float = 0.0) -> int | None:
         return 0
 
 
@@ -69,7 +79,7 @@ class PrevBlocks:
         if self.n < 0:
             raise ConfigError(f"prev_blocks n must be >= 0; got {self.n}")
 
-    def keep_tokens(self, unit_tokens: list[int]) -> int | None:
+    def keep_tokens(self, unit_tokens: list[int], tokens_per_frame: float = 0.0) -> int | None:
         return sum(unit_tokens[-self.n :]) if self.n else 0
 
 
