@@ -37,6 +37,8 @@ class MemoryConfig:
     sinks: how many header tokens stay as attention sinks; None keeps the whole header.
     device_bytes / host_bytes: byte budgets of the accelerator and host tiers of the block store (None: no
         limit); older blocks spill to the next tier, finally to disk (spill_dir, default a temp folder).
+    index: the retrieval index backend: "torch" (one matrix product per layer) or "faiss" (a FAISS
+        inner-product index per layer that top-k retrieval searches; needs faiss-cpu).
     """
 
     name: str = "full"
@@ -50,8 +52,11 @@ class MemoryConfig:
     device_bytes: int | None = None
     host_bytes: int | None = None
     spill_dir: str | None = None
+    index: str = "torch"
 
     def __post_init__(self) -> None:
+        if self.index not in ("torch", "faiss"):
+            raise ConfigError(f"index must be 'torch' or 'faiss'; got {self.index!r}")
         if self.positions not in ("keep", "compact"):
             raise ConfigError(f"positions must be 'keep' or 'compact'; got {self.positions!r}")
         if self.sinks is not None and self.sinks < 0:

@@ -116,7 +116,7 @@ class Engine:
         self.cursor = 0  # position id of the next token
         self.blocks: list[BlockInfo] = []  # context mode
         self.store = Store(adapter.device, config.device_bytes, config.host_bytes, config.spill_dir)
-        self.index = Index()
+        self.index = Index(config.index)
         self.segmenter = config.segment.start()
         self.unit_tokens: list[int] = []  # tokens of each unit, for the ingest policy
         self.non_sink_tokens = 0  # header tokens past the sinks + every stream token ever ingested

@@ -7,14 +7,24 @@ from __future__ import annotations
 
 import torch
 
+from videokv.errors import ConfigError
 from videokv.memory.block import KVBlock
+from videokv.memory.faiss_index import FaissIndex
 from videokv.policies.retrieve.base import Catalog
 
 
 class Index:
-    """Rows in the order blocks were stored (which is stream order: the engine stores units in order)."""
+    """Rows in the order blocks were stored (which is stream order: the engine stores units in order).
 
-    def __init__(self) -> None:
+    backend "torch" scores every block with one matrix product per layer; "faiss" also keeps a FAISS index
+    (memory/faiss_index.py) that top-k retrieval searches instead.
+    """
+
+    def __init__(self, backend: str = "torch") -> None:
+        if backend not in ("torch", "faiss"):
+            raise ConfigError(f"index must be 'torch' or 'faiss'; got {backend!r}")
+        self.backend = backend
+        self.faiss: FaissIndex | None = None
         self.rkeys: list[torch.Tensor] = []
         self.kinds: list[str] = []
         self.units: list[int] = []
@@ -25,6 +35,10 @@ class Index:
         self._catalog: Catalog | None = None
 
     def add(self, block: KVBlock) -> None:
+        if self.backend == "faiss":
+            if self.faiss is None:
+                self.faiss = FaissIndex(*block.rkey.shape)
+            self.faiss.add(block.rkey)
         self.rkeys.append(block.rkey.float())
         self.kinds.append(block.kind)
         self.units.append(block.unit)
@@ -40,6 +54,8 @@ class Index:
     def truncate(self, n: int) -> None:
         for field in (self.rkeys, self.kinds, self.units, self.levels, self.t0, self.t1, self.pinned):
             del field[n:]
+        if self.faiss is not None:
+            self.faiss.truncate(n)
         self._catalog = None
 
     def catalog(self) -> Catalog:
@@ -52,5 +68,6 @@ class Index:
                 t0=torch.tensor(self.t0, dtype=torch.float64),
                 t1=torch.tensor(self.t1, dtype=torch.float64),
                 pinned=torch.tensor(self.pinned, dtype=torch.bool),
+                search=self.faiss.search if self.faiss is not None else None,
             )
         return self._catalog

@@ -8,7 +8,7 @@ queries; it returns, for each layer, catalog rows sorted in stream order (by sta
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -37,6 +37,8 @@ class Catalog:
     t0: torch.Tensor
     t1: torch.Tensor
     pinned: torch.Tensor
+    # optional fast top-k: search(q [L, D], k) -> per layer the k best rows by q[l] . rkeys[:, l] (FAISS)
+    search: Callable[[torch.Tensor, int], list[list[int]]] | None = None
 
     def __post_init__(self) -> None:
         if self.rkeys.dim() != 3:

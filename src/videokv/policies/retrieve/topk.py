@@ -45,6 +45,13 @@ class TopK(Retriever):
         recent_units = catalog.newest_units(self.recent)
         always = catalog.level_rows(recent_units) + catalog.pinned_rows()
         taken = set(always) | set(catalog.unit_rows(recent_units))
+        if self.per_layer and catalog.search is not None and catalog.n > self.k + len(taken):
+            # a fast index: the best k + |taken| rows per layer always hold the best k candidates
+            found = catalog.search(query.q, self.k + len(taken))
+            return [
+                catalog.in_stream_order(always + [r for r in rows if r not in taken][: self.k])
+                for rows in found
+            ]
         candidates = [r for r in range(catalog.n) if r not in taken]
         scores = catalog.scores(query)
         if not self.per_layer:
