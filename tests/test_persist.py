@@ -59,6 +59,17 @@ def test_save_load_in_fresh_process(tmp_path, preset):
     assert got["answer"] == answer
 
 
+def test_load_restores_every_scalar_of_the_stream_state(tmp_path):
+    qa = VideoQA.from_model(*get_tiny("qwen2_vl"), memory="rekv", frame_tokens=16)
+    s = qa.session()
+    s.add_frames(random_frames(3))
+    s.add_text("a line", t=s.clock)
+    loaded = qa.load_session(s.save(tmp_path / "save"))
+    for name in type(s.engine).SCALAR_STATE:
+        assert getattr(loaded.engine, name) == getattr(s.engine, name), name
+    assert loaded.engine.tokens_per_frame == s.engine.tokens_per_frame > 0
+
+
 def test_crash_mid_save_leaves_previous_save_readable(tmp_path):
     qa = VideoQA.from_model(*get_tiny("qwen2_vl"), memory="rekv", frame_tokens=16)
     s = qa.session()

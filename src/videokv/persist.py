@@ -81,17 +81,7 @@ def model_identity(engine: Engine) -> dict:
 
 
 # ---- save -----------------------------------------------------------------------------------------
-STATE_FIELDS = (
-    "cursor",
-    "n_sinks",
-    "header_tokens",
-    "non_sink_tokens",
-    "first_kept",
-    "clock",
-    "ingest_seconds",
-    "frames_ingested",
-    "frame_interval",
-)
+STATE_FIELDS = Engine.SCALAR_STATE
 
 
 def save_engine(engine: Engine, folder: str | Path, extra: dict | None = None) -> Path:
