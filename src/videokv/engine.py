@@ -75,6 +75,15 @@ class BlockInfo:
     text: str = ""
 
 
+def _spans(pieces: list[Piece]) -> list[tuple[int, int]]:
+    """(start, end) token range of each piece when the pieces are laid end to end."""
+    spans, start = [], 0
+    for p in pieces:
+        spans.append((start, start + p.n_tokens))
+        start += p.n_tokens
+    return spans
+
+
 def format_event(event: TextEvent) -> str:
     """How a timed-text event is written into the stream: `[12.0s] text` on its own line."""
     return f"[{event.start:.1f}s] {event.text.strip()}\n"
@@ -276,17 +285,14 @@ class Engine:
         keys = [k[0, :, :n_stored] for k in new_k]
         values = [v[0, :, :n_stored] for v in new_v]
         positions = torch.cat([p.positions for p in stored], dim=1)
-        spans, start = [], 0
-        for p in stored:
-            spans.append((start, start + p.n_tokens))
-            start += p.n_tokens
+        spans = _spans(stored)
         attention = {}
         if stats["guidance"]:
             attention["guidance"] = torch.stack(stats["guidance"])
         if stats["self"]:
             attention["self"] = stats["self"][0]
         unit_id = len(self.unit_tokens)
-        drafts = self._drafts(Unit(stored, keys, values, positions, spans, attention), summary)
+        drafts = self._drafts(Unit(stored, keys, values, positions, spans, attention))
         for draft in drafts:
             self._store_block(draft, keys, values, positions, unit_id)
         self.unit_tokens.append(n_stored)
@@ -311,7 +317,7 @@ class Engine:
         self.cursor = self.adapter.next_cursor(piece)
         return piece
 
-    def _drafts(self, unit: Unit, summary: Piece | None) -> list[BlockDraft]:
+    def _drafts(self, unit: Unit) -> list[BlockDraft]:
         """Text pieces and the summary are kept whole; the frames go through the compressor."""
         drafts: list[BlockDraft] = []
         frame_idx = [torch.arange(*s) for s, p in zip(unit.spans, unit.pieces) if p.kind == "frame"]
@@ -331,10 +337,7 @@ class Engine:
         if frame_idx:
             idx = torch.cat(frame_idx).to(unit.positions.device)
             frame_pieces = [p for p in unit.pieces if p.kind == "frame"]
-            spans, start = [], 0
-            for p in frame_pieces:
-                spans.append((start, start + p.n_tokens))
-                start += p.n_tokens
+            spans = _spans(frame_pieces)
             attention = {}
             if "guidance" in unit.attention:
                 attention["guidance"] = unit.attention["guidance"][:, :, idx]
