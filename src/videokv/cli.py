@@ -1,4 +1,4 @@
-"""`videokv ask | demo | presets`: the command line."""
+"""`videokv ask | demo | presets | bench | serve | stream`: the command line."""
 
 from __future__ import annotations
 
@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(demo)
 
     sub.add_parser("presets", help="list the memory presets and their sources")
+
+    # commands that live beside what they drive; each sets `func` on its parser
+    from videokv.bench.cli import add_parser as add_bench_parser
+    from videokv.server.cli import add_parsers as add_server_parsers
+
+    add_bench_parser(sub, _add_model_args)
+    add_server_parsers(sub, _add_model_args)
     return parser
 
 
@@ -158,7 +165,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"ask": cmd_ask, "demo": cmd_demo, "presets": cmd_presets}[args.command]
+    handler = {"ask": cmd_ask, "demo": cmd_demo, "presets": cmd_presets}.get(args.command) or args.func
     try:
         return handler(args)
     except VideoKVError as e:

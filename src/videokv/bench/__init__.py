@@ -1,0 +1,1 @@
+"""Benchmarks of answer quality: the dataset format, converters, needle streams, the runner and the report."""
