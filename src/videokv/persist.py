@@ -84,43 +84,66 @@ def model_identity(engine: Engine) -> dict:
 STATE_FIELDS = Engine.SCALAR_STATE
 
 
-def save_engine(engine: Engine, folder: str | Path, extra: dict | None = None) -> Path:
-    """Write `engine`'s whole state to `folder` atomically (the open unit, if any, is closed first)."""
-    engine.flush()
-    folder = Path(folder)
+def context_tensors(engine: Engine) -> dict[str, torch.Tensor]:
+    """The ingest context's K/V per layer, on the CPU (`ctx.k{i}`, `ctx.v{i}`)."""
     tensors: dict[str, torch.Tensor] = {}
     for i, layer in enumerate(engine.cache.layers):
         tensors[f"ctx.k{i}"] = layer.keys.contiguous().cpu()
         tensors[f"ctx.v{i}"] = layer.values.contiguous().cpu()
+    return tensors
+
+
+def block_tensors(b: KVBlock, prefix: str) -> dict[str, torch.Tensor]:
+    """A block's K/V, positions per layer and retrieval key on the CPU, named `{prefix}.k{i}` etc."""
+    tensors: dict[str, torch.Tensor] = {}
+    for i in range(b.num_layers):
+        tensors[f"{prefix}.k{i}"] = b.keys[i].contiguous().cpu()
+        tensors[f"{prefix}.v{i}"] = b.values[i].contiguous().cpu()
+        tensors[f"{prefix}.p{i}"] = b.positions[i].cpu().clone()
+    tensors[f"{prefix}.r"] = b.rkey.contiguous().cpu()
+    return tensors
+
+
+def block_record(b: KVBlock) -> dict:
+    """A block's metadata as JSON-friendly data (what `restore_engine` reads back with its tensors)."""
+    return {
+        "index": b.index,
+        "unit": b.unit,
+        "kind": b.kind,
+        "t0": b.t0,
+        "t1": b.t1,
+        "level": b.level,
+        "text": b.text,
+        "pinned": b.pinned,
+        "layers": b.num_layers,
+    }
+
+
+def stream_state(engine: Engine) -> dict:
+    """The engine's stream state besides tensors and blocks: scalars, unit sizes, context blocks."""
+    return {
+        "state": {name: getattr(engine, name) for name in STATE_FIELDS},
+        "unit_tokens": list(engine.unit_tokens),
+        "context_blocks": [dataclasses.asdict(b) for b in engine.blocks],
+    }
+
+
+def save_engine(engine: Engine, folder: str | Path, extra: dict | None = None) -> Path:
+    """Write `engine`'s whole state to `folder` atomically (the open unit, if any, is closed first)."""
+    engine.flush()
+    folder = Path(folder)
+    tensors = context_tensors(engine)
     blocks = []
     for row in range(len(engine.store)):
         b = engine.store.get(row)
-        for i in range(b.num_layers):
-            tensors[f"b{row}.k{i}"] = b.keys[i].contiguous().cpu()
-            tensors[f"b{row}.v{i}"] = b.values[i].contiguous().cpu()
-            tensors[f"b{row}.p{i}"] = b.positions[i].cpu().clone()
-        tensors[f"b{row}.r"] = b.rkey.contiguous().cpu()
-        blocks.append(
-            {
-                "index": b.index,
-                "unit": b.unit,
-                "kind": b.kind,
-                "t0": b.t0,
-                "t1": b.t1,
-                "level": b.level,
-                "text": b.text,
-                "pinned": b.pinned,
-                "layers": b.num_layers,
-            }
-        )
+        tensors.update(block_tensors(b, f"b{row}"))
+        blocks.append(block_record(b))
     manifest = {
         "format": FORMAT,
         "version": VERSION,
         "model": model_identity(engine),
         "config": encode_config(engine.config),
-        "state": {name: getattr(engine, name) for name in STATE_FIELDS},
-        "unit_tokens": engine.unit_tokens,
-        "context_blocks": [dataclasses.asdict(b) for b in engine.blocks],
+        **stream_state(engine),
         "blocks": blocks,
         "extra": extra or {},
     }

@@ -1,0 +1,121 @@
+"""A fair queue in front of one model: one worker thread, per-session FIFO queues served round-robin.
+
+Every piece of model work (a chunk of ingest, a question) is one job. Jobs of one session run in the order
+they were submitted; sessions with pending jobs take turns, one job each. A long ingest is submitted chunk
+by chunk, so a question on another session waits for at most about one chunk of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class SchedulerClosed(RuntimeError):
+    """The scheduler was shut down; no more jobs run."""
+
+
+class Scheduler:
+    """Runs callables on a single worker thread, fairly across keys (session ids)."""
+
+    def __init__(self, name: str = "videokv-model") -> None:
+        self._queues: dict[str, collections.deque] = {}
+        self._ring: collections.deque[str] = collections.deque()  # keys with pending jobs, in turn order
+        self._cond = threading.Condition()
+        self._closed = False
+        self.jobs_run = 0
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    # ---- submitting -----------------------------------------------------------------------------------
+    def submit(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        """Queue `fn(*args, **kwargs)` behind `key`'s earlier jobs; returns its Future."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._closed:
+                raise SchedulerClosed("the model scheduler is shut down")
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = collections.deque()
+            if not queue:
+                self._ring.append(key)
+            queue.append((future, fn, args, kwargs))
+            self._cond.notify()
+        return future
+
+    def call(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Submit and wait (from a thread that is not the worker); returns the result or raises."""
+        if threading.current_thread() is self._thread:
+            return fn(*args, **kwargs)
+        return self.submit(key, fn, *args, **kwargs).result()
+
+    async def run(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Submit and await (from the event loop)."""
+        return await asyncio.wrap_future(self.submit(key, fn, *args, **kwargs))
+
+    def pending(self, key: str | None = None) -> int:
+        """Jobs waiting (for `key`, or in all)."""
+        with self._cond:
+            if key is not None:
+                return len(self._queues.get(key, ()))
+            return sum(len(q) for q in self._queues.values())
+
+    def forget(self, key: str) -> None:
+        """Cancel `key`'s waiting jobs (the session is gone); a running job finishes."""
+        with self._cond:
+            queue = self._queues.pop(key, None)
+            if key in self._ring:
+                self._ring.remove(key)
+        for future, *_ in queue or ():
+            future.cancel()
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop taking jobs, cancel waiting ones, and let the running one finish."""
+        with self._cond:
+            self._closed = True
+            queues = list(self._queues.values())
+            self._queues.clear()
+            self._ring.clear()
+            self._cond.notify_all()
+        for queue in queues:
+            for future, *_ in queue:
+                future.cancel()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # ---- the worker -----------------------------------------------------------------------------------
+    def _next(self) -> tuple | None:
+        with self._cond:
+            while not self._ring and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            key = self._ring.popleft()
+            queue = self._queues[key]
+            job = queue.popleft()
+            if queue:
+                self._ring.append(key)  # its next job waits for every other session's turn
+            else:
+                del self._queues[key]
+            return job
+
+    def _work(self) -> None:
+        while True:
+            job = self._next()
+            if job is None:
+                return
+            future, fn, args, kwargs = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as e:  # the job's error belongs to whoever waits on it
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+            finally:
+                self.jobs_run += 1
