@@ -1,10 +1,280 @@
-"""`videokv serve` and `videokv stream`."""
+"""`videokv serve` (the HTTP service) and `videokv stream` (live ingest in a terminal, questions on stdin)."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
+import sys
+import threading
+import time
 from collections.abc import Callable
+
+LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def add_parsers(sub: argparse._SubParsersAction, add_model_args: Callable) -> None:
-    del sub, add_model_args
+    """Register `serve` and `stream` on the CLI's subparsers (each sets `func`)."""
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP service: sessions over live streams, questions answered as they stream",
+        description="Run the videokv HTTP service (API under /v1, web page at /, OpenAPI at /openapi.json).",
+    )
+    serve.add_argument("--data-dir", default="videokv-data", help="folder of sessions and snapshots")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument(
+        "--token",
+        default=None,
+        help="bearer token every /v1 request must send (default: $VIDEOKV_TOKEN); required off loopback",
+    )
+    serve.add_argument(
+        "--max-upload-mb", type=float, default=512, help="largest upload in MiB (default: 512)"
+    )
+    serve.add_argument("--max-sessions", type=int, default=16, help="sessions held at once (default: 16)")
+    serve.add_argument(
+        "--session-mb",
+        type=float,
+        default=None,
+        help="each session's budget of resident KV memory in MiB; older blocks spill to disk (default: none)",
+    )
+    add_model_args(serve)
+    serve.set_defaults(func=cmd_serve, memory="rekv")
+
+    stream = sub.add_parser(
+        "stream",
+        help="ingest a live source (file, URL, RTSP) and answer questions typed while it streams",
+        description="Ingest SOURCE at stream pace; type a question and press Enter at any time; "
+        "EOF (Ctrl-D) or 'quit' ends it.",
+    )
+    stream.add_argument("source", help="a video file, an http(s):// or rtsp:// URL: anything PyAV opens")
+    stream.add_argument("--subtitles", help="SRT or WebVTT file of timed text, interleaved with the frames")
+    stream.add_argument(
+        "--realtime",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="follow the wall clock as a camera would (--no-realtime: as fast as the model goes)",
+    )
+    stream.add_argument(
+        "--wait", action="store_true", help="ingest the whole source before reading the first question"
+    )
+    stream.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    add_model_args(stream)
+    stream.set_defaults(func=cmd_stream, memory="rekv")
+
+
+def _frame_tokens(args: argparse.Namespace) -> int:
+    return args.frame_tokens or (16 if args.model == "offline" else 64)
+
+
+def _load_qa(args: argparse.Namespace):
+    from videokv.api import VideoQA
+
+    return VideoQA.from_pretrained(
+        args.model,
+        device=args.device,
+        memory=args.memory,
+        memory_set=args.memory_set,
+        frame_tokens=_frame_tokens(args),
+    )
+
+
+# ---- serve ----------------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get("VIDEOKV_TOKEN") or None
+    if not is_loopback(args.host) and not token:
+        print(
+            f"videokv serve: refusing to bind {args.host} without a token: anyone who can reach it could use "
+            "the model and read the sessions. Pass --token T (or set VIDEOKV_TOKEN), or bind 127.0.0.1.",
+            file=sys.stderr,
+        )
+        return 2
+    for name in ("max_upload_mb", "max_sessions"):
+        if getattr(args, name) <= 0:
+            print(f"videokv serve: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
+            return 2
+    if args.session_mb is not None and args.session_mb <= 0:
+        print("videokv serve: --session-mb must be > 0", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from videokv.presets import get_preset
+    from videokv.server.app import create_app
+
+    get_preset(args.memory)  # an unknown preset fails before the model loads
+    qa = _load_qa(args)
+    app = create_app(
+        qa,
+        args.data_dir,
+        token=token,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_sessions=args.max_sessions,
+        session_bytes=None if args.session_mb is None else int(args.session_mb * 2**20),
+        default_memory=args.memory,
+        chunk_frames=args.chunk_frames,
+        model_name=args.model,
+    )
+    where = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}"
+    print(f"videokv serve: {args.model} on {where} (data in {args.data_dir})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10)
+    return 0
+
+
+# ---- stream ---------------------------------------------------------------------------------------------
+class _Progress:
+    """A progress line on stderr, redrawn in place: stream clock, frames, blocks, MiB."""
+
+    def __init__(self, session, source, enabled: bool):
+        self.session = session
+        self.source = source
+        self.enabled = enabled and sys.stderr is not None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.stats: dict = {}
+        self.tty = sys.stderr.isatty()
+
+    def line(self) -> str:
+        s = self.stats
+        return (
+            f"[stream {s.get('stream_seconds', 0.0):7.1f}s | {s.get('frames', 0)} frames | "
+            f"{s.get('blocks', 0)} blocks | {s.get('memory_bytes', 0) / 2**20:.1f} MiB | {self.source.state}]"
+        )
+
+    def _run(self) -> None:
+        last = ""
+        while not self._stop.wait(0.5 if self.tty else 2.0):
+            text = self.line()
+            if text != last:
+                print(
+                    ("\r" if self.tty else "") + text,
+                    end="" if self.tty else "\n",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                last = text
+
+    def start(self) -> None:
+        if self.enabled:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.enabled:
+            self._thread.join(5)
+            print(("\r" if self.tty else "") + self.line(), file=sys.stderr, flush=True)
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from videokv.errors import InputError
+    from videokv.server.live import LiveSource
+    from videokv.server.scheduler import Scheduler
+    from videokv.video.decode import probe
+
+    if "://" not in args.source:
+        probe(args.source)  # a missing or unreadable file fails before the model loads
+    if args.model == "offline":
+        from videokv.cli import OFFLINE_CLI_NOTICE
+
+        print(OFFLINE_CLI_NOTICE, file=sys.stderr)
+    qa = _load_qa(args)
+    scheduler = Scheduler()
+    session = scheduler.call("stream", qa.session, fps=args.fps)
+    progress: _Progress | None = None
+
+    def ingest(chunk) -> None:
+        def step() -> None:
+            engine = session.engine
+            n_frames = sum(1 for it in chunk if hasattr(it, "image"))
+            engine.ingest(chunk, chunk_frames=max(1, n_frames), frame_interval=1.0 / args.fps)
+            engine.flush()
+            if progress is not None:
+                progress.stats = engine.memory_stats()
+
+        scheduler.call("stream", step)
+
+    source = LiveSource(
+        args.source,
+        ingest,
+        fps=args.fps,
+        realtime=args.realtime,
+        subtitles=args.subtitles,
+        chunk_frames=args.chunk_frames,
+    )
+    progress = _Progress(session, source, not args.quiet and not args.json)
+    source.start()
+    progress.start()
+    try:
+        if args.wait:
+            source.join()
+        if sys.stdin.isatty():
+            print(
+                "Ask a question about the stream and press Enter (Ctrl-D or 'quit' to end).", file=sys.stderr
+            )
+        for line in sys.stdin:
+            question = line.strip()
+            if not question:
+                continue
+            if question.lower() in ("quit", "exit", ":q"):
+                break
+            _answer(scheduler, session, question, args)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        source.stop()
+        source.join(60)
+        progress.stop()
+        scheduler.close()
+    if source.state == "error":
+        raise InputError(f"the source {args.source} failed: {source.error}")
+    return 0
+
+
+def _answer(scheduler, session, question: str, args: argparse.Namespace) -> None:
+    import json
+
+    from videokv.errors import InputError
+
+    streamed = not args.json
+
+    def on_token(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    if streamed:
+        sys.stdout.write(f"Q: {question}\nA: ")
+        sys.stdout.flush()
+    t0 = time.perf_counter()
+    try:
+        answer = scheduler.call(
+            "stream",
+            session.ask,
+            question,
+            max_new_tokens=args.max_new_tokens,
+            on_token=on_token if streamed else None,
+        )
+    except InputError as e:
+        print(f"\nvideokv: {e}", file=sys.stderr)
+        return
+    if not streamed:
+        print(json.dumps(answer.to_dict()), flush=True)
+        return
+    spans = ", ".join(f"{e.t0:.1f}-{e.t1:.1f}s ({e.kind})" for e in answer.evidence[:8])
+    more = f" (+{len(answer.evidence) - 8} more)" if len(answer.evidence) > 8 else ""
+    s = answer.stats
+    print(
+        f"\n   evidence: {spans or 'none'}{more}\n"
+        f"   at stream {s['stream_seconds']:.1f}s | {s['blocks']} blocks | "
+        f"{s['memory_bytes'] / 2**20:.1f} MiB | answered in {time.perf_counter() - t0:.2f}s\n",
+        flush=True,
+    )

@@ -32,7 +32,9 @@ class Scheduler:
         self._thread.start()
 
     # ---- submitting -----------------------------------------------------------------------------------
-    def submit(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+    def submit(
+        self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future:
         """Queue `fn(*args, **kwargs)` behind `key`'s earlier jobs; returns its Future."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:

@@ -1,0 +1,408 @@
+"""The FastAPI application: `create_app(qa, data_dir, ...)`; every API route is under /v1 (docs/SERVER.md).
+
+Handlers are async; model work runs on the session manager's fair scheduler (one worker thread), decoding
+in worker threads, so the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import math
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+
+from videokv.api import VideoQA
+from videokv.errors import InputError, SubtitleError, VideoError, VideoKVError
+from videokv.presets import PRESETS
+from videokv.server import schemas as S
+from videokv.server.live import chunked, merge_items
+from videokv.server.scheduler import SchedulerClosed
+from videokv.server.sessions import (
+    BadRequest,
+    Managed,
+    NotAVideo,
+    NotFound,
+    ServiceError,
+    SessionManager,
+    frames_from_request,
+)
+from videokv.server.uploads import receive_upload
+from videokv.video.decode import iter_frames, probe
+from videokv.video.subtitles import load_subtitles
+
+STATIC_DIR = Path(__file__).parent / "static"
+DEFAULT_MAX_UPLOAD = 512 * 2**20
+
+ERRORS = {
+    code: {"model": S.Error, "description": text}
+    for code, text in {
+        400: "bad input",
+        401: "missing or wrong bearer token",
+        404: "unknown session or snapshot",
+        409: "conflict (e.g. a live source is already running)",
+        413: "upload too large",
+        415: "not a video, or a truncated one",
+        422: "request validation failed",
+        429: "too many sessions, or over the session's byte budget",
+    }.items()
+}
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "the video"},
+                        "subtitles": {"type": "string", "format": "binary", "description": "SRT or WebVTT"},
+                        "fps": {"type": "number", "exclusiveMinimum": 0, "maximum": 120},
+                    },
+                }
+            }
+        },
+    }
+}
+
+SSE_DOC = {
+    200: {
+        "description": "the answer (JSON), or with stream=true server-sent events: `token` ({text}) per "
+        "piece of text, then `answer` (the answer object) or `error` ({detail})",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def _decode_b64(data: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadRequest(f"{what} is not valid base64: {e}") from e
+
+
+def _sse(event: str, data: object) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _pick_fps(raw: str | None, default: float) -> float:
+    if raw is None or not raw.strip():
+        return default
+    try:
+        fps = float(raw)
+    except ValueError:
+        raise BadRequest(f"the form field fps must be a number of frames per second; got {raw!r}") from None
+    if not (math.isfinite(fps) and 0 < fps <= 120):
+        raise BadRequest(f"fps must be in (0, 120]; got {raw}")
+    return fps
+
+
+BEARER = HTTPBearer(auto_error=False, description="the server's token (--token or VIDEOKV_TOKEN)")
+
+
+async def require_token(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+) -> None:
+    """401 unless the request carries the app's bearer token (when it has one)."""
+    token = request.app.state.token
+    if token is None:
+        return
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise _Unauthorized("this server needs a token: send the header 'Authorization: Bearer <token>'")
+    if not secrets.compare_digest(creds.credentials.encode(), token.encode()):
+        raise _Unauthorized("wrong token: send the token the server was started with (--token)")
+
+
+def create_app(
+    qa: VideoQA,
+    data_dir: str | Path,
+    token: str | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    max_sessions: int = 16,
+    session_bytes: int | None = None,
+    *,
+    default_memory: str = "rekv",
+    chunk_frames: int = 8,
+    model_name: str | None = None,
+) -> FastAPI:
+    """The videokv service over `qa` (one model shared by every session), keeping sessions in `data_dir`.
+
+    token: when set, every /v1 route needs `Authorization: Bearer <token>`. max_upload_bytes: the largest
+    upload. max_sessions: sessions held at once. session_bytes: each session's budget of resident memory
+    bytes (blocks over it spill to the session's folder; presets that cannot spill refuse ingest past it).
+    Sessions already in `data_dir` are restored from their journals when the app starts.
+    """
+    manager = SessionManager(
+        qa, data_dir, max_sessions=max_sessions, session_bytes=session_bytes, chunk_frames=chunk_frames
+    )
+    model_label = model_name or qa.adapter.family
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(manager.restore_all)
+        yield
+        await asyncio.to_thread(manager.close)
+
+    app = FastAPI(
+        title="videokv",
+        version="0.1.0",
+        description="Long-term KV-cache memory for streaming video question answering: sessions over live "
+        "streams, answers with evidence time spans.",
+        lifespan=lifespan,
+    )
+    app.state.manager = manager
+
+    # ---- errors: always {"detail": "<what to do>"} -----------------------------------------------------
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(VideoKVError)
+    async def _videokv_error(request: Request, exc: VideoKVError) -> JSONResponse:
+        status = 400 if isinstance(exc, InputError) else 500
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(SchedulerClosed)
+    async def _closed(request: Request, exc: SchedulerClosed) -> JSONResponse:
+        return JSONResponse({"detail": "the server is shutting down; retry later"}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "invalid request: " + "; ".join(parts)}, status_code=422)
+
+    # ---- auth ----------------------------------------------------------------------------------------
+    app.state.token = token
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=ERRORS)
+
+    def status_of(m: Managed) -> dict:
+        return m.status()
+
+    # ---- service ---------------------------------------------------------------------------------------
+    @api.get("/health", response_model=S.Health)
+    async def health() -> dict:
+        return {"status": "ok", "model": model_label, "sessions": len(manager.sessions)}
+
+    @api.get("/presets", response_model=list[S.PresetInfo])
+    async def presets() -> list[dict]:
+        return [{"name": n, "summary": p.summary, "source": p.source} for n, p in PRESETS.items()]
+
+    # ---- sessions --------------------------------------------------------------------------------------
+    @api.post("/sessions", response_model=S.SessionStatus, status_code=201)
+    async def create_session(body: S.CreateSession | None = None) -> dict:
+        body = body or S.CreateSession()
+        memory = body.memory or default_memory
+        if memory not in PRESETS:
+            raise BadRequest(f"unknown memory preset {memory!r}; choose one of: {', '.join(PRESETS)}")
+        m = await manager.create(memory, body.memory_set, body.fps, body.name)
+        return status_of(m)
+
+    @api.get("/sessions", response_model=list[S.SessionStatus])
+    async def list_sessions() -> list[dict]:
+        return [status_of(m) for m in manager.list()]
+
+    @api.get("/sessions/{sid}", response_model=S.SessionStatus)
+    async def get_session(sid: str) -> dict:
+        return status_of(manager.get(sid))
+
+    @api.delete("/sessions/{sid}", status_code=204, response_class=Response)
+    async def delete_session(sid: str) -> Response:
+        await manager.delete(sid)
+        return Response(status_code=204)
+
+    # ---- ingest ----------------------------------------------------------------------------------------
+    @api.post("/sessions/{sid}/video", response_model=S.Added, openapi_extra=UPLOAD_BODY)
+    async def upload_video(sid: str, request: Request) -> dict:
+        m = manager.get(sid)
+        manager._check_free(m)
+        upload = await receive_upload(request, m.folder / "uploads", max_upload_bytes)
+        try:
+            video = upload.files.get("file")
+            if video is None:
+                raise BadRequest("the multipart field 'file' (the video) is missing")
+            fps = _pick_fps(upload.fields.get("fps"), m.fps)
+            name = upload.filenames.get("file", "upload")
+            try:
+                info = await asyncio.to_thread(probe, video)
+            except VideoError as e:
+                raise NotAVideo(
+                    f"{name!r} is not a video FFmpeg can read ({str(e).split(': ', 1)[-1]}); upload an "
+                    "mp4, webm, mkv, mov or avi file"
+                ) from e
+            if info.duration <= 0 and info.frames <= 0:
+                raise NotAVideo(f"{name!r} has no frames; upload a video with at least one frame")
+            events = []
+            if "subtitles" in upload.files:
+                events = await asyncio.to_thread(load_subtitles, upload.files["subtitles"])
+            offset = m.session.clock
+            frames = iter_frames(video, fps=fps)
+            chunks = chunked(merge_items(frames, events, offset), manager.chunk_frames)
+            try:
+                added = await manager.ingest_chunks(m, chunks, 1.0 / fps)
+            except VideoError as e:
+                raise NotAVideo(
+                    f"{name!r} could not be decoded to the end ({str(e).split(': ', 1)[-1]}); the file is "
+                    "truncated or corrupt: upload it again whole. Nothing of it was ingested."
+                ) from e
+            return {"added": added, "status": status_of(m)}
+        finally:
+            upload.cleanup()
+
+    @api.post("/sessions/{sid}/source", response_model=S.SessionStatus, status_code=202)
+    async def start_source(sid: str, body: S.StartSource) -> dict:
+        m = manager.get(sid)
+        url = body.url.strip()
+        if "://" not in url or url.lower().startswith("file://"):
+            path = url[len("file://") :] if url.lower().startswith("file://") else url
+            try:
+                await asyncio.to_thread(probe, Path(path).expanduser())
+            except VideoError as e:
+                raise BadRequest(f"cannot use {url!r} as a source: {e}") from e
+        if body.subtitles is not None:
+            try:
+                await asyncio.to_thread(load_subtitles, body.subtitles)
+            except SubtitleError as e:
+                raise BadRequest(str(e)) from e
+        manager.start_source(m, url, fps=body.fps, realtime=body.realtime, subtitles=body.subtitles)
+        return status_of(m)
+
+    @api.delete("/sessions/{sid}/source", response_model=S.SessionStatus)
+    async def stop_source(sid: str) -> dict:
+        m = manager.get(sid)
+        await asyncio.to_thread(manager.stop_source, m)
+        return status_of(m)
+
+    @api.post("/sessions/{sid}/frames", response_model=S.Added)
+    async def push_frames(sid: str, body: S.PushFrames) -> dict:
+        m = manager.get(sid)
+        images = (
+            None if body.images is None else [_decode_b64(s, f"image {i}") for i, s in enumerate(body.images)]
+        )
+        raw = None if body.raw is None else _decode_b64(body.raw, "raw")
+        frames = await asyncio.to_thread(frames_from_request, images, raw, body.shape)
+        chunks = manager.frame_chunks(m, frames, body.timestamps)
+        added = await manager.ingest_chunks(m, chunks)
+        return {"added": added, "status": status_of(m)}
+
+    @api.post("/sessions/{sid}/text", response_model=S.Added)
+    async def push_text(sid: str, body: S.PushText) -> dict:
+        m = manager.get(sid)
+        events = manager.text_items(m, [e.model_dump() for e in body.events])
+        added = await manager.ingest_chunks(m, iter([list(events)]))
+        return {"added": added, "status": status_of(m)}
+
+    # ---- questions -------------------------------------------------------------------------------------
+    @api.post("/sessions/{sid}/ask", response_model=S.AnswerOut, responses=SSE_DOC)
+    async def ask(sid: str, body: S.Ask) -> object:
+        m = manager.get(sid)
+        if not body.question.strip():
+            raise BadRequest("the question is empty; ask something about the stream")
+        if body.choices is not None and (len(body.choices) < 2 or any(not c.strip() for c in body.choices)):
+            raise BadRequest("choices must be at least two non-empty strings (or null for a free answer)")
+        if not body.stream:
+            return await manager.ask(m, body.question, body.choices, body.max_new_tokens)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def on_token(text: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, ("token", text))
+
+        task = asyncio.ensure_future(
+            manager.ask(m, body.question, body.choices, body.max_new_tokens, on_token)
+        )
+        task.add_done_callback(lambda _: queue.put_nowait(("done", None)))
+
+        async def events() -> AsyncIterator[bytes]:
+            while True:
+                kind, text = await queue.get()
+                if kind == "done":
+                    break
+                yield _sse("token", {"text": text})
+            try:
+                yield _sse("answer", task.result())
+            except Exception as e:  # the error goes to the client as an event
+                yield _sse("error", {"detail": str(e) or type(e).__name__})
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    # ---- inspection ------------------------------------------------------------------------------------
+    @api.get("/sessions/{sid}/timeline", response_model=S.Timeline)
+    async def timeline(sid: str) -> dict:
+        m = manager.get(sid)
+        return {"clock": m.status()["clock"], "spans": list(m.spans), "thumbnails": m.thumbs.list()}
+
+    @api.get(
+        "/sessions/{sid}/thumbnail",
+        response_class=FileResponse,
+        responses={200: {"content": {"image/jpeg": {}}, "description": "the thumbnail nearest t"}},
+    )
+    async def thumbnail(
+        sid: str, t: Annotated[float, Query(ge=0, description="stream seconds")]
+    ) -> FileResponse:
+        m = manager.get(sid)
+        if not math.isfinite(t):
+            raise BadRequest(f"t must be a finite number of seconds; got {t}")
+        path = m.thumbs.nearest(t)
+        if path is None or not path.exists():
+            raise NotFound(f"session {sid} has no thumbnails yet; ingest some frames first")
+        return FileResponse(path, media_type="image/jpeg")
+
+    # ---- snapshots -------------------------------------------------------------------------------------
+    @api.post("/sessions/{sid}/save", response_model=S.Saved)
+    async def save(sid: str) -> dict:
+        return {"snapshot": await manager.save(manager.get(sid))}
+
+    @api.get("/snapshots", response_model=list[S.SnapshotInfo])
+    async def snapshots() -> list[dict]:
+        return await asyncio.to_thread(manager.snapshots)
+
+    @api.post("/snapshots/{name}/restore", response_model=S.SessionStatus, status_code=201)
+    async def restore(name: str) -> dict:
+        return status_of(await manager.restore_snapshot(name))
+
+    app.include_router(api)
+
+    # ---- the web page (not behind the token: the page asks for it) ---------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> Response:
+        page = STATIC_DIR / "index.html"
+        if page.exists():
+            return FileResponse(page, media_type="text/html")
+        return HTMLResponse(
+            "<!doctype html><title>videokv</title><p>videokv is running; the API is at /docs."
+        )
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    return app
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+__all__ = ["create_app", "NotFound"]

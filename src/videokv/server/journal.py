@@ -1,0 +1,184 @@
+"""Durability: a session's memory on disk as it streams, so a SIGKILL loses nothing committed.
+
+A journal is a folder:
+
+- `blocks/00000000.safetensors`, ...: one file per memory block (its K/V, positions per layer, retrieval key;
+  its metadata in the safetensors header), appended as blocks are committed and never rewritten;
+- `state.safetensors`: the ingest context's K/V and, in its header, everything else (the engine's scalars,
+  unit sizes, context-mode blocks, the memory config, the model identity, the number of committed blocks,
+  and the session's own fields: fps, name, creation time, live source).
+
+Every file is written to a temporary name, fsynced and renamed into place (then the folder is fsynced), and
+the state file is replaced last: the state names how many blocks are committed, so a block file written by
+a commit that a kill interrupted is ignored (and deleted) when the journal is read. A commit follows every
+ingest step, after the open memory unit is closed (`engine.flush()`); presets without blocks (`full`,
+`window`) keep their whole memory in the state file's context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from videokv.api import Session, VideoQA
+from videokv.config import MemoryConfig
+from videokv.persist import (
+    SaveError,
+    block_record,
+    block_tensors,
+    context_tensors,
+    encode_config,
+    load_config,
+    model_identity,
+    restore_engine,
+    stream_state,
+)
+from videokv.qa import DEFAULT_SYSTEM
+
+FORMAT = "videokv-journal"
+VERSION = 1
+STATE = "state.safetensors"
+BLOCKS = "blocks"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash leaves either the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Journal:
+    """The on-disk journal of one session (see the module docstring)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.blocks_dir = self.folder / BLOCKS
+        self.count = 0  # blocks committed (named by the state file)
+
+    def exists(self) -> bool:
+        return (self.folder / STATE).exists()
+
+    def block_path(self, row: int) -> Path:
+        return self.blocks_dir / f"{row:08d}.safetensors"
+
+    # ---- writing --------------------------------------------------------------------------------------
+    def commit(self, session: Session, info: dict) -> None:
+        """Make `session`'s current memory durable: append its new blocks, then replace the state file.
+
+        If the session has fewer blocks than the journal (an ingest was rolled back), the state is replaced
+        first and the extra block files are deleted after.
+        """
+        engine = session.engine
+        engine.flush()
+        n = len(engine.store)
+        self.blocks_dir.mkdir(parents=True, exist_ok=True)
+        for row in range(self.count, n):
+            block = engine.store.get(row)
+            meta = {"block": json.dumps(block_record(block))}
+            write_atomic(self.block_path(row), save(block_tensors(block, "b"), metadata=meta))
+        if n > self.count:
+            _fsync_dir(self.blocks_dir)
+        header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": model_identity(engine),
+            "config": encode_config(engine.config),
+            **stream_state(engine),
+            "blocks": n,
+            "info": {"fps": session.fps, "system": session.system, **info},
+        }
+        write_atomic(
+            self.folder / STATE, save(context_tensors(engine), metadata={"journal": json.dumps(header)})
+        )
+        _fsync_dir(self.folder)
+        if n < self.count:
+            self._drop_from(n)
+        self.count = n
+
+    def _drop_from(self, n: int) -> None:
+        """Delete the block files from row `n` on (not named by the state file)."""
+        if not self.blocks_dir.exists():
+            return
+        for path in self.blocks_dir.iterdir():
+            stem = path.name.split(".")[0] if not path.name.startswith(".") else ""
+            if not stem.isdigit() or int(stem) >= n:
+                path.unlink(missing_ok=True)
+
+    # ---- reading --------------------------------------------------------------------------------------
+    def read_header(self) -> dict:
+        """The state file's header (raises SaveError if it is missing or corrupt)."""
+        path = self.folder / STATE
+        if not path.exists():
+            raise SaveError(f"no journal at {self.folder}: {STATE} is missing")
+        try:
+            with safe_open(str(path), "pt") as f:
+                header = json.loads((f.metadata() or {})["journal"])
+        except Exception as e:  # safetensors raises several types for garbled files
+            raise SaveError(f"{path} is corrupt: {e}") from e
+        if header.get("format") != FORMAT or header.get("version") != VERSION:
+            raise SaveError(f"{path} is not a videokv journal of version {VERSION}")
+        return header
+
+    def read(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The journal as a save manifest + tensors (what persist.restore_engine takes). Block files beyond
+        the committed count (from a commit a kill interrupted) are deleted."""
+        header = self.read_header()
+        tensors: dict[str, torch.Tensor] = {}
+        with safe_open(str(self.folder / STATE), "pt") as f:
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+        n = int(header["blocks"])
+        blocks = []
+        for row in range(n):
+            path = self.block_path(row)
+            try:
+                with safe_open(str(path), "pt") as f:
+                    blocks.append(json.loads((f.metadata() or {})["block"]))
+                    for key in f.keys():
+                        tensors[f"b{row}{key[1:]}"] = f.get_tensor(key)
+            except Exception as e:
+                raise SaveError(f"the journal at {self.folder} is missing committed block {row}: {e}") from e
+        self._drop_from(n)
+        manifest = {**header, "blocks": blocks, "extra": header.get("info", {})}
+        return manifest, tensors
+
+    def load(self, qa: VideoQA, **config_overrides: object) -> Session:
+        """The session the journal holds, on `qa`'s model (which must be the one it was written with).
+        `config_overrides` replace memory config fields (e.g. a new spill_dir)."""
+        manifest, tensors = self.read()
+        config: MemoryConfig = load_config(manifest)
+        if config_overrides:
+            config = config.replace(**config_overrides)
+        info = manifest["extra"]
+        session = Session(
+            qa.adapter, config, fps=info.get("fps", 1.0), system=info.get("system", DEFAULT_SYSTEM)
+        )
+        restore_engine(session.engine, manifest, tensors)
+        self.count = len(manifest["blocks"])
+        return session
+
+    def remove_temporaries(self) -> None:
+        """Delete half-written temporary files a kill left behind."""
+        for folder in (self.folder, self.blocks_dir):
+            if folder.exists():
+                for path in folder.glob(".*.tmp"):
+                    with contextlib.suppress(OSError):
+                        path.unlink()

@@ -1,0 +1,148 @@
+"""Request and response models of the HTTP API (pydantic); they make the published OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_TEXT = 20_000  # characters of one question / text event
+MAX_ITEMS = 4096  # images, timestamps, text events or choices in one request
+
+
+class Error(BaseModel):
+    detail: str = Field(description="what went wrong and what to do about it")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str
+    sessions: int
+
+
+class PresetInfo(BaseModel):
+    name: str
+    summary: str
+    source: str
+
+
+class CreateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    memory: str | None = Field(
+        None, max_length=64, description="memory preset (GET /v1/presets); default: the server's (rekv)"
+    )
+    memory_set: list[str] = Field(
+        default_factory=list, max_length=64, description="key=value overrides, e.g. retrieve.k=16"
+    )
+    fps: float = Field(1.0, gt=0, le=120, description="frames sampled per second of video")
+    name: str | None = Field(None, max_length=200)
+
+
+class SourceStatus(BaseModel):
+    url: str
+    fps: float
+    state: Literal["running", "done", "stopped", "error"]
+    error: str | None = None
+
+
+class SessionStatus(BaseModel):
+    id: str
+    name: str | None
+    memory: str
+    fps: float
+    state: Literal["idle", "ingesting", "live", "error"]
+    clock: float = Field(description="stream seconds reached")
+    frames: int
+    blocks: int
+    memory_tokens: int
+    memory_bytes: int
+    offloaded_bytes: int
+    bytes_by_tier: dict[str, int]
+    budget_bytes: int | None
+    ingest_fps: float = Field(description="frames per wall-clock second of the last ingest")
+    source: SourceStatus | None
+    error: str | None
+    created: float = Field(description="unix time")
+
+
+class Added(BaseModel):
+    added: int = Field(description="pieces (frames and text events) added to the stream")
+    status: SessionStatus
+
+
+class StartSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="a video file path on the server, an http(s):// or rtsp:// URL: anything PyAV opens",
+    )
+    fps: float | None = Field(None, gt=0, le=120, description="sampling rate (default: the session's)")
+    realtime: bool = Field(True, description="follow the wall clock (false: as fast as the model goes)")
+    subtitles: str | None = Field(None, max_length=4096, description="an SRT/WebVTT file path on the server")
+
+
+class PushFrames(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] | None = Field(
+        None, max_length=MAX_ITEMS, description="base64 JPEG/PNG images (one per frame)"
+    )
+    raw: str | None = Field(None, description="base64 of uint8 RGB pixels, T*H*W*3 bytes")
+    shape: list[int] | None = Field(None, min_length=4, max_length=4, description="[T, H, W, 3] of raw")
+    timestamps: list[float] | None = Field(
+        None, max_length=MAX_ITEMS, description="seconds of each frame (default: the clock + 1/fps steps)"
+    )
+
+
+class TextItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(max_length=MAX_TEXT)
+    start: float | None = Field(None, ge=0, description="seconds (default: the stream clock)")
+    end: float | None = Field(None, ge=0, description="seconds (default: start)")
+
+
+class PushText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[TextItem] = Field(min_length=1, max_length=MAX_ITEMS)
+
+
+class Ask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(max_length=MAX_TEXT)
+    choices: list[str] | None = Field(None, max_length=26)
+    max_new_tokens: int = Field(48, ge=1, le=1024)
+    stream: bool = Field(False, description="answer as server-sent events: token..., then answer")
+
+
+class EvidenceSpan(BaseModel):
+    t0: float
+    t1: float
+    kind: str
+    level: str
+
+
+class AnswerOut(BaseModel):
+    question: str
+    answer: str
+    evidence: list[EvidenceSpan]
+    stats: dict
+    choice: int | None = None
+    choice_scores: list[float] | None = None
+
+
+class Timeline(BaseModel):
+    clock: float
+    spans: list[EvidenceSpan]
+    thumbnails: list[float]
+
+
+class Saved(BaseModel):
+    snapshot: str
+
+
+class SnapshotInfo(BaseModel):
+    snapshot: str
+    session: str | None
+    memory: str
+    clock: float
+    created: float

@@ -1,0 +1,732 @@
+"""The session manager: the service's sessions on one shared model, their ingest, questions and snapshots.
+
+Every model call is a job on the fair scheduler (one worker thread). An ingest is cut into chunks of
+`chunk_frames` frames; each chunk is one job that runs all-or-nothing inside `engine.transaction()`: ingest,
+close the open memory unit, check the session's byte budget, and commit to the session's journal. An
+ingest made of several chunks (an upload, a batch of pushed frames) is itself all-or-nothing: an outer
+transaction spans its chunks, and a failure in any chunk restores the memory (and rewinds the journal) to
+where it was before the request. A live source commits chunk by chunk.
+
+On disk (`data_dir`): `sessions/<id>/journal/` (see journal.py), `sessions/<id>/thumbs/`,
+`sessions/<id>/spill/` (blocks over the byte budget), `sessions/<id>/uploads/` (while an upload is ingested),
+and `snapshots/<name>/` (named full saves, persist.py's format).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from videokv.api import Session, VideoQA
+from videokv.config import MemoryConfig
+from videokv.engine import Frame
+from videokv.errors import ConfigError, InputError, VideoKVError
+from videokv.persist import SaveError, load_config, read_save, restore_engine, save_engine
+from videokv.presets import resolve_memory
+from videokv.qa import DEFAULT_SYSTEM
+from videokv.server.journal import Journal
+from videokv.server.live import Item, LiveSource, chunked, is_live
+from videokv.server.scheduler import Scheduler
+from videokv.server.thumbnails import Thumbnails
+from videokv.video.subtitles import TextEvent
+
+log = logging.getLogger("videokv.server")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+RESERVED_MEMORY_KEYS = ("spill_dir", "device_bytes", "host_bytes")
+
+
+# ---- errors with an HTTP status ---------------------------------------------------------------------------
+class ServiceError(VideoKVError):
+    """An error the API answers with `status` and this message."""
+
+    status = 400
+
+
+class BadRequest(ServiceError, InputError):
+    status = 400
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class Conflict(ServiceError):
+    status = 409
+
+
+class TooLarge(ServiceError):
+    status = 413
+
+
+class NotAVideo(ServiceError):
+    status = 415
+
+
+class TooMany(ServiceError):
+    status = 429
+
+
+class OverBudget(TooMany):
+    """An ingest would take a session's resident memory over its byte budget."""
+
+
+class SessionGone(ServiceError):
+    status = 404
+
+
+# ---- one session ------------------------------------------------------------------------------------------
+@dataclass
+class Managed:
+    """A session of the service: the engine session and everything the service keeps beside it."""
+
+    id: str
+    session: Session
+    folder: Path
+    journal: Journal
+    thumbs: Thumbnails
+    memory: str
+    name: str | None = None
+    created: float = field(default_factory=time.time)
+    budget: int | None = None
+    source: LiveSource | None = None
+    error: str | None = None
+    busy: int = 0  # request ingests in progress
+    ingest_fps: float = 0.0
+    stats: dict = field(default_factory=dict)  # engine.memory_stats() after the last job
+    spans: list[dict] = field(default_factory=list)  # the timeline after the last job
+    deleted: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one request ingest at a time
+    outer: contextlib.ExitStack | None = None  # the transaction of a multi-chunk request ingest
+    outer_clock: float = 0.0
+    resume: dict | None = None  # the live source to resume after a restart (from the journal)
+
+    @property
+    def fps(self) -> float:
+        return self.session.fps
+
+    @property
+    def state(self) -> str:
+        if self.source is not None and self.source.running:
+            return "live"
+        if self.busy:
+            return "ingesting"
+        return "error" if self.error else "idle"
+
+    def info(self) -> dict:
+        """The session's own fields, kept in its journal."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "memory": self.memory,
+            "created": self.created,
+            "budget": self.budget,
+            "source": self.source.spec() if self.source is not None else None,
+        }
+
+    def status(self) -> dict:
+        s = self.stats
+        tiers = s.get("bytes_by_tier") or {"host": s.get("memory_bytes", 0)}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "memory": self.memory,
+            "fps": self.fps,
+            "state": self.state,
+            "clock": float(s.get("stream_seconds", 0.0)),
+            "frames": int(s.get("frames", 0)),
+            "blocks": int(s.get("blocks", 0)),
+            "memory_tokens": int(s.get("memory_tokens", 0)),
+            "memory_bytes": int(s.get("memory_bytes", 0)),
+            "offloaded_bytes": int(s.get("offloaded_bytes", 0)),
+            "bytes_by_tier": {k: int(v) for k, v in tiers.items()},
+            "budget_bytes": self.budget,
+            "ingest_fps": round(self.ingest_fps, 3),
+            "source": self.source.describe() if self.source is not None else None,
+            "error": self.error,
+            "created": self.created,
+        }
+
+
+def timeline_spans(session: Session) -> list[dict]:
+    """The memory's blocks as time spans, adjacent ones of the same kind and level merged."""
+    engine = session.engine
+    if engine.memory_mode:
+        raw = sorted(((b.t0, b.t1, b.kind, b.level) for b in engine.store.blocks), key=lambda s: s[:2])
+    else:
+        raw = [
+            (b.t0, b.t1, b.kind, engine.config.name) for b in engine.blocks if b.start >= engine.first_kept
+        ]
+    spans: list[dict] = []
+    for t0, t1, kind, level in raw:
+        last = spans[-1] if spans else None
+        if last and last["kind"] == kind and last["level"] == level and t0 <= last["t1"] + 1e-6:
+            last["t1"] = round(max(last["t1"], t1), 3)
+        else:
+            spans.append({"t0": round(t0, 3), "t1": round(t1, 3), "kind": kind, "level": level})
+    return spans
+
+
+def frames_from_request(images: list[bytes] | None, raw: bytes | None, shape: list[int] | None) -> np.ndarray:
+    """Pushed frames as uint8 [T, H, W, 3]: decoded images, or raw bytes of the given shape."""
+    from PIL import Image, UnidentifiedImageError
+
+    if (images is None) == (raw is None):
+        raise BadRequest('send either "images" (base64 JPEG/PNG) or "raw" with "shape" [T, H, W, 3]')
+    if images is not None:
+        if not images:
+            raise BadRequest('"images" is empty: send at least one base64 JPEG/PNG image')
+        arrays = []
+        for i, data in enumerate(images):
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    arrays.append(np.asarray(img.convert("RGB")))
+            except (UnidentifiedImageError, OSError, ValueError) as e:
+                raise BadRequest(f"image {i} is not a JPEG/PNG image: {e}") from e
+        sizes = {a.shape for a in arrays}
+        if len(sizes) > 1:
+            raise BadRequest(
+                f"all images must have the same size; got {sorted(sizes)} (expected shape [T, H, W, 3] "
+                f"with one H, W)"
+            )
+        return np.stack(arrays)
+    if shape is None or len(shape) != 4 or shape[3] != 3 or any(d < 1 for d in shape):
+        raise BadRequest(f'"shape" must be [T, H, W, 3] with positive sizes (RGB); got {shape}')
+    t, h, w, c = shape
+    if h * w > 4096 * 4096:
+        raise BadRequest(f"frames of {h}x{w} pixels are too large (at most 4096x4096)")
+    expected = t * h * w * c
+    if len(raw) != expected:
+        raise BadRequest(
+            f'"raw" has {len(raw)} bytes but shape {shape} needs {expected} (= T*H*W*3 uint8 RGB); '
+            f"send frames of the expected shape [T, H, W, 3] = {shape}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8).reshape(t, h, w, c)
+
+
+# ---- the manager --------------------------------------------------------------------------------------
+class SessionManager:
+    """All sessions of the service, on one VideoQA, with their model work on one fair scheduler."""
+
+    def __init__(
+        self,
+        qa: VideoQA,
+        data_dir: str | Path,
+        scheduler: Scheduler | None = None,
+        max_sessions: int = 16,
+        session_bytes: int | None = None,
+        chunk_frames: int = 8,
+    ):
+        if session_bytes is not None and session_bytes < 1:
+            raise ConfigError(f"session_bytes must be a positive number of bytes; got {session_bytes}")
+        self.qa = qa
+        self.data_dir = Path(data_dir)
+        self.sessions_dir = self.data_dir / "sessions"
+        self.snapshots_dir = self.data_dir / "snapshots"
+        self.sessions_dir.mkdir(parents=True, exist_ok=True)
+        self.snapshots_dir.mkdir(parents=True, exist_ok=True)
+        self.scheduler = scheduler or Scheduler()
+        self.max_sessions = max_sessions
+        self.session_bytes = session_bytes
+        self.chunk_frames = chunk_frames
+        self.sessions: dict[str, Managed] = {}
+        self._lock = threading.Lock()
+
+    # ---- memory configuration ------------------------------------------------------------------------
+    def _config(self, memory: str | MemoryConfig, memory_set: list[str], folder: Path) -> MemoryConfig:
+        for pair in memory_set:
+            if pair.partition("=")[0].strip() in RESERVED_MEMORY_KEYS:
+                raise BadRequest(
+                    f"{pair!r}: {', '.join(RESERVED_MEMORY_KEYS)} are set by the server (--session-mb)"
+                )
+        config = resolve_memory(memory, memory_set or None)
+        return self._budgeted(config, folder)
+
+    def _budgeted(self, config: MemoryConfig, folder: Path) -> MemoryConfig:
+        """The config with the session's byte budget on its resident tiers and spill folder in `folder`."""
+        budget = self.session_bytes
+        spill = str(folder / "spill")
+        if budget is None:
+            return config.replace(spill_dir=spill)
+        if self.qa.adapter.device.type == "cpu":
+            return config.replace(host_bytes=budget, device_bytes=None, spill_dir=spill)
+        half = max(1, budget // 2)
+        return config.replace(device_bytes=half, host_bytes=max(1, budget - half), spill_dir=spill)
+
+    def _check_budget(self, m: Managed) -> None:
+        if m.budget is None:
+            return
+        used = m.session.engine.memory_stats()["memory_bytes"]
+        if used > m.budget:
+            raise OverBudget(
+                f"this ingest would take session {m.id}'s memory to {used / 2**20:.2f} MiB, over its budget "
+                f"of {m.budget / 2**20:.2f} MiB; the {m.memory!r} preset keeps its memory resident and "
+                "cannot spill to disk: use a preset with retrieval (e.g. rekv), a smaller window "
+                "(memory_set window=N), or a larger --session-mb"
+            )
+
+    # ---- worker-side helpers (run on the scheduler's thread) ------------------------------------------
+    def _refresh(self, m: Managed) -> None:
+        m.stats = m.session.engine.memory_stats()
+        m.spans = timeline_spans(m.session)
+
+    def _commit(self, m: Managed) -> None:
+        if m.deleted:
+            raise SessionGone(f"session {m.id} was deleted")
+        m.journal.commit(m.session, m.info())
+
+    def _step(self, m: Managed, items: list[Item], interval: float | None = None) -> int:
+        """One chunk of ingest, all-or-nothing: ingest, close the unit, check the budget, commit."""
+        if m.deleted:
+            raise SessionGone(f"session {m.id} was deleted")
+        engine = m.session.engine
+        interval = 1.0 / m.fps if interval is None else interval
+        frames = [it for it in items if isinstance(it, Frame)]
+        t_start = time.perf_counter()
+        try:
+            with engine.transaction():
+                added = engine.ingest(items, chunk_frames=max(1, len(frames)), frame_interval=interval)
+                engine.flush()
+                self._check_budget(m)
+                self._commit(m)
+        except ConfigError as e:
+            if m.budget is not None and "memory budget" in str(e):
+                raise OverBudget(
+                    f"session {m.id}'s byte budget ({m.budget} bytes) is smaller than one memory block: "
+                    f"raise --session-mb or keep fewer tokens per frame ({e})"
+                ) from e
+            raise
+        finally:
+            self._refresh(m)
+        wall = time.perf_counter() - t_start
+        if frames:
+            m.ingest_fps = len(frames) / wall if wall > 0 else 0.0
+            for f in frames:
+                with contextlib.suppress(OSError):
+                    m.thumbs.add(f.t, f.image)
+        return added
+
+    def _begin(self, m: Managed) -> None:
+        stack = contextlib.ExitStack()
+        stack.enter_context(m.session.engine.transaction())
+        m.outer = stack
+        m.outer_clock = m.session.clock
+
+    def _end(self, m: Managed, error: BaseException | None) -> None:
+        """Close a request ingest's outer transaction: keep it, or roll the memory, journal and thumbnails
+        back to where they were before the request."""
+        stack, m.outer = m.outer, None
+        if stack is None:
+            return
+        if error is None:
+            stack.close()
+            return
+        try:
+            stack.__exit__(type(error), error, error.__traceback__)
+        finally:
+            m.thumbs.remove_after(m.outer_clock)
+            if not m.deleted:
+                m.journal.commit(m.session, m.info())
+            self._refresh(m)
+
+    # ---- sessions -------------------------------------------------------------------------------------
+    def _new_id(self) -> str:
+        while True:
+            sid = secrets.token_hex(6)
+            if sid not in self.sessions and not (self.sessions_dir / sid).exists():
+                return sid
+
+    def _reserve(self) -> None:
+        if len(self.sessions) >= self.max_sessions:
+            raise TooMany(
+                f"the server holds its maximum of {self.max_sessions} sessions; delete one "
+                "(DELETE /v1/sessions/{id}) or start the server with a larger --max-sessions"
+            )
+
+    def _add(self, m: Managed) -> Managed:
+        with self._lock:
+            self._reserve()
+            self.sessions[m.id] = m
+        return m
+
+    async def create(
+        self,
+        memory: str = "rekv",
+        memory_set: list[str] | None = None,
+        fps: float = 1.0,
+        name: str | None = None,
+    ) -> Managed:
+        self._reserve()
+        sid = self._new_id()
+        folder = self.sessions_dir / sid
+        config = self._config(memory, list(memory_set or []), folder)
+
+        def build() -> Managed:
+            session = Session(self.qa.adapter, config, fps=fps, system=self.qa.system)
+            m = Managed(
+                sid,
+                session,
+                folder,
+                Journal(folder / "journal"),
+                Thumbnails(folder / "thumbs"),
+                memory=config.name,
+                name=name,
+                budget=self.session_bytes,
+            )
+            folder.mkdir(parents=True)
+            try:
+                self._commit(m)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            self._refresh(m)
+            return m
+
+        m = await self.scheduler.run(sid, build)
+        try:
+            return self._add(m)
+        except TooMany:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def get(self, sid: str) -> Managed:
+        m = self.sessions.get(sid)
+        if m is None:
+            raise NotFound(f"no session {sid!r}; list the sessions with GET /v1/sessions")
+        return m
+
+    def list(self) -> list[Managed]:
+        return sorted(self.sessions.values(), key=lambda m: m.created)
+
+    async def delete(self, sid: str) -> None:
+        m = self.get(sid)
+        m.deleted = True
+        self.sessions.pop(sid, None)
+        if m.source is not None:
+            m.source.stop()
+        self.scheduler.forget(sid)
+        # runs after the job in progress (one worker): nothing writes into the folder after this
+        await self.scheduler.run(sid, shutil.rmtree, m.folder, True)
+        if m.source is not None:
+            await asyncio.to_thread(m.source.join, 30)
+
+    # ---- ingest ---------------------------------------------------------------------------------------
+    def _check_free(self, m: Managed) -> None:
+        if m.source is not None and m.source.running:
+            raise Conflict(
+                f"a live source ({m.source.url}) is ingesting into session {m.id}; stop it first "
+                f"(DELETE /v1/sessions/{m.id}/source)"
+            )
+
+    async def ingest_chunks(
+        self, m: Managed, chunks: Iterator[list[Item]], interval: float | None = None
+    ) -> int:
+        """A request ingest (upload, pushed frames or text): chunks decoded off the event loop, each a
+        scheduler job, all-or-nothing as a whole."""
+        self._check_free(m)
+        async with m.lock:
+            self._check_free(m)
+            m.busy += 1
+            try:
+                await self.scheduler.run(m.id, self._begin, m)
+                added = 0
+                error: BaseException | None = None
+                try:
+                    while True:
+                        chunk = await asyncio.to_thread(next, chunks, None)
+                        if chunk is None:
+                            break
+                        added += await self.scheduler.run(m.id, self._step, m, chunk, interval)
+                except BaseException as e:
+                    error = e
+                await asyncio.shield(self.scheduler.run(m.id, self._end, m, error))
+                if error is not None:
+                    m.error = None if isinstance(error, InputError | ServiceError) else str(error)
+                    raise error
+                m.error = None
+                return added
+            finally:
+                m.busy -= 1
+
+    def frame_chunks(
+        self, m: Managed, frames: np.ndarray, timestamps: list[float] | None
+    ) -> Iterator[list[Item]]:
+        """Pushed frames as chunks, timestamps checked (default: the stream clock + 1/fps steps)."""
+        from videokv.video.frames import validate_frames
+
+        engine = m.session.engine
+        start = m.session.clock if engine.frames_ingested else 0.0
+        arr, ts = validate_frames(frames, timestamps, fps=m.fps, start=start)
+        if len(ts) and engine.frames_ingested and ts[0] < m.session.clock - 1e-9:
+            raise BadRequest(
+                f"frame timestamps go back in time: the stream clock is at {m.session.clock:.3f}s, the "
+                f"first new frame is at {ts[0]:.3f}s; send timestamps >= the clock or omit them"
+            )
+        return chunked((Frame(float(t), img) for t, img in zip(ts, arr)), self.chunk_frames)
+
+    def text_items(self, m: Managed, events: list[dict]) -> list[TextEvent]:
+        clock = m.session.clock
+        out = []
+        for e in events:
+            start = clock if e.get("start") is None else float(e["start"])
+            end = start if e.get("end") is None else float(e["end"])
+            out.append(TextEvent(start, end, e["text"]))
+        return sorted(out, key=lambda e: e.start)
+
+    # ---- live sources -------------------------------------------------------------------------------
+    def start_source(
+        self,
+        m: Managed,
+        url: str,
+        fps: float | None = None,
+        realtime: bool = True,
+        subtitles: str | None = None,
+        offset: float | None = None,
+        start: float = 0.0,
+    ) -> LiveSource:
+        if m.source is not None and m.source.running:
+            raise Conflict(
+                f"session {m.id} already has a live source ({m.source.url}); stop it first "
+                f"(DELETE /v1/sessions/{m.id}/source)"
+            )
+        if m.lock.locked():
+            raise Conflict(f"session {m.id} is ingesting an upload; start the source when it is done")
+        fps = m.fps if fps is None else float(fps)
+        interval = 1.0 / fps
+
+        def ingest(chunk: list[Item]) -> None:
+            self.scheduler.call(m.id, self._step, m, chunk, interval)
+
+        def on_end(source: LiveSource) -> None:
+            if source.state == "error":
+                m.error = f"live source {source.url}: {source.error}"
+            if not m.deleted:
+                with contextlib.suppress(Exception):  # record the source's end in the journal
+                    self.scheduler.call(m.id, self._commit, m)
+
+        source = LiveSource(
+            url,
+            ingest,
+            fps=fps,
+            realtime=realtime,
+            subtitles=subtitles,
+            offset=m.session.clock if offset is None else offset,
+            start=start,
+            chunk_frames=self.chunk_frames,
+            on_end=on_end,
+        )
+        m.source = source
+        m.error = None
+        source.start()
+        return source
+
+    def stop_source(self, m: Managed, wait: float = 60.0) -> None:
+        if m.source is None:
+            raise NotFound(
+                f"session {m.id} has no live source; start one with POST /v1/sessions/{m.id}/source"
+            )
+        m.source.stop()
+        m.source.join(wait)
+
+    # ---- questions ------------------------------------------------------------------------------------
+    async def ask(
+        self,
+        m: Managed,
+        question: str,
+        choices: list[str] | None = None,
+        max_new_tokens: int = 48,
+        on_token: Callable[[str], None] | None = None,
+    ) -> dict:
+        if not question.strip():
+            raise BadRequest("the question is empty; ask something about the stream")
+        if choices is not None and (len(choices) < 2 or any(not c.strip() for c in choices)):
+            raise BadRequest("choices must be at least two non-empty strings (or null for a free answer)")
+
+        def run() -> dict:
+            if m.deleted:
+                raise SessionGone(f"session {m.id} was deleted")
+            return m.session.ask(
+                question, choices, max_new_tokens=max_new_tokens, on_token=on_token
+            ).to_dict()
+
+        return await self.scheduler.run(m.id, run)
+
+    # ---- snapshots ------------------------------------------------------------------------------------
+    def _snapshot_dir(self, name: str) -> Path:
+        if not NAME_RE.match(name):
+            raise NotFound(f"no snapshot {name!r}; list them with GET /v1/snapshots")
+        return self.snapshots_dir / name
+
+    async def save(self, m: Managed) -> str:
+        name = f"{m.id}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+        def run() -> str:
+            extra = {"fps": m.fps, "system": m.session.system, **m.info(), "saved": time.time()}
+            extra.pop("source", None)
+            save_engine(m.session.engine, self.snapshots_dir / name, extra=extra)
+            return name
+
+        return await self.scheduler.run(m.id, run)
+
+    def snapshots(self) -> list[dict]:
+        out = []
+        for folder in sorted(self.snapshots_dir.iterdir()) if self.snapshots_dir.exists() else []:
+            if folder.name.startswith(".") or not (folder / "manifest.json").exists():
+                continue
+            try:
+                manifest = json.loads((folder / "manifest.json").read_text())
+            except (OSError, ValueError):
+                continue
+            extra = manifest.get("extra") or {}
+            out.append(
+                {
+                    "snapshot": folder.name,
+                    "session": extra.get("id"),
+                    "memory": (manifest.get("config") or {}).get("name", "?"),
+                    "clock": float((manifest.get("state") or {}).get("clock", 0.0)),
+                    "created": float(extra.get("saved") or folder.stat().st_mtime),
+                }
+            )
+        return sorted(out, key=lambda s: s["created"])
+
+    async def restore_snapshot(self, name: str) -> Managed:
+        folder = self._snapshot_dir(name)
+        if not (folder / "manifest.json").exists():
+            raise NotFound(f"no snapshot {name!r}; list them with GET /v1/snapshots")
+        self._reserve()
+        sid = self._new_id()
+        target = self.sessions_dir / sid
+
+        def build() -> Managed:
+            manifest, tensors = read_save(folder)
+            config = self._budgeted(load_config(manifest), target)
+            extra = manifest.get("extra") or {}
+            session = Session(
+                self.qa.adapter,
+                config,
+                fps=extra.get("fps", 1.0),
+                system=extra.get("system", DEFAULT_SYSTEM),
+            )
+            restore_engine(session.engine, manifest, tensors)
+            m = Managed(
+                sid,
+                session,
+                target,
+                Journal(target / "journal"),
+                Thumbnails(target / "thumbs"),
+                memory=config.name,
+                name=extra.get("name"),
+                budget=self.session_bytes,
+            )
+            self._check_budget(m)
+            target.mkdir(parents=True)
+            try:
+                self._commit(m)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+            self._refresh(m)
+            return m
+
+        m = await self.scheduler.run(sid, build)
+        return self._add(m)
+
+    # ---- start-up and shutdown ----------------------------------------------------------------------
+    def restore_all(self) -> list[str]:
+        """Bring back every session in `data_dir/sessions` from its journal (runs its model work on the
+        scheduler); live sources that were running are resumed where they stopped. Returns the ids."""
+        restored = []
+        for folder in sorted(self.sessions_dir.iterdir()):
+            if not folder.is_dir() or folder.name.startswith("."):
+                continue
+            journal = Journal(folder / "journal")
+            if not journal.exists():
+                log.warning(
+                    "videokv: %s has no journal (a session created while the server died); removed", folder
+                )
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            try:
+                m = self.scheduler.call(folder.name, self._restore_one, folder, journal)
+            except (SaveError, VideoKVError, OSError, ValueError, KeyError, RuntimeError) as e:
+                log.error("videokv: cannot restore the session in %s: %s (left on disk)", folder, e)
+                continue
+            self.sessions[m.id] = m
+            restored.append(m.id)
+            spec = m.resume
+            if spec and spec.get("state") == "running":
+                self._resume(m, spec)
+        return restored
+
+    def _restore_one(self, folder: Path, journal: Journal) -> Managed:
+        journal.remove_temporaries()
+        header = journal.read_header()
+        info = header.get("info") or {}
+        shutil.rmtree(folder / "spill", ignore_errors=True)  # spill files of the dead process
+        shutil.rmtree(folder / "uploads", ignore_errors=True)
+        budget = info.get("budget")
+        overrides: dict = {"spill_dir": str(folder / "spill")}
+        if budget is not None and self.session_bytes is None:
+            budget = None  # the server now runs without budgets
+            overrides.update(host_bytes=None, device_bytes=None)
+        session = journal.load(self.qa, **overrides)
+        m = Managed(
+            info.get("id") or folder.name,
+            session,
+            folder,
+            journal,
+            Thumbnails(folder / "thumbs"),
+            memory=info.get("memory") or session.engine.config.name,
+            name=info.get("name"),
+            created=float(info.get("created") or time.time()),
+            budget=budget,
+        )
+        m.thumbs.remove_after(session.clock)  # thumbnails of frames whose chunk never committed
+        m.resume = info.get("source")
+        self._refresh(m)
+        return m
+
+    def _resume(self, m: Managed, spec: dict) -> None:
+        url = spec["url"]
+        clock = m.session.clock
+        if is_live(url):
+            offset, start = clock, 0.0
+        else:
+            offset, start = float(spec.get("offset", 0.0)), max(0.0, clock - float(spec.get("offset", 0.0)))
+        try:
+            self.start_source(
+                m,
+                url,
+                fps=spec.get("fps"),
+                realtime=bool(spec.get("realtime", True)),
+                subtitles=spec.get("subtitles"),
+                offset=offset,
+                start=start,
+            )
+            log.info("videokv: session %s resumes its source %s at %.2fs", m.id, url, start)
+        except VideoKVError as e:
+            m.error = f"could not resume the live source {url}: {e}"
+
+    def close(self) -> None:
+        """Stop every live source (their state stays 'running' in the journals, so they resume on the next
+        start) and the scheduler."""
+        for m in list(self.sessions.values()):
+            if m.source is not None and m.source.running:
+                m.source.stop()
+        self.scheduler.close(timeout=30)
+        for m in list(self.sessions.values()):
+            if m.source is not None:
+                m.source.join(5)
