@@ -1,1 +1,19 @@
 """Benchmarks of answer quality: the dataset format, converters, needle streams, the runner and the report."""
+
+from videokv.bench.dataset import (
+    Conversation,
+    DatasetError,
+    VideoEntry,
+    dump_dataset,
+    load_dataset,
+    normalize_answer,
+)
+
+__all__ = [
+    "Conversation",
+    "DatasetError",
+    "VideoEntry",
+    "dump_dataset",
+    "load_dataset",
+    "normalize_answer",
+]
