@@ -280,6 +280,19 @@ def test_direct_construction_errors_name_the_field():
     assert entry.video_path == Path(os.path.abspath("rel/x.mp4")) and entry.conversations == (conv,)
 
 
+def test_errors_survive_pickling():
+    import pickle
+
+    with pytest.raises(DatasetError) as info:
+        Conversation("q", "a", 1, start_time=3)
+    e = info.value
+    again = pickle.loads(pickle.dumps(e))
+    assert type(again) is type(e) and str(again) == str(e)
+    assert (again.field, again.detail, again.problems) == (e.field, e.detail, e.problems)
+    err = pickle.loads(pickle.dumps(DatasetError("two", ["a", "b"])))
+    assert str(err) == "two" and err.problems == ["a", "b"]
+
+
 def test_dump_writes_relative_paths_atomically(tmp_path):
     write_files(tmp_path)
     entries = load_dataset(write(tmp_path, good_dataset()))

@@ -70,6 +70,16 @@ class DatasetError(InputError):
         super().__init__(message)
         self.problems: list[str] = list(problems) if problems is not None else [message]
 
+    def __reduce__(self):  # keep ``problems`` (and the subclass) across pickling, e.g. from a worker process
+        return (_rebuild_error, (type(self), str(self), self.problems, dict(self.__dict__)))
+
+
+def _rebuild_error(cls: type, message: str, problems: list[str], state: dict) -> DatasetError:
+    err = cls.__new__(cls)
+    DatasetError.__init__(err, message, problems)
+    err.__dict__.update(state)
+    return err
+
 
 class FieldError(DatasetError):
     """One field is invalid. ``field`` is its path (e.g. ``conversations[1].end_time``); ``detail`` says what
