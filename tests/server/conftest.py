@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+
+from videokv.video.decode import write_video
 
 TOKEN = "test-token-videokv"
 MODEL = "tiny-qwen2_vl"
@@ -118,6 +121,29 @@ def _make(tmp: Path, token: str | None, args: list[str]) -> ServerHandle:
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = tmp / "serve.log"
     return ServerHandle(data_dir=data_dir, port=free_port(), token=token, args=args, log_path=log_path)
+
+
+def make_clip(
+    path: Path, seconds: float, fps: float = 4.0, size: tuple[int, int] = (56, 84), seed: int = 0
+) -> Path:
+    """Write a real H.264 (or mpeg4) clip: a moving colour pattern, `seconds` long at `fps`."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    base = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    n = max(1, round(seconds * fps))
+    frames = (np.roll(base, shift=3 * i, axis=1) // 2 + (i * 7 % 128) for i in range(n))
+    write_video(path, (f.astype(np.uint8) for f in frames), fps=fps, keyframe_interval=1.0)
+    return path
+
+
+def srt_text(events: list[tuple[float, float, str]]) -> str:
+    """An SRT file's text for (start, end, text) events."""
+
+    def stamp(t: float) -> str:
+        ms = round(t * 1000)
+        return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+    return "".join(f"{i}\n{stamp(a)} --> {stamp(b)}\n{text}\n\n" for i, (a, b, text) in enumerate(events, 1))
 
 
 @pytest.fixture

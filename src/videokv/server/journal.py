@@ -13,6 +13,11 @@ the state file is replaced last: the state names how many blocks are committed, 
 a commit that a kill interrupted is ignored (and deleted) when the journal is read. A commit follows every
 ingest step, after the open memory unit is closed (`engine.flush()`); presets without blocks (`full`,
 `window`) keep their whole memory in the state file's context.
+
+An ingest that must be all-or-nothing across several commits (an upload) is bracketed by `begin()` and
+`end()`: `begin` keeps the current state file as `base.safetensors` (a hard link: state files are replaced,
+never modified), `end` drops it. If the process dies in between, `recover()` puts the base back, so the
+half-done ingest disappears as a whole (its client never got an answer) and a retry does not double it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from videokv.qa import DEFAULT_SYSTEM
 FORMAT = "videokv-journal"
 VERSION = 1
 STATE = "state.safetensors"
+BASE = "base.safetensors"
 BLOCKS = "blocks"
 
 
@@ -121,6 +127,34 @@ class Journal:
             stem = path.name.split(".")[0] if not path.name.startswith(".") else ""
             if not stem.isdigit() or int(stem) >= n:
                 path.unlink(missing_ok=True)
+
+    def begin(self) -> None:
+        """Start an all-or-nothing batch of commits: keep the current state as the base to return to."""
+        state, base = self.folder / STATE, self.folder / BASE
+        if not state.exists():
+            return
+        tmp = self.folder / f".{BASE}.tmp"
+        tmp.unlink(missing_ok=True)
+        os.link(state, tmp)
+        os.replace(tmp, base)
+        _fsync_dir(self.folder)
+
+    def end(self) -> None:
+        """The batch is over (kept, or rewound by a commit of the rolled-back session): drop the base."""
+        base = self.folder / BASE
+        if base.exists():
+            base.unlink()
+            _fsync_dir(self.folder)
+
+    def recover(self) -> bool:
+        """After a crash: delete temporary files, and undo a batch that never ended (returns True then)."""
+        self.remove_temporaries()
+        base = self.folder / BASE
+        if not base.exists():
+            return False
+        os.replace(base, self.folder / STATE)
+        _fsync_dir(self.folder)
+        return True
 
     # ---- reading --------------------------------------------------------------------------------------
     def read_header(self) -> dict:

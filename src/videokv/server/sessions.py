@@ -322,6 +322,7 @@ class SessionManager:
     def _begin(self, m: Managed) -> None:
         stack = contextlib.ExitStack()
         stack.enter_context(m.session.engine.transaction())
+        m.journal.begin()
         m.outer = stack
         m.outer_clock = m.session.clock
 
@@ -333,6 +334,7 @@ class SessionManager:
             return
         if error is None:
             stack.close()
+            m.journal.end()
             return
         try:
             stack.__exit__(type(error), error, error.__traceback__)
@@ -340,6 +342,7 @@ class SessionManager:
             m.thumbs.remove_after(m.outer_clock)
             if not m.deleted:
                 m.journal.commit(m.session, m.info())
+                m.journal.end()
             self._refresh(m)
 
     # ---- sessions -------------------------------------------------------------------------------------
@@ -672,7 +675,8 @@ class SessionManager:
         return restored
 
     def _restore_one(self, folder: Path, journal: Journal) -> Managed:
-        journal.remove_temporaries()
+        if journal.recover():
+            log.warning("videokv: session %s: an upload cut by the crash was rolled back", folder.name)
         header = journal.read_header()
         info = header.get("info") or {}
         shutil.rmtree(folder / "spill", ignore_errors=True)  # spill files of the dead process
