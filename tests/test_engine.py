@@ -11,7 +11,7 @@ from videokv import MemoryConfig, TextEvent, VideoQA
 from videokv.engine import Frame, format_event
 from videokv.errors import InputError
 from videokv.policies.ingest import Window
-from videokv.qa import split_template
+from videokv.qa import matches, split_template
 
 PROBE = "\nQuestion: what colour is the umbrella?"
 
@@ -123,7 +123,22 @@ def test_multiple_choice_scores_each_option(qwen):
     assert ans.choice in (0, 1)
     assert len(ans.choice_scores) == 2
     assert ans.text == ["red", "blue"][ans.choice]
-    assert ans.choice_scores[ans.choice] == max(ans.choice_scores)
+    free = ans.stats["free_answer"]  # the bare question answered freely first
+    if ans.stats["choice_by"] == "answer text":
+        assert matches(free, ans.text) and not matches(free, ["red", "blue"][1 - ans.choice])
+    else:
+        assert ans.choice_scores[ans.choice] == max(ans.choice_scores)
+
+
+def test_choice_named_by_the_free_answer_wins_over_likelihood(qwen):
+    """A tiny random model answers gibberish; an option equal to that answer is picked by name."""
+    s = VideoQA.from_model(*qwen).session()
+    s.add_text("the umbrella is red", t=0.0)
+    free = s.ask("What colour is the umbrella?", max_new_tokens=6).text
+    assert free.strip()
+    options = ["zzzq", free]
+    ans = s.ask("What colour is the umbrella?", choices=options, max_new_tokens=6)
+    assert ans.stats["choice_by"] == "answer text" and ans.choice == 1
 
 
 def test_bad_input_leaves_memory_unchanged(qwen):

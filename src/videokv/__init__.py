@@ -1,6 +1,7 @@
 """videokv: long-term KV-cache memory for streaming long-video question answering."""
 
 from videokv.api import Session, VideoQA
+from videokv.bench.dataset import load_dataset
 from videokv.config import MemoryConfig
 from videokv.engine import Frame
 from videokv.presets import PRESETS, get_preset
@@ -17,5 +18,6 @@ __all__ = [
     "get_preset",
     "Frame",
     "TextEvent",
+    "load_dataset",
 ]
 __version__ = "0.1.0"

@@ -131,24 +131,19 @@ class Session:
         if not fps > 0:
             raise InputError(f"fps must be > 0; got {fps}")
         info = probe(path)
-        events = load_subtitles(subtitles) if subtitles is not None else []
         offset = self.clock if offset is None else float(offset)
         stop = info.duration if end is None else min(end, info.duration)
-        frames = (Frame(t + offset, img) for t, img in iter_frames(path, fps=fps, start=start, end=end))
-        events = [
-            TextEvent(e.start + offset, e.end + offset, e.text)
-            for e in events
-            if e.end >= start and (end is None or e.start < end)
-        ]
         total = max(0, math.ceil((stop - start) * fps - 1e-9))
-        return self._ingest(
-            _merge_by_time(frames, events),
-            chunk_frames,
-            progress,
-            total,
-            f"ingest {Path(path).name}",
-            1.0 / fps,
-        )
+        items = video_items(path, fps, subtitles, start=start, end=end, offset=offset)
+        return self._ingest(items, chunk_frames, progress, total, f"ingest {Path(path).name}", 1.0 / fps)
+
+    def add_items(
+        self, items: Iterable[Frame | TextEvent], chunk_frames: int = 8, frame_interval: float | None = None
+    ) -> int:
+        """Ingest frames and text events already in stream order (e.g. from `video_items`), all or nothing.
+        A frame spans `frame_interval` seconds (default 1/fps)."""
+        interval = 1.0 / self.fps if frame_interval is None else frame_interval
+        return self.engine.ingest(items, chunk_frames, frame_interval=interval)
 
     def add_frames(
         self,
@@ -213,6 +208,26 @@ class Session:
 
         with tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, leave=False) as bar:
             return self.engine.ingest(items, chunk_frames, on_frames=bar.update, frame_interval=interval)
+
+
+def video_items(
+    path: str | Path,
+    fps: float,
+    subtitles: str | Path | None = None,
+    start: float = 0.0,
+    end: float | None = None,
+    offset: float = 0.0,
+) -> Iterator[Frame | TextEvent]:
+    """The frames of `path` sampled at `fps` from `start` to `end` seconds, with the subtitle events that
+    start in that range, in stream order, shifted by `offset` on the stream clock. Decoding is lazy."""
+    events = load_subtitles(subtitles) if subtitles is not None else []
+    frames = (Frame(t + offset, img) for t, img in iter_frames(path, fps=fps, start=start, end=end))
+    events = [
+        TextEvent(e.start + offset, e.end + offset, e.text)
+        for e in events
+        if e.end >= start and (end is None or e.start < end)
+    ]
+    return _merge_by_time(frames, events)
 
 
 def _merge_by_time(frames: Iterator[Frame], events: list[TextEvent]) -> Iterator[Frame | TextEvent]:

@@ -433,7 +433,10 @@ class Engine:
             retrieval_s = time.perf_counter() - t_start
             context_tokens = context.lengths()
             if choices:
-                best, scores, stats = self.decoder.score_choices(context, cursor, prompt, choices)
+                best, scores, free, stats = self.decoder.pick_choice(
+                    context, cursor, question, choices, max_new_tokens
+                )
+                stats["free_answer"] = free
                 text = choices[best]
                 if on_token is not None:
                     on_token(text)

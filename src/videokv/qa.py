@@ -8,6 +8,8 @@ prefilled into a fork of the context and the fork is dropped after the answer.
 
 from __future__ import annotations
 
+import re
+import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +74,23 @@ def split_template(tokenizer, system: str = DEFAULT_SYSTEM) -> tuple[str, str]:
     return header, tail
 
 
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces (SQuAD-style answer normalisation)."""
+    text = "".join(" " if ch in string.punctuation else ch for ch in text.lower())
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def matches(prediction: str, answer: str) -> bool:
+    """The normalised `answer` equals, or appears as whole words in, the normalised `prediction`."""
+    gold, pred = normalize(answer), normalize(prediction)
+    if not gold:
+        return False
+    return pred == gold or re.search(rf"(?<!\S){re.escape(gold)}(?!\S)", pred) is not None
+
+
 def question_text(question: str, choices: list[str] | None = None) -> str:
     text = f"\nQuestion: {question.strip()}"
     if choices:
@@ -134,6 +153,30 @@ class Decoder:
             "answer_tokens": len(ids),
         }
         return text, stats
+
+    @torch.no_grad()
+    def pick_choice(
+        self,
+        cache: ContextCache,
+        cursor: int,
+        question: str,
+        choices: list[str],
+        max_new_tokens: int = 32,
+    ) -> tuple[int, list[float], str, dict]:
+        """Multiple choice in two steps: answer the bare question freely; if that answer names exactly one
+        option (whole words, normalised), pick it; otherwise the option most likely after the question with
+        its options listed (`score_choices`). Small models answer far better than they rank letters or
+        listed options. Returns (choice, option scores, the free answer, stats)."""
+        free, gen_stats = self.generate(cache.fork(), cursor, question_text(question), max_new_tokens)
+        best, scores, stats = self.score_choices(cache, cursor, question_text(question, choices), choices)
+        named = [i for i, c in enumerate(choices) if matches(free, c)]
+        if len(named) == 1:
+            best = named[0]
+        stats["choice_by"] = "answer text" if len(named) == 1 else "likelihood"
+        stats["prefill_s"] = round(stats["prefill_s"] + gen_stats["prefill_s"], 4)
+        stats["decode_s"] = round(stats["decode_s"] + gen_stats["decode_s"], 4)
+        stats["ttft_s"] = round(stats["ttft_s"] + gen_stats["prefill_s"] + gen_stats["decode_s"], 4)
+        return best, scores, free, stats
 
     @torch.no_grad()
     def score_choices(

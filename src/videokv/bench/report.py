@@ -1,0 +1,210 @@
+"""`videokv bench report`: a Markdown table and plots from a `bench run` folder.
+
+Rows are presets, column groups are the dataset's videos (for needle streams: one per stream length). A
+cell's accuracy counts answered questions only; questions a preset skipped (e.g. `full` past the model's
+context) are shown as "n/a" with the reason in a note.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from videokv.bench.runner import read_records
+from videokv.errors import InputError
+
+PRESET_ORDER = ("full", "window", "uniform", "rekv", "streamkv", "mukv", "x2l")
+
+
+def _mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(folder: str | Path) -> tuple[dict, list[dict]]:
+    """(run.json, one summary row per (preset, video)) of a run folder."""
+    folder = Path(folder)
+    run_file = folder / "run.json"
+    if not run_file.exists():
+        raise InputError(f"{folder} is not a `videokv bench run` folder (no run.json)")
+    run = json.loads(run_file.read_text())
+    rows = []
+    files = sorted((folder / "results").glob("*.jsonl"))
+    if not files:
+        raise InputError(f"{folder}/results holds no results yet; run `videokv bench run` first")
+    for f in files:
+        by_video: dict[str, list[dict]] = defaultdict(list)
+        for r in read_records(f):
+            by_video[r["video_id"]].append(r)
+        for video, recs in by_video.items():
+            answered = [r for r in recs if "skipped" not in r]
+            skipped = [r for r in recs if "skipped" in r]
+            rows.append(
+                {
+                    "preset": f.stem,
+                    "video_id": video,
+                    "questions": len(recs),
+                    "answered": len(answered),
+                    "skipped": len(skipped),
+                    "skip_reason": skipped[0]["skipped"] if skipped else None,
+                    "accuracy": _mean([float(r["correct"]) for r in answered]),
+                    "evidence_recall": _mean([r["evidence_recall"] for r in answered]),
+                    "resident_mib": _mean([r["resident_bytes"] / 2**20 for r in answered]),
+                    "max_resident_mib": max((r["resident_bytes"] / 2**20 for r in answered), default=None),
+                    "offloaded_mib": _mean([r["offloaded_bytes"] / 2**20 for r in answered]),
+                    "stream_tokens": max((r["stream_tokens"] for r in answered), default=None),
+                    "stream_seconds": max(
+                        (r["stream_seconds"] for r in recs if "stream_seconds" in r), default=None
+                    ),
+                    "ttft_s": _median([r["ttft_s"] for r in answered]),
+                    "answer_s": _median([r["answer_s"] for r in answered]),
+                    "retrieval_s": _median([r["retrieval_s"] for r in answered]),
+                    "ingest_fps": _median([r["ingest_fps"] for r in answered]),
+                    "peak_rss_mib": max((r["peak_rss_bytes"] / 2**20 for r in answered), default=None),
+                }
+            )
+    order = {p: i for i, p in enumerate(PRESET_ORDER)}
+    rows.sort(key=lambda r: (order.get(r["preset"], 99), r["preset"], r["video_id"]))
+    return run, rows
+
+
+def _fmt(x: float | None, spec: str, na: str = "n/a") -> str:
+    return na if x is None else format(x, spec)
+
+
+def _video_order(rows: list[dict]) -> list[str]:
+    seconds = defaultdict(float)
+    for r in rows:
+        seconds[r["video_id"]] = max(seconds[r["video_id"]], r["stream_seconds"] or 0.0)
+    return sorted(seconds, key=lambda v: (seconds[v], v))
+
+
+def markdown(run: dict, rows: list[dict], command: str | None = None) -> str:
+    """The results as Markdown: an accuracy table, then per-video detail (memory, recall, latency)."""
+    videos = _video_order(rows)
+    presets = list(dict.fromkeys(r["preset"] for r in rows))
+    cell = {(r["preset"], r["video_id"]): r for r in rows}
+    s = run["settings"]
+    lines = [
+        f"Model `{s['model']}`, {s['fps']} fps, {s['frame_tokens']} tokens per frame, dataset "
+        f"`{Path(s['dataset']).name}`; machine: {run['machine']['processor']}, {run['machine']['cpus']} CPUs "
+        f"({run['machine']['platform']}); started {run['started']}.",
+        "",
+    ]
+    if command:
+        lines += ["```bash", command, "```", ""]
+    lines += [
+        "**Accuracy** (correct / answered; n/a: skipped) and **resident KV** (MiB, mean at question time):",
+        "",
+        "| preset | " + " | ".join(videos) + " |",
+        "|---|" + "---|" * len(videos),
+    ]
+    notes = []
+    for p in presets:
+        cells = []
+        for v in videos:
+            r = cell.get((p, v))
+            if r is None:
+                cells.append("-")
+            elif r["answered"] == 0:
+                cells.append("n/a")
+                notes.append(f"`{p}` on {v}: {r['skip_reason']}")
+            else:
+                ok = round(r["accuracy"] * r["answered"])
+                cells.append(
+                    f"{100 * r['accuracy']:.0f}% ({ok}/{r['answered']}), {r['resident_mib']:.1f} MiB"
+                )
+        lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    lines += [
+        "",
+        "**Detail** per preset and video: evidence recall (share of evidence spans the answer attended to), "
+        "resident / offloaded KV, stream tokens, time to first answer token and whole answer (median), "
+        "retrieval time (median), ingest frames per second, peak process memory.",
+        "",
+        "| preset | video | acc | recall | resident MiB | offloaded MiB | stream tokens | TTFT s | answer s "
+        "| retrieval s | ingest fps | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{r['preset']}` | {r['video_id']} | {_fmt(r['accuracy'] and 100 * r['accuracy'], '.0f')} "
+            f"| {_fmt(r['evidence_recall'] and 100 * r['evidence_recall'], '.0f')} "
+            f"| {_fmt(r['resident_mib'], '.1f')} | {_fmt(r['offloaded_mib'], '.1f')} "
+            f"| {_fmt(r['stream_tokens'], 'd')} | {_fmt(r['ttft_s'], '.2f')} | {_fmt(r['answer_s'], '.2f')} "
+            f"| {_fmt(r['retrieval_s'], '.3f')} | {_fmt(r['ingest_fps'], '.1f')} "
+            f"| {_fmt(r['peak_rss_mib'], '.0f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(rows: list[dict], out: Path, name: str) -> list[Path]:
+    """accuracy vs resident memory, and answer latency vs stream length; PNG files in `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    presets = list(dict.fromkeys(r["preset"] for r in rows))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for p in presets:
+        pts = [(r["resident_mib"], 100 * r["accuracy"]) for r in rows if r["preset"] == p and r["answered"]]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.scatter(xs, ys, label=p)
+    ax.set_xscale("log")
+    ax.set_xlabel("resident KV memory at question time (MiB, log)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-5, 105)
+    ax.set_title("Accuracy vs resident memory (one point per stream)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(out / f"{name}_accuracy_vs_memory.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for p in presets:
+        pts = sorted(
+            (r["stream_seconds"] / 60, r["ttft_s"]) for r in rows if r["preset"] == p and r["answered"]
+        )
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o", label=p)
+    ax.set_xlabel("stream length at question time (minutes)")
+    ax.set_ylabel("time to first answer token (s, median)")
+    ax.set_title("Answer latency vs stream length")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(out / f"{name}_latency_vs_length.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_report(folder: str | Path, docs: str | Path = "docs", name: str | None = None) -> list[Path]:
+    """Write `<docs>/<name>.md` and its plots from run `folder`; returns the files written."""
+    folder = Path(folder)
+    run, rows = summarize(folder)
+    name = name or folder.name
+    docs = Path(docs)
+    docs.mkdir(parents=True, exist_ok=True)
+    command = run.get("command")
+    md = docs / f"{name}.md"
+    pngs = plots(rows, docs, name)
+    body = f"# Benchmark: {name}\n\n" + markdown(run, rows, command)
+    body += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
+    md.write_text(body)
+    (docs / f"{name}.json").write_text(json.dumps({"run": run, "rows": rows}, indent=1))
+    return [md, *pngs, docs / f"{name}.json"]

@@ -1,0 +1,146 @@
+"""One benchmark job in its own process: one memory preset over one video, answering its questions in time.
+
+The stream is ingested once, in order, up to each question's `end_time`, then the question is asked (the
+question never enters memory, so the stream continues). One JSON record per question is written to stdout as
+soon as it is answered. Run by `videokv.bench.runner`: `python -m videokv.bench.worker < job.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from videokv.bench.metrics import evidence_recall, is_correct
+from videokv.engine import Frame
+from videokv.video.subtitles import TextEvent
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size (VmHWM), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _Cursor:
+    """A stream of items consumed up to a time, one item of look-ahead."""
+
+    def __init__(self, items: Iterator[Frame | TextEvent]):
+        self._items = items
+        self._next: Frame | TextEvent | None = None
+        self._done = False
+
+    def _peek(self) -> Frame | TextEvent | None:
+        if self._next is None and not self._done:
+            self._next = next(self._items, None)
+            self._done = self._next is None
+        return self._next
+
+    def until(self, t: float) -> Iterator[Frame | TextEvent]:
+        while (item := self._peek()) is not None:
+            at = item.t if isinstance(item, Frame) else item.start
+            if at >= t:
+                return
+            self._next = None
+            yield item
+
+
+def run_job(job: dict, emit: Callable[[dict], None]) -> None:
+    """Run `job` (preset, video entry, settings, the question indices already done) and `emit` records."""
+    from videokv.api import VideoQA, video_items
+    from videokv.bench.dataset import load_dataset
+
+    entry = next(e for e in load_dataset(job["dataset"]) if e.video_id == job["video_id"])
+    qa = VideoQA.from_pretrained(job["model"], device=job.get("device"), frame_tokens=job["frame_tokens"])
+    session = qa.session(memory=job["preset"], memory_set=job.get("memory_set") or None, fps=job["fps"])
+    engine = session.engine
+    max_tokens = int(getattr(qa.adapter.model.config.get_text_config(), "max_position_embeddings", 0) or 0)
+    items = _Cursor(video_items(entry.video_path, job["fps"], entry.subtitles))
+    done = set(job.get("done", []))
+    kind = job.get("evidence_kind")
+    order = sorted(range(len(entry.conversations)), key=lambda i: entry.conversations[i].end_time)
+    skip_reason = None
+    for i in order:
+        conv = entry.conversations[i]
+        base = {"preset": job["preset"], "video_id": entry.video_id, "q": i, "time": conv.end_time}
+        if skip_reason is None and not engine.memory_mode and max_tokens and session.clock > 0:
+            # context memories cannot hold more than the model's context: estimate before ingesting
+            rate = engine.memory_stats()["stream_tokens"] / session.clock
+            expected = engine.memory_stats()["memory_tokens"] + rate * (conv.end_time - session.clock)
+            if expected > max_tokens and job["preset"] == "full":
+                skip_reason = (
+                    f"the stream up to {conv.end_time:.0f}s (~{expected:.0f} tokens) exceeds the model's "
+                    f"{max_tokens}-token context"
+                )
+        if skip_reason is not None:
+            if i not in done:
+                emit({**base, "skipped": skip_reason, "question": conv.question})
+            continue
+        t0 = time.perf_counter()
+        session.add_items(items.until(conv.end_time), chunk_frames=job.get("chunk_frames", 8))
+        wall_ingest = time.perf_counter() - t0
+        if i in done:
+            continue
+        answer = session.ask(
+            conv.question,
+            choices=list(conv.choices) if conv.choices else None,
+            max_new_tokens=job.get("max_new_tokens", 32),
+        )
+        attended = [(e.t0, e.t1) for e in answer.evidence if kind is None or kind in e.kind.split("+")]
+        s = answer.stats
+        emit(
+            {
+                **base,
+                "question": conv.question,
+                "question_type": conv.question_type,
+                "gold": conv.answer,
+                "choices": list(conv.choices) if conv.choices else None,
+                "prediction": answer.text,
+                "choice": answer.choice,
+                "correct": is_correct(
+                    answer.text,
+                    conv.answer,
+                    conv.choices,
+                    answer.choice,
+                    conv.answer_index,
+                ),
+                "evidence_recall": evidence_recall(conv.evidence, attended),
+                "evidence": [[e.t0, e.t1, e.kind, e.level] for e in answer.evidence],
+                "stream_seconds": s["stream_seconds"],
+                "stream_tokens": s["stream_tokens"],
+                "memory_tokens": s["memory_tokens"],
+                "resident_bytes": s["memory_bytes"],
+                "offloaded_bytes": s.get("offloaded_bytes", 0),
+                "context_tokens": s["context_tokens"],
+                "peak_rss_bytes": peak_rss_bytes(),
+                "ingest_fps": round(s["frames"] / s["ingest_s"], 3) if s["ingest_s"] else None,
+                "ingest_wall_s": round(wall_ingest, 3),
+                "ttft_s": round(s["retrieval_s"] + s["ttft_s"], 4),
+                "answer_s": round(s.get("prefill_s", 0) + s.get("decode_s", 0) + s["retrieval_s"], 4),
+                "retrieval_s": s["retrieval_s"],
+            }
+        )
+
+
+def main() -> int:
+    job = json.loads(sys.stdin.read())
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    def emit(record: dict) -> None:
+        sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
+
+    run_job(job, emit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Needle streams: real clips re-encoded, distractor subtitles with planted facts, questions asked later."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from videokv.bench.dataset import load_dataset
+from videokv.bench.needles import COLOURS, NAMES, PLACES, distractor, make_needles, subtitle_track
+from videokv.errors import InputError
+from videokv.video.decode import probe
+from videokv.video.subtitles import load_subtitles
+
+
+@pytest.fixture(scope="module")
+def needles(tmp_path_factory):
+    out = tmp_path_factory.mktemp("needles")
+    return out, make_needles(out, minutes=[0.5, 1], questions=4, seed=3)
+
+
+def test_streams_are_real_videos_of_the_asked_length(needles):
+    _, path = needles
+    entries = load_dataset(path)  # validates every field and that the files exist
+    assert [e.video_id for e in entries] == ["needles-0.5min", "needles-1min"]
+    for e, minutes in zip(entries, [0.5, 1]):
+        info = probe(e.video_path)
+        assert abs(info.duration - minutes * 60) <= 1.0
+        assert e.duration == minutes * 60
+        assert len(e.conversations) == 4
+
+
+def test_each_question_has_its_fact_in_the_subtitles_before_it_is_asked(needles):
+    _, path = needles
+    for e in load_dataset(path):
+        events = load_subtitles(e.subtitles)
+        times = [c.end_time for c in e.conversations]
+        assert times == sorted(times) and times[-1] == e.duration  # the last question at the very end
+        for c in e.conversations:
+            ((t0, t1),) = c.evidence
+            line = next(ev for ev in events if abs(ev.start - t0) < 1e-6)
+            assert abs(line.end - t1) < 1e-6
+            assert re.search(rf"\b{re.escape(c.answer)}\b", line.text), (c.answer, line.text)
+            assert c.end_time > t1  # asked later than the fact
+        mc = [c for c in e.conversations if c.choices]
+        assert len(mc) == 2  # every other question is multiple choice
+        for c in mc:
+            assert len(set(c.choices)) == 4 and c.choices[c.answer_index] == c.answer
+
+
+def test_same_seed_same_streams_other_seed_other_facts(needles, tmp_path):
+    out, path = needles
+    again = make_needles(tmp_path / "a", minutes=[0.5, 1], questions=4, seed=3)
+    other = make_needles(tmp_path / "b", minutes=[0.5, 1], questions=4, seed=4)
+    assert json.loads(again.read_text()) == json.loads(path.read_text())
+    assert json.loads(other.read_text()) != json.loads(path.read_text())
+    srt = "subtitles/needles-1min.srt"
+    assert (tmp_path / "a" / srt).read_text() == (out / srt).read_text()
+
+
+def test_distractors_hold_none_of_the_answers():
+    rng = random.Random(0)
+    words = {w.lower() for w in COLOURS + NAMES} | {p.removeprefix("the ") for p in PLACES}
+    for _ in range(2000):
+        line = distractor(rng).lower()
+        assert not any(re.search(rf"\b{re.escape(w)}\b", line) for w in words), line
+        assert not re.search(r"\d", line)
+
+
+def test_too_many_questions_for_a_short_stream_is_a_clear_error():
+    with pytest.raises(InputError, match="fewer questions"):
+        subtitle_track(20.0, 12, random.Random(0))
+    with pytest.raises(InputError, match="positive"):
+        make_needles("/tmp/unused-needles", minutes=[0])

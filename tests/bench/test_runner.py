@@ -1,0 +1,109 @@
+"""`bench run` (worker processes, resumable records) and `bench report` (table, plots), on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from videokv.bench.needles import make_needles
+from videokv.bench.report import summarize, write_report
+from videokv.bench.runner import RunSettings, read_records, run_benchmark
+from videokv.cli import main
+from videokv.errors import InputError
+
+PRESETS = ["full", "rekv"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_needles(tmp_path_factory.mktemp("ds"), minutes=[0.5], questions=2, seed=1)
+
+
+def settings(dataset, **kw) -> RunSettings:
+    return RunSettings(dataset=str(dataset), model="tiny-qwen2_vl", frame_tokens=4, max_new_tokens=4, **kw)
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    results = run_benchmark(dataset, PRESETS, out, settings(dataset, evidence_kind="text"), progress=False)
+    return out, results
+
+
+def test_one_record_per_question_with_every_measure(run):
+    out, results = run
+    for preset in PRESETS:
+        recs = results[preset]
+        assert [(r["video_id"], r["q"]) for r in recs] == [("needles-0.5min", 0), ("needles-0.5min", 1)]
+        for r in recs:
+            assert r["preset"] == preset and isinstance(r["correct"], bool)
+            assert r["resident_bytes"] > 0 and r["peak_rss_bytes"] > r["resident_bytes"]
+            assert r["ttft_s"] > 0 and r["answer_s"] >= r["retrieval_s"] >= 0
+            assert 0.0 <= r["evidence_recall"] <= 1.0
+            assert r["stream_seconds"] <= r["time"] + 2.0 and r["ingest_fps"] > 0
+        assert recs[1]["stream_tokens"] >= recs[0]["stream_tokens"]  # the stream went on between questions
+    # `full` attends to the whole stream: every evidence span is covered
+    assert all(r["evidence_recall"] == 1.0 for r in results["full"])
+    run_file = json.loads((out / "run.json").read_text())
+    assert run_file["settings"]["model"] == "tiny-qwen2_vl" and run_file["machine"]["cpus"] >= 1
+
+
+def test_resume_after_a_crash_recomputes_only_what_is_missing(run, dataset, tmp_path):
+    out, results = run
+    crashed = tmp_path / "crashed"
+    (crashed / "results").mkdir(parents=True)
+    (crashed / "run.json").write_text((out / "run.json").read_text())
+    # a crash mid-write: the first record complete, the second torn
+    first = json.dumps(results["rekv"][0]) + "\n"
+    (crashed / "results" / "rekv.jsonl").write_text(first + json.dumps(results["rekv"][1])[:40])
+    again = run_benchmark(
+        dataset, ["rekv"], crashed, settings(dataset, evidence_kind="text"), progress=False
+    )["rekv"]
+    assert (crashed / "results" / "rekv.jsonl").read_text().startswith(first)
+    assert len(again) == 2 and again[0] == results["rekv"][0]
+    for key in ("prediction", "correct", "stream_tokens", "memory_tokens", "resident_bytes", "evidence"):
+        assert again[1][key] == results["rekv"][1][key]  # the same stream and answer, recomputed
+    # a complete run resumes to nothing
+    before = (out / "results" / "full.jsonl").read_bytes()
+    run_benchmark(dataset, ["full"], out, settings(dataset, evidence_kind="text"), progress=False)
+    assert (out / "results" / "full.jsonl").read_bytes() == before
+
+
+def test_other_settings_or_unknown_preset_are_refused(run, dataset):
+    out, _ = run
+    with pytest.raises(InputError, match="other settings"):
+        run_benchmark(dataset, ["full"], out, settings(dataset, evidence_kind=None), progress=False)
+    with pytest.raises(InputError, match="preset"):
+        run_benchmark(dataset, ["nope"], out, settings(dataset), progress=False)
+    with pytest.raises(InputError, match="no video"):
+        run_benchmark(dataset, ["full"], out, settings(dataset), videos=["missing"], progress=False)
+
+
+def test_read_records_drops_a_torn_last_line(tmp_path):
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"a": 1}\n{"a": 2}\n{"a"')
+    assert read_records(f) == [{"a": 1}, {"a": 2}]
+    assert f.read_text() == '{"a": 1}\n{"a": 2}\n'
+
+
+def test_report_writes_a_table_and_plots(run, tmp_path):
+    out, results = run
+    _, rows = summarize(out)
+    assert {(r["preset"], r["video_id"]) for r in rows} == {(p, "needles-0.5min") for p in PRESETS}
+    for r in rows:
+        want = sum(x["correct"] for x in results[r["preset"]]) / 2
+        assert r["accuracy"] == want and r["answered"] == 2
+    files = write_report(out, tmp_path / "docs", "needles")
+    md = (tmp_path / "docs" / "needles.md").read_text()
+    assert "| `full` |" in md and "| `rekv` |" in md and "needles-0.5min" in md
+    pngs = [f for f in files if f.suffix == ".png"]
+    assert len(pngs) == 2 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_cli_report_and_errors(run, tmp_path, capsys):
+    out, _ = run
+    assert main(["bench", "report", str(out), "--docs", str(tmp_path), "--name", "x"]) == 0
+    assert (tmp_path / "x.md").exists()
+    assert main(["bench", "report", str(tmp_path)]) == 2
+    assert "not a `videokv bench run` folder" in capsys.readouterr().err
