@@ -202,19 +202,29 @@ def frames_from_request(images: list[bytes] | None, raw: bytes | None, shape: li
                 f"all images must have the same size; got {sorted(sizes)} (expected shape [T, H, W, 3] "
                 f"with one H, W)"
             )
-        return np.stack(arrays)
+        return check_frame_size(np.stack(arrays))
     if shape is None or len(shape) != 4 or shape[3] != 3 or any(d < 1 for d in shape):
         raise BadRequest(f'"shape" must be [T, H, W, 3] with positive sizes (RGB); got {shape}')
     t, h, w, c = shape
     if h * w > 4096 * 4096:
         raise BadRequest(f"frames of {h}x{w} pixels are too large (at most 4096x4096)")
+    if t > 4096:
+        raise BadRequest(f"at most 4096 frames per request; got {t}")
     expected = t * h * w * c
     if len(raw) != expected:
         raise BadRequest(
             f'"raw" has {len(raw)} bytes but shape {shape} needs {expected} (= T*H*W*3 uint8 RGB); '
             f"send frames of the expected shape [T, H, W, 3] = {shape}"
         )
-    return np.frombuffer(raw, dtype=np.uint8).reshape(t, h, w, c)
+    return check_frame_size(np.frombuffer(raw, dtype=np.uint8).reshape(t, h, w, c))
+
+
+def check_frame_size(frames: np.ndarray) -> np.ndarray:
+    """Refuse frames no video-LLM's processor takes: an aspect ratio over 100 (Qwen2-VL's limit is 200)."""
+    h, w = frames.shape[1:3]
+    if max(h, w) > 100 * min(h, w):
+        raise BadRequest(f"frames of {h}x{w} pixels are too thin: the aspect ratio must be at most 100")
+    return frames
 
 
 # ---- the manager --------------------------------------------------------------------------------------
@@ -252,8 +262,13 @@ class SessionManager:
                 raise BadRequest(
                     f"{pair!r}: {', '.join(RESERVED_MEMORY_KEYS)} are set by the server (--session-mb)"
                 )
-        config = resolve_memory(memory, memory_set or None)
-        return self._budgeted(config, folder)
+        try:
+            config = resolve_memory(memory, memory_set or None)
+            return self._budgeted(config, folder)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, InputError):
+                raise
+            raise BadRequest(f"bad memory_set {memory_set}: {e}") from e
 
     def _budgeted(self, config: MemoryConfig, folder: Path) -> MemoryConfig:
         """The config with the session's byte budget on its resident tiers and spill folder in `folder`."""
@@ -309,6 +324,10 @@ class SessionManager:
                     f"raise --session-mb or keep fewer tokens per frame ({e})"
                 ) from e
             raise
+        except (ValueError, TypeError) as e:  # the model's processor refused the input (InputErrors pass)
+            if isinstance(e, InputError):
+                raise
+            raise BadRequest(f"the model cannot ingest this input: {e}") from e
         finally:
             self._refresh(m)
         wall = time.perf_counter() - t_start
@@ -398,7 +417,12 @@ class SessionManager:
             self._refresh(m)
             return m
 
-        m = await self.scheduler.run(sid, build)
+        try:
+            m = await self.scheduler.run(sid, build)
+        except (ValueError, TypeError) as e:  # a memory_set the policies accept but cannot run with
+            if isinstance(e, InputError):
+                raise
+            raise BadRequest(f"cannot start a session with memory {memory!r} {memory_set or []}: {e}") from e
         try:
             return self._add(m)
         except TooMany:
