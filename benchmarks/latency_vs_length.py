@@ -1,0 +1,221 @@
+"""Answer latency vs stream length: `full` against the retrieval presets, one growing stream each.
+
+Every preset gets its own session over the same stream: random frames at a low rate (`--fps`, with
+`--frame-tokens` visual tokens each) and a subtitle line every `--subtitle-every` seconds, with one planted
+fact near the start. The streams advance side by side; at each checkpoint (`--minutes`) every session is
+asked the same short question `--repeats` times, round-robin, and the stream then continues. Reported per
+preset and length: time to first token (retrieval + question prefill + first decoding step), total answer
+time (wall clock of `Session.ask`), the tokens in the question's context, the resident KV memory, and each
+latency's ratio to the first checkpoint (target for retrieval presets: 60 min <= 1.3x 1 min).
+
+`full` stops once the next segment would take its context past the model's limit (32768 tokens for the
+offline model); its later cells read "over context".
+
+    python benchmarks/latency_vs_length.py                               # 1..60 min, 0.1 fps
+    python benchmarks/latency_vs_length.py --fps 0.5 --subtitle-every 10  # denser (slower) streams
+    python benchmarks/latency_vs_length.py --quick
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+from videokv.engine import Frame, format_event  # noqa: E402
+from videokv.errors import InputError  # noqa: E402
+from videokv.video.subtitles import TextEvent  # noqa: E402
+
+ALL_PRESETS = "full,rekv,streamkv,mukv,x2l,uniform"
+FACT = "The courier's name is Marguerite and she parks a blue scooter by the fountain."
+QUESTION = "What is the courier's name?"
+
+
+def segment(t0: float, t1: float, fps: float, every: float, side: int, seed: int) -> list[Frame | TextEvent]:
+    """Stream items in [t0, t1): frames at k / fps and subtitle lines at j * every, in time order (a line
+    before a frame at the same time). The planted fact is the subtitle at 2 * every."""
+    items: list[tuple[float, int, Frame | TextEvent]] = []
+    k = int(np.ceil(t0 * fps - 1e-9))
+    while k / fps < t1 - 1e-9:
+        t = k / fps
+        items.append((t, 1, Frame(t, common.random_frames(1, side, seed + k)[0])))
+        k += 1
+    j = int(np.ceil(t0 / every - 1e-9))
+    while j * every < t1 - 1e-9:
+        t = j * every
+        text = FACT if j == 2 else common.subtitle(j)
+        items.append((t, 0, TextEvent(t, t + min(every, 4.0), text)))
+        j += 1
+    return [item for *_, item in sorted(items, key=lambda x: (x[0], x[1]))]
+
+
+def segment_tokens(qa, items: list[Frame | TextEvent], frame_tokens: float) -> int:
+    """Tokens the items add to a full context (frames: the tokens per frame seen so far)."""
+    n = 0
+    for item in items:
+        if isinstance(item, TextEvent):
+            n += len(qa.adapter.tokenize(format_event(item)))
+        else:
+            n += int(round(frame_tokens))
+    return n
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = common.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--minutes", default=None, help="checkpoints (default 1,5,15,30,60; quick 0.2,0.4)")
+    p.add_argument("--presets", default=ALL_PRESETS, help=f"comma list (default {ALL_PRESETS})")
+    p.add_argument("--fps", type=float, default=None, help="frames per second (default 0.1; quick 0.5)")
+    p.add_argument("--frame-tokens", type=int, default=4, help="visual tokens per frame (Qwen2-VL family)")
+    p.add_argument("--subtitle-every", type=float, default=20.0, help="seconds between subtitle lines")
+    p.add_argument("--max-new-tokens", type=int, default=8, help="answer length cap (a short answer)")
+    p.add_argument("--chunk-frames", type=int, default=8, help="frames per ingest chunk")
+    args = p.parse_args(argv)
+    common.resolve_args(args, repeats=3, quick_repeats=1)
+    minutes = [float(x) for x in (args.minutes or ("0.2,0.4" if args.quick else "1,5,15,30,60")).split(",")]
+    if args.fps is None:
+        args.fps = 0.5 if args.quick else 0.1
+    if args.quick and args.subtitle_every == 20.0:
+        args.subtitle_every = 6.0
+    presets = [x.strip() for x in args.presets.split(",") if x.strip()]
+    if not presets or minutes != sorted(minutes) or minutes[0] <= 0:
+        raise InputError("--presets must name at least one preset; --minutes must be increasing and > 0")
+    if not args.fps > 0 or not args.subtitle_every > 0:
+        raise InputError("--fps and --subtitle-every must be > 0")
+
+    qa = common.load_qa(args, frame_tokens=args.frame_tokens)
+    side = common.frame_side(args.frame_tokens)
+    limit = qa.adapter.max_context
+    sessions = {name: qa.session(memory=name, fps=args.fps) for name in presets}
+    active = list(presets)
+    stopped: dict[str, float] = {}
+    results: dict = {
+        "minutes": minutes,
+        "fps": args.fps,
+        "max_context": limit,
+        "question": QUESTION,
+        "presets": {name: {"checkpoints": {}, "ingest_s": 0.0} for name in presets},
+    }
+    clock = 0.0
+    for m in minutes:
+        items = segment(clock, m * 60.0, args.fps, args.subtitle_every, side, args.seed)
+        clock = m * 60.0
+        common.log(f"latency_vs_length: to {m:g} min (+{len(items)} items), presets {active}")
+        for name in list(active):
+            engine = sessions[name].engine
+            if not engine.memory_mode:
+                per_frame = engine.tokens_per_frame or (args.frame_tokens + 2)
+                need = engine.cache.lengths()[0] + segment_tokens(qa, items, per_frame) + 64
+                if need > limit:
+                    common.log(f"  {name}: stops before {m:g} min ({need} tokens > context {limit})")
+                    active.remove(name)
+                    stopped[name] = m
+                    continue
+            t0 = time.perf_counter()
+            engine.ingest(items, args.chunk_frames, frame_interval=1.0 / args.fps)
+            engine.flush()
+            results["presets"][name]["ingest_s"] += time.perf_counter() - t0
+        if m == minutes[0]:  # one untimed ask each: one-off first-call costs stay out of the baseline
+            for name in active:
+                sessions[name].ask(QUESTION, max_new_tokens=args.max_new_tokens)
+        samples: dict[str, list[dict]] = {name: [] for name in active}
+        for r in range(args.repeats):
+            shift = r % max(1, len(active))
+            for name in active[shift:] + active[:shift]:
+                seconds, answer = common.timed(
+                    lambda name=name: sessions[name].ask(QUESTION, max_new_tokens=args.max_new_tokens),
+                    args.device,
+                )
+                st = answer.stats
+                samples[name].append(
+                    {
+                        "total_s": seconds,
+                        "ttft_s": st.get("retrieval_s", 0.0) + st["ttft_s"],
+                        "retrieval_s": st.get("retrieval_s", 0.0),
+                        "answer_tokens": st["answer_tokens"],
+                        "context_tokens": st["context_tokens"],
+                        "answer": answer.text,
+                    }
+                )
+        for name in active:
+            ss = samples[name]
+            stats = sessions[name].stats
+            results["presets"][name]["checkpoints"][f"{m:g}"] = {
+                "ttft_s": common.median([s["ttft_s"] for s in ss]),
+                "total_s": common.median([s["total_s"] for s in ss]),
+                "retrieval_s": common.median([s["retrieval_s"] for s in ss]),
+                "answer_tokens": ss[0]["answer_tokens"],
+                "context_tokens": ss[0]["context_tokens"],
+                "answer": ss[0]["answer"],
+                "stream_tokens": stats["stream_tokens"],
+                "memory_bytes": stats["memory_bytes"],
+                "blocks": stats["blocks"],
+                "samples": ss,
+            }
+            ttft = results["presets"][name]["checkpoints"][f"{m:g}"]["ttft_s"]
+            common.log(
+                f"  {name:>9} @ {m:g} min: ttft {ttft:.3f} s, context {ss[0]['context_tokens']:.0f} tokens, "
+                f"answer {ss[0]['answer']!r}"
+            )
+
+    first = f"{minutes[0]:g}"
+    rows = []
+    for name in presets:
+        cps = results["presets"][name]["checkpoints"]
+        base = cps.get(first)
+        for m in minutes:
+            key = f"{m:g}"
+            if key not in cps:
+                rows.append([name, key, "over context", "-", "-", "-", "-", "-", "-"])
+                continue
+            c = cps[key]
+            c["ttft_ratio_to_first"] = c["ttft_s"] / base["ttft_s"] if base else None
+            c["total_ratio_to_first"] = c["total_s"] / base["total_s"] if base else None
+            rows.append(
+                [
+                    name,
+                    key,
+                    common.fmt(c["ttft_s"]),
+                    common.fmt(c["ttft_ratio_to_first"], 2),
+                    common.fmt(c["total_s"]),
+                    common.fmt(c["total_ratio_to_first"], 2),
+                    str(c["answer_tokens"]),
+                    f"{c['context_tokens']:.0f}",
+                    common.fmt(c["memory_bytes"] / 2**20, 1),
+                ]
+            )
+        last = cps.get(f"{minutes[-1]:g}")
+        results["presets"][name]["stopped_at_minutes"] = stopped.get(name)
+        if name != "full" and last is not None and base is not None:
+            results["presets"][name]["meets_1_3x"] = last["ttft_ratio_to_first"] <= 1.3
+    table = common.markdown_table(
+        [
+            "preset",
+            "minutes",
+            "TTFT s",
+            f"TTFT / {first} min",
+            "total s",
+            f"total / {first} min",
+            "answer tokens",
+            "context tokens",
+            "KV MiB",
+        ],
+        rows,
+    )
+    table += (
+        f"\n\nStream: {args.fps:g} fps x {args.frame_tokens} visual tokens per frame (+2 delimiters), a "
+        f"subtitle line every {args.subtitle_every:g} s; question {QUESTION!r}, at most "
+        f"{args.max_new_tokens} answer tokens; medians of {args.repeats} interleaved asks; model "
+        f"{args.model} on {args.device}. "
+        "KV MiB: resident KV (full: its context; retrieval presets: the block store)."
+    )
+    return common.finish(args, "latency_vs_length", results, table)
+
+
+if __name__ == "__main__":
+    main()

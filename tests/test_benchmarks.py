@@ -1,0 +1,151 @@
+"""Smoke tests of the speed benchmarks (benchmarks/*.py): each runs in --quick mode on a tiny model and
+writes well-formed JSON and a Markdown table. Timings are never asserted; the checks each benchmark makes
+of its own work (same tokens as the bare path, FAISS = torch top-k, reloaded blocks exact) are."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from videokv.errors import InputError
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _module(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
+
+
+def _run(name: str, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    payload = _module(name).main(["--quick", "--out", str(out), *extra])
+    on_disk = json.loads(out.read_text())
+    assert on_disk["benchmark"] == name == payload["benchmark"]
+    assert on_disk["results"] == json.loads(json.dumps(payload["results"]))
+    machine = on_disk["machine"]
+    assert machine["cpu_cores"] >= 1 and machine["device"] == "cpu" and machine["date"]
+    table = on_disk["table"].splitlines()
+    assert table[0].startswith("| ") and set(table[1]) <= set("|-")
+    assert all(line.count("|") == table[0].count("|") for line in table[2:] if line.startswith("|"))
+    return on_disk
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_engine_overhead(tmp_path):
+    data = _run("engine_overhead", tmp_path)
+    res = data["results"]
+    # the bare transformers path processed exactly the tokens videokv did, at the same positions
+    assert res["check"]["same_tokens"] is True
+    assert res["check"]["max_abs_key_diff_full_vs_bare"] < 1e-4
+    assert set(res["cases"]) == {"bare", "full", "rekv"}
+    for case in res["cases"].values():
+        assert len(case["seconds"]) == data["args"]["repeats"]
+        assert _positive(case["median"]) and _positive(case["paired_ratio_to_bare"])
+    assert res["stream"]["stream_tokens"] > res["stream"]["frames"]
+    assert res["cases"]["rekv"]["memory_bytes"] > 0
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl-7b", "llava_onevision-7b"])
+def test_engine_overhead_scaled_architectures(tmp_path, arch):
+    """The realistic-size code path (7B architectures, random weights) on a scaled-down config."""
+    data = _run(
+        "engine_overhead", tmp_path, "--model", f"random-scaled:{arch}", "--presets", "", "--repeats", "1"
+    )
+    assert data["results"]["check"]["same_tokens"] is True
+    assert set(data["results"]["cases"]) == {"bare", "full"}
+
+
+def test_full_size_architecture_needs_cuda(tmp_path):
+    with pytest.raises(InputError, match="--device cuda"):
+        _module("engine_overhead").main(
+            ["--model", "random:qwen2_5_vl-7b", "--out", str(tmp_path / "x.json")]
+        )
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_random_architectures_have_published_sizes():
+    import torch
+
+    common = _module("common")
+    sizes = {}
+    for arch in common.RANDOM_ARCHS:
+        model, _ = common.random_model(arch, dtype=torch.bfloat16, device="meta")
+        text = model.config.get_text_config()
+        assert (text.hidden_size, text.num_hidden_layers, text.num_key_value_heads) == (3584, 28, 4)
+        sizes[arch] = sum(p.numel() for p in model.parameters())
+    assert 8.2e9 < sizes["qwen2_5_vl-7b"] < 8.4e9 and 7.9e9 < sizes["llava_onevision-7b"] < 8.1e9
+
+
+def test_latency_vs_length(tmp_path):
+    data = _run("latency_vs_length", tmp_path, "--presets", "full,rekv,x2l")
+    res = data["results"]
+    for name in ("full", "rekv", "x2l"):
+        cps = res["presets"][name]["checkpoints"]
+        assert list(cps) == ["0.2", "0.4"]
+        first, last = cps["0.2"], cps["0.4"]
+        assert _positive(first["ttft_s"]) and first["total_s"] >= first["ttft_s"] - 1e-3
+        assert last["stream_tokens"] > first["stream_tokens"]  # the stream continued after the ask
+        assert last["ttft_ratio_to_first"] == pytest.approx(last["ttft_s"] / first["ttft_s"])
+    assert res["presets"]["rekv"]["meets_1_3x"] in (True, False)
+
+
+def test_latency_full_stops_at_context(tmp_path):
+    """`full` leaves the run once its context would pass the model's (tiny model: 4096 tokens)."""
+    data = _run(
+        "latency_vs_length",
+        tmp_path,
+        "--presets",
+        "full,rekv",
+        "--minutes",
+        "0.2,3",
+        "--fps",
+        "1",
+        "--frame-tokens",
+        "16",
+    )
+    res = data["results"]
+    assert res["presets"]["full"]["stopped_at_minutes"] == 3.0
+    assert list(res["presets"]["full"]["checkpoints"]) == ["0.2"]
+    assert list(res["presets"]["rekv"]["checkpoints"]) == ["0.2", "3"]
+    assert "over context" in data["table"]
+
+
+def test_retrieval_scoring(tmp_path):
+    data = _run("retrieval_scoring", tmp_path, "--sizes", "300,3000", "--max-gb", "0.001")
+    res = data["results"]
+    assert list(res["sizes"]) == ["300", "3000"]
+    for entry in res["sizes"].values():
+        assert entry["topk_agreement_torch_vs_faiss"] == 1.0
+        assert entry["select_identical_torch_vs_faiss"] is True
+        assert set(entry["cases"]) == {"torch kernel", "faiss kernel", "torch select", "faiss select"}
+    # --max-gb caps the catalog: 3000 x 128 floats per layer fit once in 1 MB; times are scaled to 24 layers
+    big = res["sizes"]["3000"]
+    assert big["layers_built"] == 1 and big["scale_to_all_layers"] == 24
+    case = big["cases"]["torch kernel"]
+    assert case["ms_per_query_all_layers"] == pytest.approx(case["median"] * 1e3 * 24)
+
+
+def test_reload_throughput(tmp_path):
+    data = _run("reload_throughput", tmp_path)
+    res = data["results"]
+    assert res["reloaded_blocks_exact"] is True
+    assert res["bytes_per_question"] == res["block_bytes"] * res["k"]
+    for name in (
+        "memcpy (torch)",
+        "host -> context",
+        "disk get (warm)",
+        "disk get (cold)",
+        "disk -> context",
+    ):
+        assert _positive(res["cases"][name]["gb_per_s"])
+    assert res["cases"]["memcpy (torch)"]["fraction_of_reference"] == pytest.approx(1.0)
