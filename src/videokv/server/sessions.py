@@ -254,6 +254,7 @@ class SessionManager:
         self.chunk_frames = chunk_frames
         self.sessions: dict[str, Managed] = {}
         self._lock = threading.Lock()
+        self.closing = False
 
     # ---- memory configuration ------------------------------------------------------------------------
     def _config(self, memory: str | MemoryConfig, memory_set: list[str], folder: Path) -> MemoryConfig:
@@ -540,7 +541,7 @@ class SessionManager:
         def on_end(source: LiveSource) -> None:
             if source.state == "error":
                 m.error = f"live source {source.url}: {source.error}"
-            if not m.deleted:
+            if not m.deleted and not self.closing:  # at shutdown the journal keeps it "running": resumed
                 with contextlib.suppress(Exception):  # record the source's end in the journal
                     self.scheduler.call(m.id, self._commit, m)
 
@@ -751,6 +752,7 @@ class SessionManager:
     def close(self) -> None:
         """Stop every live source (their state stays 'running' in the journals, so they resume on the next
         start) and the scheduler."""
+        self.closing = True
         for m in list(self.sessions.values()):
             if m.source is not None and m.source.running:
                 m.source.stop()
