@@ -107,3 +107,45 @@ def test_cli_report_and_errors(run, tmp_path, capsys):
     assert (tmp_path / "x.md").exists()
     assert main(["bench", "report", str(tmp_path)]) == 2
     assert "not a `videokv bench run` folder" in capsys.readouterr().err
+
+
+@pytest.mark.realmodel
+def test_offline_model_answers_needles_with_full_memory(tmp_path):
+    """The real-weights model answers every needle question of a stream that fits its context."""
+    data = make_needles(tmp_path / "ds", minutes=[1], questions=4, seed=7)
+    results = run_benchmark(
+        data,
+        ["full"],
+        tmp_path / "run",
+        RunSettings(dataset=str(data), frame_tokens=12, evidence_kind="text"),
+        progress=False,
+    )["full"]
+    assert len(results) == 4
+    wrong = [(r["question"], r["gold"], r["prediction"]) for r in results if not r["correct"]]
+    assert not wrong, wrong
+    assert all(r["evidence_recall"] == 1.0 for r in results)
+
+
+def test_full_stops_before_it_would_pass_the_models_context(dataset, qwen):
+    """`full` skips (with the reason) the questions whose stream would not fit the context; a retrieval
+    preset answers them all."""
+    from videokv.api import VideoQA
+    from videokv.bench.worker import run_job
+
+    cfg = qwen[0].config.get_text_config()
+    saved = cfg.max_position_embeddings
+    cfg.max_position_embeddings = 120  # the 30 s stream is ~300 tokens: the first question fits, not all
+    try:
+        out: dict[str, list[dict]] = {}
+        for preset in ("full", "rekv"):
+            job = {**vars(settings(dataset)), "preset": preset, "video_id": "needles-0.5min", "done": []}
+            run_job(job, out.setdefault(preset, []).append, VideoQA.from_model(*qwen, frame_tokens=4))
+    finally:
+        cfg.max_position_embeddings = saved
+    full, rekv = out["full"], out["rekv"]
+    assert [r["q"] for r in full] == [0, 1] and [r["q"] for r in rekv] == [0, 1]
+    assert "skipped" in full[-1] and "120-token context" in full[-1]["skipped"]
+    assert all("skipped" not in r for r in rekv)
+    assert rekv[-1]["stream_tokens"] > 120  # the whole stream would not have fitted
+    answered = [r for r in full if "skipped" not in r]
+    assert all(r["memory_tokens"] <= 120 for r in answered)

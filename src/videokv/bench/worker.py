@@ -13,9 +13,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from videokv.api import VideoQA
 from videokv.bench.metrics import evidence_recall, is_correct
 from videokv.engine import Frame
 from videokv.video.subtitles import TextEvent
+
+SLICE_SECONDS = 120.0  # ingest between questions in slices of this much stream time
+FIRST_SLICE = 10.0  # the first slice measures the stream's tokens per second
 
 
 def peak_rss_bytes() -> int:
@@ -51,13 +55,15 @@ class _Cursor:
             yield item
 
 
-def run_job(job: dict, emit: Callable[[dict], None]) -> None:
-    """Run `job` (preset, video entry, settings, the question indices already done) and `emit` records."""
-    from videokv.api import VideoQA, video_items
+def run_job(job: dict, emit: Callable[[dict], None], qa: VideoQA | None = None) -> None:
+    """Run `job` (preset, video entry, settings, the question indices already done) and `emit` records.
+    `qa`: an already loaded model (default: load `job["model"]`)."""
+    from videokv.api import video_items
     from videokv.bench.dataset import load_dataset
 
     entry = next(e for e in load_dataset(job["dataset"]) if e.video_id == job["video_id"])
-    qa = VideoQA.from_pretrained(job["model"], device=job.get("device"), frame_tokens=job["frame_tokens"])
+    if qa is None:
+        qa = VideoQA.from_pretrained(job["model"], device=job.get("device"), frame_tokens=job["frame_tokens"])
     session = qa.session(memory=job["preset"], memory_set=job.get("memory_set") or None, fps=job["fps"])
     engine = session.engine
     max_tokens = int(getattr(qa.adapter.model.config.get_text_config(), "max_position_embeddings", 0) or 0)
@@ -66,24 +72,36 @@ def run_job(job: dict, emit: Callable[[dict], None]) -> None:
     kind = job.get("evidence_kind")
     order = sorted(range(len(entry.conversations)), key=lambda i: entry.conversations[i].end_time)
     skip_reason = None
+    reached = 0.0  # stream time up to which items have been ingested
+
+    def over_context(until: float) -> str | None:
+        """`full` cannot hold more than the model's context: estimate the tokens at `until` first."""
+        if job["preset"] != "full" or not max_tokens or session.clock <= 0:
+            return None
+        stats = engine.memory_stats()
+        expected = stats["memory_tokens"] + stats["stream_tokens"] / session.clock * (until - session.clock)
+        if expected <= max_tokens:
+            return None
+        return (
+            f"the stream up to {until:.0f}s (~{expected:.0f} tokens) exceeds the model's "
+            f"{max_tokens}-token context"
+        )
+
     for i in order:
         conv = entry.conversations[i]
         base = {"preset": job["preset"], "video_id": entry.video_id, "q": i, "time": conv.end_time}
-        if skip_reason is None and not engine.memory_mode and max_tokens and session.clock > 0:
-            # context memories cannot hold more than the model's context: estimate before ingesting
-            rate = engine.memory_stats()["stream_tokens"] / session.clock
-            expected = engine.memory_stats()["memory_tokens"] + rate * (conv.end_time - session.clock)
-            if expected > max_tokens and job["preset"] == "full":
-                skip_reason = (
-                    f"the stream up to {conv.end_time:.0f}s (~{expected:.0f} tokens) exceeds the model's "
-                    f"{max_tokens}-token context"
-                )
+        t0 = time.perf_counter()
+        while skip_reason is None and reached < conv.end_time:
+            # ingest in slices, so that `full` stops before it passes the context rather than after
+            skip_reason = over_context(conv.end_time)
+            if skip_reason is None:
+                step = min(conv.end_time, reached + (SLICE_SECONDS if session.clock > 0 else FIRST_SLICE))
+                session.add_items(items.until(step), chunk_frames=job.get("chunk_frames", 8))
+                reached = step
         if skip_reason is not None:
             if i not in done:
                 emit({**base, "skipped": skip_reason, "question": conv.question})
             continue
-        t0 = time.perf_counter()
-        session.add_items(items.until(conv.end_time), chunk_frames=job.get("chunk_frames", 8))
         wall_ingest = time.perf_counter() - t0
         if i in done:
             continue
