@@ -216,6 +216,7 @@ class LoadRun:
         self.stop = threading.Event()
         self.rss_samples: list[int] = []
         self.hwm = 0
+        self.loadavg: dict[str, list[float]] = {}
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=self.cfg.request_timeout)
@@ -386,6 +387,7 @@ class LoadRun:
                 if s["id"] in self.tracks:
                     self.tracks[s["id"]].frames_start = int(s["frames"])
 
+            self.loadavg["start"] = [round(x, 2) for x in os.getloadavg()]
             t_start = time.monotonic()
             deadline = t_start + cfg.duration
             threads: list[threading.Thread] = []
@@ -409,6 +411,7 @@ class LoadRun:
                 if s["id"] in self.tracks:
                     self.tracks[s["id"]].frames_deadline = int(s["frames"])
             window = time.monotonic() - t_start
+            self.loadavg["deadline"] = [round(x, 2) for x in os.getloadavg()]
             stop_times = []
             if cfg.ingest == "source":
                 for sid in ingest_ids:
@@ -467,6 +470,7 @@ class LoadRun:
                 "platform": platform.platform(),
                 "python": platform.python_version(),
                 "date": time.strftime("%Y-%m-%d"),
+                "loadavg": self.loadavg,  # 1/5/15-minute load averages: other work on the machine
             },
             "preload_s": round(preload_s, 3),
             "ingest_window_s": round(ingest_s, 3),
@@ -562,9 +566,12 @@ def markdown(report: dict) -> str:
         f"| time to first token p50 / p95 (streamed) | {_fmt(a['ttft_s']['p50'], ' s')} / "
         f"{_fmt(a['ttft_s']['p95'], ' s')} |",
         f"| ingest frames (all sessions) | {ing['frames_total']} in {report['ingest_window_s']:.1f} s |",
+        f"| ingest frames/s, total | {_fmt(ing['fps_total'])} |",
         f"| stopping a live source (DELETE), max | {_fmt(report['source_stop_s']['max'], ' s')} |",
         f"| run, including the last answers | {report['elapsed_s']:.1f} s |",
-        f"| ingest frames/s, total | {_fmt(ing['fps_total'])} |",
+        f"| machine load average (1 min) at start / deadline | "
+        f"{report['machine']['loadavg'].get('start', ['–'])[0]} / "
+        f"{report['machine']['loadavg'].get('deadline', ['–'])[0]} on {report['machine']['cpus']} CPUs |",
         f"| server peak RSS (VmHWM) | {_fmt(rss['peak_bytes'] and rss['peak_bytes'] / MiB, ' MiB')} |",
         f"| budgets held | {'yes' if report['budgets_held'] else 'NO'} |",
         f"| errors | {len(report['errors'])} |",

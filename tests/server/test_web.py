@@ -261,6 +261,42 @@ def test_page_reports_server_errors(server, browser, tmp_path: Path) -> None:
     assert not browser.find_element("id", "upload").get_attribute("disabled")
 
 
+def test_page_live_source(server, browser) -> None:
+    """Start a live source from the page (a file path on the server, at stream pace), watch the stream
+    clock advance in the status panel, stop it."""
+    _open_page(browser, server, server.token)
+    sid = _create_session(browser, "live")
+    url = browser.find_element("id", "source-url")
+    url.send_keys(str(find_sample_clip("bikes.mp4")))
+    browser.find_element("id", "source-start").click()
+    _wait(
+        browser,
+        lambda d: _text(d, "st-source").startswith("running") or _error_text(d),
+        60,
+        "the live source never showed as running",
+    )
+    assert not _error_text(browser), _error_text(browser)
+    _wait(browser, lambda d: int(_text(d, "st-frames")) > 0, 120, "the live source ingested nothing")
+    browser.find_element("id", "source-stop").click()
+    _wait(
+        browser,
+        lambda d: _text(d, "st-source").split(":")[0] in ("stopped", "done") or _error_text(d),
+        120,
+        "the live source did not stop",
+    )
+    assert not _error_text(browser), _error_text(browser)
+    with server.client() as api:
+        status = api.get(f"/v1/sessions/{sid}").raise_for_status().json()
+    assert status["source"]["state"] in ("stopped", "done") and status["frames"] > 0
+    # the timeline follows the stream
+    _wait(
+        browser,
+        lambda d: float(d.find_element("id", "timeline").get_attribute("data-clock")) > 0,
+        30,
+        "the timeline never showed the live stream",
+    )
+
+
 def test_static_assets_need_no_token(server) -> None:
     """The page and its assets load without the token (the page asks for it); the API does not."""
     page = httpx.get(f"{server.url}/", timeout=30)
