@@ -61,57 +61,105 @@ def answers(session) -> tuple:
     return free.text, [e.to_dict() for e in free.evidence], pick.choice
 
 
-@pytest.mark.parametrize("memory", ["rekv", "full"])
+PRESET_CASES = {
+    "rekv": None,
+    "full": None,
+    "window": ["window=48"],  # small enough that the context drops tokens from its front
+    "x2l": None,
+    "mukv": None,
+    "streamkv": None,
+}
+
+
+def stream_steps(session, steps: int, seed: int = 0):
+    """`steps` ingest steps of 3 frames and a subtitle, each ended as a commit ends it (unit closed)."""
+    for k in range(steps):
+        session.add_frames(random_frames(3, seed=seed + k))
+        session.add_text(f"line {seed + k}: the umbrella is red")
+        session.engine.flush()
+        yield k
+
+
+@pytest.mark.parametrize("memory", list(PRESET_CASES))
 def test_journal_round_trip_and_interrupted_commit(qa: VideoQA, tmp_path: Path, memory: str):
-    session = qa.session(memory=memory)
+    overrides = PRESET_CASES[memory]
+    session = qa.session(memory=memory, memory_set=overrides)
     journal = Journal(tmp_path / "journal")
     journal.commit(session, {"name": "x"})
-    session.add_frames(random_frames(5, seed=1))
-    session.add_text("the umbrella is red")
-    journal.commit(session, {"name": "x"})
+    for _ in stream_steps(session, 4):
+        journal.commit(session, {"name": "x"})
     committed = journal.count
-    assert committed == len(session.engine.store) and (memory == "full") == (committed == 0)
+    assert committed == len(session.engine.store)
+    engine = session.engine
+    # the context is journaled incrementally: segments cover what is in it, each token written once
+    segments = journal.segments
+    if engine.first_kept == engine.non_sink_tokens:  # nothing past the sinks (mukv: independent units)
+        assert segments == []
+    else:
+        assert segments[0][1] <= engine.first_kept and segments[-1][2] == engine.non_sink_tokens
+    assert all(a == prev[2] for prev, (_, a, _) in zip(segments, segments[1:]))
+    assert sorted(p.name for p in journal.context_dir.iterdir()) == sorted(n for n, _, _ in segments)
+    if memory == "window":
+        assert engine.first_kept > 0 and segments[0][1] > 0  # segments wholly dropped were deleted
 
-    # a commit interrupted by a kill: new block files and a half-written state, the state never replaced
-    later = qa.session(memory=memory)
-    later.add_frames(random_frames(5, seed=1))
-    later.add_text("the umbrella is red")
-    later.engine.flush()  # as every commit does
-    later.add_frames(random_frames(3, seed=2))
+    # a commit interrupted by a kill: new block and segment files and a half-written state, never named
+    later = qa.session(memory=memory, memory_set=overrides)
+    list(stream_steps(later, 4))
+    list(stream_steps(later, 1, seed=9))
     for row in range(committed, committed + 3):
         (journal.block_path(row)).write_bytes(b"partial block")
+    (journal.context_dir / f"{engine.non_sink_tokens:012d}-000000999999-000099.safetensors").write_bytes(b"x")
     (journal.folder / ".state.safetensors.tmp").write_bytes(b"half a state")
 
     fresh = Journal(tmp_path / "journal")
-    fresh.remove_temporaries()
+    assert fresh.recover() is False  # no batch was open
     restored = fresh.load(qa)
     same_memory(restored, session)
     assert answers(restored) == answers(session)
     assert sorted(p.name for p in fresh.blocks_dir.iterdir()) == [
         f"{r:08d}.safetensors" for r in range(committed)
     ]
+    assert sorted(p.name for p in fresh.context_dir.iterdir()) == sorted(n for n, _, _ in segments)
     assert not list(fresh.folder.glob(".*.tmp"))
-    # and it continues: the same frames give the same memory as the uninterrupted session
-    restored.add_frames(random_frames(3, seed=2))
+    # and it continues: the same input gives the same memory as the uninterrupted session
+    list(stream_steps(restored, 1, seed=9))
     same_memory(restored, later)
     fresh.commit(restored, {"name": "x"})
     same_memory(Journal(tmp_path / "journal").load(qa), later)
 
 
-def test_journal_rewinds_after_a_rollback(qa: VideoQA, tmp_path: Path):
-    session = qa.session(memory="rekv")
+@pytest.mark.parametrize("memory", ["rekv", "window"])
+def test_journal_batch_rolls_back_in_process_and_after_a_crash(qa: VideoQA, tmp_path: Path, memory: str):
+    overrides = PRESET_CASES[memory]
+    session = qa.session(memory=memory, memory_set=overrides)
     journal = Journal(tmp_path / "j")
-    session.add_frames(random_frames(3))
+    list(stream_steps(session, 2))
     journal.commit(session, {})
+    before = Journal(tmp_path / "j").load(qa)
+    n_before = journal.count
+
+    # a batch whose later step fails: the engine rolls back and the journal is rewound
     engine = session.engine
+    journal.begin()
     with pytest.raises(RuntimeError), engine.transaction():
-        session.add_frames(random_frames(4, seed=5))
-        journal.commit(session, {})
-        assert journal.count == 7
+        for _ in stream_steps(session, 3, seed=5):
+            journal.commit(session, {})
+        assert journal.segments[-1][2] == engine.non_sink_tokens > before.engine.non_sink_tokens
         raise RuntimeError("a later chunk failed")
-    journal.commit(session, {})  # the rolled-back session: fewer blocks than the journal
-    assert journal.count == 3 and len(list(journal.blocks_dir.iterdir())) == 3
-    same_memory(Journal(tmp_path / "j").load(qa), session)
+    journal.commit(session, {})  # the rolled-back session: fewer blocks and tokens than the journal
+    journal.end()
+    assert journal.count == n_before and len(list(journal.blocks_dir.iterdir())) == n_before
+    same_memory(Journal(tmp_path / "j").load(qa), before)
+
+    # a batch cut by a crash (never ended): recover() undoes the whole batch
+    journal.begin()
+    for _ in stream_steps(session, 3, seed=7):
+        journal.commit(session, {})
+    crashed = Journal(tmp_path / "j")
+    assert crashed.recover() is True
+    same_memory(crashed.load(qa), before)
+    assert len(list(crashed.blocks_dir.iterdir())) == n_before
+    assert sorted(p.name for p in crashed.context_dir.iterdir()) == sorted(n for n, _, _ in crashed.segments)
 
 
 # ---- SIGKILL a real server mid-ingest -------------------------------------------------------------------

@@ -4,15 +4,20 @@ A journal is a folder:
 
 - `blocks/00000000.safetensors`, ...: one file per memory block (its K/V, positions per layer, retrieval key;
   its metadata in the safetensors header), appended as blocks are committed and never rewritten;
-- `state.safetensors`: the ingest context's K/V and, in its header, everything else (the engine's scalars,
+- `context/<a>-<b>-<n>.safetensors`: the ingest context's K/V in segments, appended as the context grows
+  (segment [a, b) holds the stream tokens a..b-1, counted past the attention sinks; tokens are never changed
+  once in the context, only dropped from the front, so a commit writes only the tokens added since the last);
+  segments wholly dropped from the context are deleted;
+- `state.safetensors`: the attention sinks' K/V and, in its header, everything else (the engine's scalars,
   unit sizes, context-mode blocks, the memory config, the model identity, the number of committed blocks,
-  and the session's own fields: fps, name, creation time, live source).
+  the context segments, and the session's own fields: fps, name, creation time, live source).
 
 Every file is written to a temporary name, fsynced and renamed into place (then the folder is fsynced), and
 the state file is replaced last: the state names how many blocks are committed, so a block file written by
 a commit that a kill interrupted is ignored (and deleted) when the journal is read. A commit follows every
 ingest step, after the open memory unit is closed (`engine.flush()`); presets without blocks (`full`,
-`window`) keep their whole memory in the state file's context.
+`window`) keep their whole memory in the context. Each commit writes what the step added (its blocks, its
+context tokens) plus the small state file, so journaling a long stream costs time linear in its length.
 
 An ingest that must be all-or-nothing across several commits (an upload) is bracketed by `begin()` and
 `end()`: `begin` keeps the current state file as `base.safetensors` (a hard link: state files are replaced,
@@ -37,7 +42,6 @@ from videokv.persist import (
     SaveError,
     block_record,
     block_tensors,
-    context_tensors,
     encode_config,
     load_config,
     model_identity,
@@ -47,10 +51,11 @@ from videokv.persist import (
 from videokv.qa import DEFAULT_SYSTEM
 
 FORMAT = "videokv-journal"
-VERSION = 1
+VERSION = 2
 STATE = "state.safetensors"
 BASE = "base.safetensors"
 BLOCKS = "blocks"
+CONTEXT = "context"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -77,7 +82,11 @@ class Journal:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.blocks_dir = self.folder / BLOCKS
+        self.context_dir = self.folder / CONTEXT
         self.count = 0  # blocks committed (named by the state file)
+        self.segments: list[list] = []  # context segments [file name, a, b] the state file names
+        self.serial = 0  # numbers segment files, so a rewritten range never reuses a name
+        self.base_segments: set[str] = set()  # segments the base of an open batch names
 
     def exists(self) -> bool:
         return (self.folder / STATE).exists()
@@ -96,6 +105,7 @@ class Journal:
         engine.flush()
         n = len(engine.store)
         self.blocks_dir.mkdir(parents=True, exist_ok=True)
+        self.context_dir.mkdir(parents=True, exist_ok=True)
         for row in range(self.count, n):
             block = engine.store.get(row)
             meta = {"block": json.dumps(block_record(block))}
@@ -111,13 +121,62 @@ class Journal:
             "blocks": n,
             "info": {"fps": session.fps, "system": session.system, **info},
         }
-        write_atomic(
-            self.folder / STATE, save(context_tensors(engine), metadata={"journal": json.dumps(header)})
-        )
+        sinks, segments = self._write_context(engine)
+        header["context"] = {"segments": segments, "serial": self.serial}
+        write_atomic(self.folder / STATE, save(sinks, metadata={"journal": json.dumps(header)}))
         _fsync_dir(self.folder)
         if n < self.count:
             self._drop_from(n)
         self.count = n
+        self.segments = segments
+        self._collect()
+
+    def _write_context(self, engine) -> tuple[dict[str, torch.Tensor], list[list]]:
+        """Write the context tokens not yet in a segment; return the sinks' K/V and the segments that cover
+        the context now (after a rollback, or if the segments do not line up, one new segment covers it)."""
+        layers = engine.cache.layers
+        n_sinks, first, end = engine.n_sinks, engine.first_kept, engine.non_sink_tokens
+        length = engine.cache.lengths()[0] if layers else 0
+        if length != n_sinks + end - first:
+            raise SaveError(
+                f"the ingest context has {length} tokens, not the sinks ({n_sinks}) + tokens {first}..{end}"
+            )
+        sinks = {}
+        for i, la in enumerate(layers):
+            sinks[f"sink.k{i}"] = la.keys[:, :, :n_sinks].contiguous().cpu()
+            sinks[f"sink.v{i}"] = la.values[:, :, :n_sinks].contiguous().cpu()
+        kept, covered = [], first
+        for seg in self.segments:
+            _, a, b = seg
+            if b <= first:
+                continue
+            if a > covered or b > end:  # a gap, or tokens the context no longer has (rolled back)
+                kept, covered = [], first
+                break
+            kept.append(seg)
+            covered = b
+        if end > covered:
+            lo = n_sinks + covered - first
+            tensors = {}
+            for i, la in enumerate(layers):
+                tensors[f"k{i}"] = la.keys[:, :, lo:].contiguous().cpu()
+                tensors[f"v{i}"] = la.values[:, :, lo:].contiguous().cpu()
+            name = f"{covered:012d}-{end:012d}-{self.serial:06d}.safetensors"
+            self.serial += 1
+            self.context_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.context_dir / name, save(tensors))
+            _fsync_dir(self.context_dir)
+            kept.append([name, covered, end])
+        return sinks, kept
+
+    def _collect(self) -> None:
+        """Delete context segment files that neither the state nor an open batch's base names."""
+        if not self.context_dir.exists():
+            return
+        keep = {name for name, _, _ in self.segments} | self.base_segments
+        for path in self.context_dir.iterdir():
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
 
     def _drop_from(self, n: int) -> None:
         """Delete the block files from row `n` on (not named by the state file)."""
@@ -138,6 +197,7 @@ class Journal:
         os.link(state, tmp)
         os.replace(tmp, base)
         _fsync_dir(self.folder)
+        self.base_segments = {name for name, _, _ in self.segments}
 
     def end(self) -> None:
         """The batch is over (kept, or rewound by a commit of the rolled-back session): drop the base."""
@@ -145,16 +205,24 @@ class Journal:
         if base.exists():
             base.unlink()
             _fsync_dir(self.folder)
+        self.base_segments = set()
+        self._collect()
 
     def recover(self) -> bool:
-        """After a crash: delete temporary files, and undo a batch that never ended (returns True then)."""
+        """After a crash: delete temporary files, undo a batch that never ended (returns True then), and
+        delete the block and segment files the state does not name."""
         self.remove_temporaries()
         base = self.folder / BASE
-        if not base.exists():
-            return False
-        os.replace(base, self.folder / STATE)
-        _fsync_dir(self.folder)
-        return True
+        undone = base.exists()
+        if undone:
+            os.replace(base, self.folder / STATE)
+            _fsync_dir(self.folder)
+        header = self.read_header()
+        self._drop_from(int(header["blocks"]))
+        self.segments = header["context"]["segments"]
+        self.base_segments = set()
+        self._collect()
+        return undone
 
     # ---- reading --------------------------------------------------------------------------------------
     def read_header(self) -> dict:
@@ -175,10 +243,7 @@ class Journal:
         """The journal as a save manifest + tensors (what persist.restore_engine takes). Block files beyond
         the committed count (from a commit a kill interrupted) are deleted."""
         header = self.read_header()
-        tensors: dict[str, torch.Tensor] = {}
-        with safe_open(str(self.folder / STATE), "pt") as f:
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
+        tensors = self._read_context(header)
         n = int(header["blocks"])
         blocks = []
         for row in range(n):
@@ -191,8 +256,33 @@ class Journal:
             except Exception as e:
                 raise SaveError(f"the journal at {self.folder} is missing committed block {row}: {e}") from e
         self._drop_from(n)
+        self.segments = header["context"]["segments"]
+        self.serial = int(header["context"]["serial"])
         manifest = {**header, "blocks": blocks, "extra": header.get("info", {})}
         return manifest, tensors
+
+    def _read_context(self, header: dict) -> dict[str, torch.Tensor]:
+        """The ingest context's K/V per layer (`ctx.k{i}`, `ctx.v{i}`): sinks + the segments, cut to the
+        stream tokens still in the context."""
+        first = int(header["state"]["first_kept"])
+        with safe_open(str(self.folder / STATE), "pt") as f:
+            sinks = {key: f.get_tensor(key) for key in f.keys()}
+        n_layers = sum(key.startswith("sink.k") for key in sinks)
+        parts: dict[str, list[torch.Tensor]] = {f"{kv}{i}": [] for kv in "kv" for i in range(n_layers)}
+        covered = first
+        for name, a, b in header["context"]["segments"]:
+            if a > covered:
+                raise SaveError(f"the journal at {self.folder} has a gap in its context at token {covered}")
+            try:
+                with safe_open(str(self.context_dir / name), "pt") as f:
+                    for key in parts:
+                        parts[key].append(f.get_tensor(key)[:, :, max(0, covered - a) :])
+            except Exception as e:
+                raise SaveError(f"the journal at {self.folder} is missing context segment {name}: {e}") from e
+            covered = b
+        if covered != int(header["state"]["non_sink_tokens"]):
+            raise SaveError(f"the journal at {self.folder} has context up to token {covered} only")
+        return {f"ctx.{key}": torch.cat([sinks[f"sink.{key}"], *parts[key]], dim=2) for key in parts}
 
     def load(self, qa: VideoQA, **config_overrides: object) -> Session:
         """The session the journal holds, on `qa`'s model (which must be the one it was written with).
