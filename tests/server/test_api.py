@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import functools
+import http.server
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -278,6 +281,35 @@ def test_live_source_runs_to_the_end(client: httpx.Client, clip: Path, tmp_path:
     bad = client.post(f"/v1/sessions/{sid}/source", json={"url": str(tmp_path / "missing.mp4")})
     assert bad.status_code == 400 and "missing.mp4" in bad.json()["detail"]
     client.delete(f"/v1/sessions/{sid}")
+
+
+def test_live_source_over_http(client: httpx.Client, clip: Path):
+    """A URL source: PyAV pulls the clip over HTTP from a plain web server (as from a camera's stream)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(clip.parent))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        sid = create(client, memory="rekv", fps=1.0)["id"]
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/{clip.name}"
+        r = client.post(f"/v1/sessions/{sid}/source", json={"url": url, "realtime": False})
+        assert r.status_code == 202 and r.json()["source"]["url"] == url
+        done = wait_for(
+            lambda: (s := client.get(f"/v1/sessions/{sid}").json())["source"]["state"] != "running" and s
+        )
+        assert done["source"]["state"] == "done", done
+        thumbnails = client.get(f"/v1/sessions/{sid}/timeline").json()["thumbnails"]
+        assert done["frames"] == 6 and thumbnails == [float(t) for t in range(6)]
+        missing = f"http://127.0.0.1:{httpd.server_address[1]}/missing.mp4"
+        r = client.post(f"/v1/sessions/{sid}/source", json={"url": missing, "realtime": False})
+        assert r.status_code == 202  # a URL is opened in the background: its failure shows in the status
+        failed = wait_for(
+            lambda: (s := client.get(f"/v1/sessions/{sid}").json())["source"]["state"] != "running" and s
+        )
+        assert failed["source"]["state"] == "error" and "missing.mp4" in failed["source"]["error"]
+        assert failed["state"] == "error" and failed["frames"] == 6
+        client.delete(f"/v1/sessions/{sid}")
+    finally:
+        httpd.shutdown()
 
 
 # ---- auth ------------------------------------------------------------------------------------------------
