@@ -13,7 +13,7 @@ import contextlib
 import json
 import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -255,11 +255,13 @@ def create_app(
             events = []
             if "subtitles" in upload.files:
                 events = await asyncio.to_thread(load_subtitles, upload.files["subtitles"])
-            offset = m.session.clock
-            frames = iter_frames(video, fps=fps)
-            chunks = chunked(merge_items(frames, events, offset), manager.chunk_frames)
+
+            def make_chunks() -> Iterator[list]:  # the video's time 0 is where the stream is now
+                items = merge_items(iter_frames(video, fps=fps), events, m.session.clock)
+                return chunked(items, manager.chunk_frames)
+
             try:
-                added = await manager.ingest_chunks(m, chunks, 1.0 / fps)
+                added = await manager.ingest_chunks(m, make_chunks, 1.0 / fps)
             except VideoError as e:
                 raise NotAVideo(
                     f"{name!r} could not be decoded to the end ({str(e).split(': ', 1)[-1]}); the file is "
@@ -301,15 +303,14 @@ def create_app(
         )
         raw = None if body.raw is None else _decode_b64(body.raw, "raw")
         frames = await asyncio.to_thread(frames_from_request, images, raw, body.shape)
-        chunks = manager.frame_chunks(m, frames, body.timestamps)
-        added = await manager.ingest_chunks(m, chunks)
+        added = await manager.ingest_chunks(m, lambda: manager.frame_chunks(m, frames, body.timestamps))
         return {"added": added, "status": status_of(m)}
 
     @api.post("/sessions/{sid}/text", response_model=S.Added)
     async def push_text(sid: str, body: S.PushText) -> dict:
         m = manager.get(sid)
-        events = manager.text_items(m, [e.model_dump() for e in body.events])
-        added = await manager.ingest_chunks(m, iter([list(events)]))
+        events = [e.model_dump() for e in body.events]
+        added = await manager.ingest_chunks(m, lambda: iter([list(manager.text_items(m, events))]))
         return {"added": added, "status": status_of(m)}
 
     # ---- questions -------------------------------------------------------------------------------------

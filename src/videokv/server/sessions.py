@@ -317,7 +317,15 @@ class SessionManager:
                 added = engine.ingest(items, chunk_frames=max(1, len(frames)), frame_interval=interval)
                 engine.flush()
                 self._check_budget(m)
-                self._commit(m)
+                wall = time.perf_counter() - t_start
+                try:  # thumbnails first: a kill before the commit leaves extra ones, removed on restart
+                    for f in frames:
+                        m.thumbs.add(f.t, f.image)
+                    self._commit(m)
+                except BaseException:
+                    if frames:
+                        m.thumbs.remove_after(frames[0].t)
+                    raise
         except ConfigError as e:
             if m.budget is not None and "memory budget" in str(e):
                 raise OverBudget(
@@ -331,12 +339,8 @@ class SessionManager:
             raise BadRequest(f"the model cannot ingest this input: {e}") from e
         finally:
             self._refresh(m)
-        wall = time.perf_counter() - t_start
         if frames:
             m.ingest_fps = len(frames) / wall if wall > 0 else 0.0
-            for f in frames:
-                with contextlib.suppress(OSError):
-                    m.thumbs.add(f.t, f.image)
         return added
 
     def _begin(self, m: Managed) -> None:
@@ -460,15 +464,17 @@ class SessionManager:
             )
 
     async def ingest_chunks(
-        self, m: Managed, chunks: Iterator[list[Item]], interval: float | None = None
+        self, m: Managed, make_chunks: Callable[[], Iterator[list[Item]]], interval: float | None = None
     ) -> int:
-        """A request ingest (upload, pushed frames or text): chunks decoded off the event loop, each a
-        scheduler job, all-or-nothing as a whole."""
+        """A request ingest (upload, pushed frames or text): `make_chunks()` (called once this request has
+        the session's ingest lock, so it sees the stream clock its items follow) gives chunks, decoded off
+        the event loop, each a scheduler job; all-or-nothing as a whole."""
         self._check_free(m)
         async with m.lock:
             self._check_free(m)
             m.busy += 1
             try:
+                chunks = make_chunks()
                 await self.scheduler.run(m.id, self._begin, m)
                 added = 0
                 error: BaseException | None = None
