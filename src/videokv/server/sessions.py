@@ -194,7 +194,7 @@ def frames_from_request(images: list[bytes] | None, raw: bytes | None, shape: li
             try:
                 with Image.open(io.BytesIO(data)) as img:
                     arrays.append(np.asarray(img.convert("RGB")))
-            except (UnidentifiedImageError, OSError, ValueError) as e:
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
                 raise BadRequest(f"image {i} is not a JPEG/PNG image: {e}") from e
         sizes = {a.shape for a in arrays}
         if len(sizes) > 1:
