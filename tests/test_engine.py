@@ -175,3 +175,42 @@ def test_window_in_frames_follows_the_models_frame_size(family):
     per_frame = eng.tokens_per_frame
     assert per_frame == eng.frame_tokens / 5 and per_frame > 2
     assert eng.cache.lengths()[0] == eng.n_sinks + round(2 * per_frame)
+
+
+@pytest.mark.parametrize("window", [None, 40])
+def test_units_prefilled_in_batches_match_one_unit_per_forward(qwen, window):
+    """Window.batch > 1 prefills several units per forward: the same blocks (spans, kinds, positions); with
+    no window limit the same keys and values, and with a window each batch sees at most batch - 1 more
+    units than one unit per forward would."""
+    from videokv.policies.retrieve import TopK
+    from videokv.policies.segment import Uniform
+
+    def run(batch: int):
+        config = MemoryConfig(
+            name=f"b{batch}",
+            ingest=Window(tokens=window, batch=batch),
+            segment=Uniform(1),
+            retrieve=TopK(k=4),
+        )
+        s = VideoQA.from_model(*qwen).session(memory=config)
+        s.add_items(stream_items(9), chunk_frames=9)
+        return s.engine
+
+    one, many = run(1), run(4)
+    assert many._batch_units == 4 and one._batch_units == 1
+    assert len(one.store) == len(many.store) > 9
+    for r in range(len(one.store)):
+        a, b = one.store.get(r), many.store.get(r)
+        assert (a.kind, a.t0, a.t1) == (b.kind, b.t0, b.t1)
+        assert all(torch.equal(pa, pb) for pa, pb in zip(a.positions, b.positions))
+        diff = max(float((ka - kb).abs().max()) for ka, kb in zip(a.keys, b.keys))
+        if window is None:
+            assert diff < 1e-4
+        elif r == 0:
+            assert diff < 1e-4  # the first unit sees the same context either way
+    if window is not None:  # the window really cut something, and batching let later units see more
+        assert one.first_kept > 0
+        assert any(
+            float((one.store.get(r).keys[-1] - many.store.get(r).keys[-1]).abs().max()) > 1e-4
+            for r in range(len(one.store))
+        )

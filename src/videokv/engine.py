@@ -180,9 +180,14 @@ class Engine:
         t_start = time.perf_counter()
         pieces = self._pieces(items, interval)
         if self.memory_mode:
-            for piece in pieces:
-                for unit in self.segmenter.push(piece):
-                    self._ingest_unit(unit)
+            if self._batch_units > 1:  # units prefilled together, several per forward
+                units = [unit for piece in pieces for unit in self.segmenter.push(piece)]
+                for i in range(0, len(units), self._batch_units):
+                    self._ingest_batch(units[i : i + self._batch_units])
+            else:
+                for piece in pieces:
+                    for unit in self.segmenter.push(piece):
+                        self._ingest_unit(unit)
         else:
             self._forward_context(pieces)
         n_frames = sum(p.kind == "frame" for p in pieces)
@@ -297,6 +302,40 @@ class Engine:
             self._store_block(draft, keys, values, positions, unit_id)
         self.unit_tokens.append(n_stored)
         self.non_sink_tokens += n_stored
+        self._trim_context()
+
+    @property
+    def _batch_units(self) -> int:
+        """Units per forward: >1 only where nothing is computed per unit (no summary pseudo-frame, no
+        attention statistics for the compressor) and the ingest policy allows it (`Window.batch`)."""
+        batch = getattr(self.config.ingest, "batch", 1)
+        if batch > 1 and not self.config.summary and not self.config.compress.needs:
+            return batch
+        return 1
+
+    def _ingest_batch(self, units: list[list[Piece]]) -> None:
+        """Prefill several units in one forward (each sees the context and the units before it), store each
+        unit's blocks, then trim the context once."""
+        if not units:
+            return
+        pieces = [p for unit in units for p in unit]
+        embeds = torch.cat([p.embeds for p in pieces])
+        positions = torch.cat([p.positions for p in pieces], dim=1)
+        self.adapter.forward(embeds, positions, self.cache, logits="none")
+        new_k, new_v = self.cache.new_kv()
+        offset = 0
+        for unit in units:
+            n = sum(p.n_tokens for p in unit)
+            keys = [k[0, :, offset : offset + n] for k in new_k]
+            values = [v[0, :, offset : offset + n] for v in new_v]
+            unit_positions = torch.cat([p.positions for p in unit], dim=1)
+            unit_id = len(self.unit_tokens)
+            drafts = self._drafts(Unit(unit, keys, values, unit_positions, _spans(unit), {}))
+            for draft in drafts:
+                self._store_block(draft, keys, values, unit_positions, unit_id)
+            self.unit_tokens.append(n)
+            self.non_sink_tokens += n
+            offset += n
         self._trim_context()
 
     def _summary_piece(self, frames: list[Piece]) -> Piece | None:

@@ -20,8 +20,8 @@ from videokv.policies.retrieve.uniform import UniformSample
 from videokv.policies.segment import Semantic, Uniform
 
 # ReKV's local window holds 15000 tokens = about 77 frames of LLaVA-OV's 196 tokens; here it is given in
-# frames, so it follows the model's frame size:
-INGEST_WINDOW = Window(frames=77)
+# frames, so it follows the model's frame size. Units of one chunk are prefilled 8 per forward (Window.batch):
+INGEST_WINDOW = Window(frames=77, batch=8)
 
 
 @dataclass(frozen=True)
