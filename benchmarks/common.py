@@ -64,22 +64,27 @@ def base_parser(description: str, default_model: str = DEFAULT_MODEL) -> argpars
     p.add_argument(
         "--threads",
         type=int,
-        default=None,
-        help="torch CPU threads (default: torch's; 1 is steadier on a busy machine)",
+        default=1,
+        help="torch CPU threads (default 1: on a shared machine, multi-threaded kernels stall whenever "
+        "another process holds a core; 0 keeps torch's default)",
     )
     p.set_defaults(default_model=default_model)
     return p
 
 
+_LOAD_AT_START: list[float] = []
+
+
 def resolve_args(args: argparse.Namespace, repeats: int, quick_repeats: int = 2) -> argparse.Namespace:
-    """Fill the defaults that depend on --quick; check --device."""
+    """Fill the defaults that depend on --quick; check --device; note the machine's load."""
+    _LOAD_AT_START[:] = [round(x, 2) for x in os.getloadavg()]
     if args.model is None:
         args.model = QUICK_MODEL if args.quick else args.default_model
     if args.repeats is None:
         args.repeats = quick_repeats if args.quick else repeats
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be >= 1; got {args.threads}")
+    if args.threads < 0:
+        raise InputError(f"--threads must be >= 0; got {args.threads}")
+    if args.threads:
         torch.set_num_threads(args.threads)
     if args.repeats < 1:
         raise InputError(f"--repeats must be >= 1; got {args.repeats}")
@@ -115,7 +120,8 @@ def machine(device: str = "cpu") -> dict[str, Any]:
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "ram_gb": mem_gb,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "load_average_at_start": list(_LOAD_AT_START) or None,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "torch": torch.__version__,
         "device": device,

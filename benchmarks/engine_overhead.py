@@ -139,7 +139,7 @@ def key_difference(bare: DynamicCache, session) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     p = common.base_parser(__doc__.splitlines()[0])
-    p.add_argument("--chunks", type=int, default=None, help="chunks of frames (default 6; 2 with --quick)")
+    p.add_argument("--chunks", type=int, default=None, help="chunks of frames (default 4; 2 with --quick)")
     p.add_argument("--chunk-frames", type=int, default=8, help="frames per add_frames call")
     p.add_argument("--frame-tokens", type=int, default=16, help="visual tokens per frame (Qwen2-VL family)")
     p.add_argument("--fps", type=float, default=0.5)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     common.resolve_args(args, repeats=5)
     if args.chunks is None:
-        args.chunks = 2 if args.quick else 6
+        args.chunks = 2 if args.quick else 4
     if args.chunks < 1 or args.chunk_frames < 1:
         raise InputError("--chunks and --chunk-frames must be >= 1")
     presets = ["full"] + [x.strip() for x in args.presets.split(",") if x.strip() and x.strip() != "full"]

@@ -7,6 +7,8 @@ top-64), out of a store of `--blocks`. Everything is compared with the machine's
 
 Cases (bytes moved / seconds, in GB/s; 1 GB = 1e9 bytes):
 - `memcpy (torch)` / `memcpy (numpy)`: the reference: one copy of the same bytes, preallocated target;
+- `clone (new buffer)`: the same copy into freshly allocated memory (the kernel maps and zeroes new pages
+  on first touch), which is what assembling a new context does;
 - `host get`: `Store.get` of host-tier blocks. On a CPU-only machine the host tier *is* where attention
   runs, so this is zero-copy (its GB/s is not a bandwidth: nothing is moved);
 - `host -> context`: host get + `assemble` (keep positions) of the question's context: the one copy a
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     cases = {
         "memcpy (torch)": lambda: dst.copy_(src),
         "memcpy (numpy)": lambda: np.copyto(dst_np, src_np),
+        "clone (new buffer)": lambda: src.clone(),
         "host get": lambda: get_all(host),
         "host -> context": lambda: to_context(get_all(host)),
         "disk get (warm)": lambda: get_all(disk),
