@@ -13,10 +13,15 @@ Cases (bytes moved / seconds, in GB/s; 1 GB = 1e9 bytes):
   runs, so this is zero-copy (its GB/s is not a bandwidth: nothing is moved);
 - `host -> context`: host get + `assemble` (keep positions) of the question's context: the one copy a
   question pays on the CPU;
-- `disk get (warm)`: `Store.get` of spilled blocks (safetensors files) whose pages are in the OS cache;
+- `host -> context (compact)`: the same with compact positions (rekv, streamkv, uniform): every block's
+  keys are also re-rotated to their new positions;
+- `disk get (warm)`: `Store.get` of spilled blocks (safetensors files) whose pages are in the OS cache.
+  safetensors' default loader memory-maps the file, so the tensors it returns are read lazily, when first
+  touched: this is mostly the cost of opening and mapping 64 files;
 - `disk get (cold)`: the same after evicting the files from the page cache (posix_fadvise DONTNEED; the
   eviction is not timed). On a virtual disk the host may still cache them;
-- `disk -> context`: cold disk get + assemble.
+- `disk -> context (warm / cold)`: disk get + assemble, where the mapped pages are actually read: the
+  real cost of reloading from the disk tier on the CPU.
 On CUDA also: `memcpy H2D pinned` / `memcpy H2D pageable` (the reference), `host(pinned) -> cuda` (the
 store's host tier is pinned, copies are non_blocking) vs `host(pageable) -> cuda`, and `disk -> cuda`.
 
@@ -48,10 +53,28 @@ def make_block(i: int, layers: int, heads: int, tokens: int, dim: int, dtype: to
     g = torch.Generator().manual_seed(i)
     keys = [torch.randn(heads, tokens, dim, generator=g).to(dtype) for _ in range(layers)]
     values = [torch.randn(heads, tokens, dim, generator=g).to(dtype) for _ in range(layers)]
-    pos = torch.arange(i * tokens, (i + 1) * tokens).expand(3, tokens).clone()
+    # M-RoPE positions of a frame: t constant, h and w over a small grid
+    j = torch.arange(tokens)
+    start = i * tokens
+    pos = torch.stack([torch.full_like(j, start), start + j // 8, start + j % 8])
     return KVBlock(
         i, i, "frame", float(i), float(i + 1), keys, values, [pos] * layers, torch.zeros(layers, heads * dim)
     )
+
+
+def make_rotary(head_dim: int) -> torch.nn.Module:
+    """The offline model's rotary embedding (Qwen2-VL M-RoPE, theta 1e6) for keys of `head_dim`."""
+    from transformers import Qwen2VLTextConfig
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding
+
+    quarter = head_dim // 2
+    section = [quarter - 2 * (3 * quarter // 8), 3 * quarter // 8, 3 * quarter // 8]
+    config = Qwen2VLTextConfig(
+        hidden_size=head_dim * 4,
+        num_attention_heads=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
+    )
+    return Qwen2VLRotaryEmbedding(config=config)
 
 
 def evict(paths: list[Path]) -> None:
@@ -128,8 +151,10 @@ def main(argv: list[str] | None = None) -> dict:
     def get_all(store: Store) -> list[KVBlock]:
         return [store.get(r) for r in rows]
 
-    def to_context(loaded: list[KVBlock]):
-        return assemble(sinks_k, sinks_k, 4, [loaded] * args.layers, "keep", None, 0)
+    rotary = make_rotary(args.head_dim).to(device)
+
+    def to_context(loaded: list[KVBlock], positions: str = "keep"):
+        return assemble(sinks_k, sinks_k, 4, [loaded] * args.layers, positions, rotary, 10**6)
 
     def cold(fn):
         def run() -> float:
@@ -145,9 +170,11 @@ def main(argv: list[str] | None = None) -> dict:
         "clone (new buffer)": lambda: src.clone(),
         "host get": lambda: get_all(host),
         "host -> context": lambda: to_context(get_all(host)),
+        "host -> context (compact)": lambda: to_context(get_all(host), "compact"),
         "disk get (warm)": lambda: get_all(disk),
         "disk get (cold)": cold(lambda: get_all(disk)),
-        "disk -> context": cold(lambda: to_context(get_all(disk))),
+        "disk -> context (warm)": lambda: to_context(get_all(disk)),
+        "disk -> context (cold)": cold(lambda: to_context(get_all(disk))),
     }
     if cuda:
         pinned = torch.empty(src.shape, dtype=src.dtype, pin_memory=True).copy_(src)

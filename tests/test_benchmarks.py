@@ -165,9 +165,11 @@ def test_reload_throughput(tmp_path):
     for name in (
         "memcpy (torch)",
         "host -> context",
+        "host -> context (compact)",
         "disk get (warm)",
         "disk get (cold)",
-        "disk -> context",
+        "disk -> context (warm)",
+        "disk -> context (cold)",
     ):
         assert _positive(res["cases"][name]["gb_per_s"])
     assert res["cases"]["memcpy (torch)"]["fraction_of_reference"] == pytest.approx(1.0)
