@@ -63,6 +63,7 @@ def summarize(folder: str | Path) -> tuple[dict, list[dict]]:
                     "stream_seconds": max(
                         (r["stream_seconds"] for r in recs if "stream_seconds" in r), default=None
                     ),
+                    "context_tokens": _median([r["context_tokens"] for r in answered]),
                     "ttft_s": _median([r["ttft_s"] for r in answered]),
                     "answer_s": _median([r["answer_s"] for r in answered]),
                     "retrieval_s": _median([r["retrieval_s"] for r in answered]),
@@ -127,19 +128,22 @@ def markdown(run: dict, rows: list[dict], command: str | None = None) -> str:
     lines += [
         "",
         "**Detail** per preset and video: evidence recall (share of evidence spans the answer attended to), "
-        "resident / offloaded KV, stream tokens, time to first answer token and whole answer (median), "
+        "resident / offloaded KV (the store: every block kept, in memory or spilled to disk), stream tokens, "
+        "tokens the answer attended to (median: sinks + retrieved blocks, or the whole context), "
+        "time to first answer token and whole answer (median), "
         "retrieval time (median), ingest frames per second, peak process memory.",
         "",
-        "| preset | video | acc | recall | resident MiB | offloaded MiB | stream tokens | TTFT s | answer s "
-        "| retrieval s | ingest fps | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| preset | video | acc | recall | resident MiB | offloaded MiB | stream tokens | attended tokens "
+        "| TTFT s | answer s | retrieval s | ingest fps | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| `{r['preset']}` | {r['video_id']} | {_fmt(r['accuracy'] and 100 * r['accuracy'], '.0f')} "
             f"| {_fmt(r['evidence_recall'] and 100 * r['evidence_recall'], '.0f')} "
             f"| {_fmt(r['resident_mib'], '.1f')} | {_fmt(r['offloaded_mib'], '.1f')} "
-            f"| {_fmt(r['stream_tokens'], 'd')} | {_fmt(r['ttft_s'], '.2f')} | {_fmt(r['answer_s'], '.2f')} "
+            f"| {_fmt(r['stream_tokens'], 'd')} | {_fmt(r['context_tokens'], '.0f')} "
+            f"| {_fmt(r['ttft_s'], '.2f')} | {_fmt(r['answer_s'], '.2f')} "
             f"| {_fmt(r['retrieval_s'], '.3f')} | {_fmt(r['ingest_fps'], '.1f')} "
             f"| {_fmt(r['peak_rss_mib'], '.0f')} |"
         )
