@@ -428,7 +428,9 @@ def finish(args: argparse.Namespace, name: str, results: dict[str, Any], table: 
     payload = {
         "benchmark": name,
         "machine": machine(args.device),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "default_model"
+        },
         "peak_rss_bytes": peak_rss_bytes(),
         "results": results,
         "table": table,
