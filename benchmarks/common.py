@@ -10,7 +10,7 @@ Models (`--model`):
 - "random:qwen2_5_vl-7b", "random:llava_onevision-7b": the published 7B *architectures* with random
   weights (timing needs no trained weights); only with `--device cuda`;
 - "random-scaled:qwen2_5_vl-7b", "random-scaled:llava_onevision-7b": the same classes and structure
-  scaled down to a few million parameters, so the code path runs anywhere (the quick tests use them);
+  scaled down to about 20M parameters, so the code path runs anywhere (the quick tests use them);
 - a local checkpoint folder.
 """
 
@@ -296,7 +296,7 @@ LLAVA_OV_7B = {
 }
 
 # the scaled-down variants: same classes, same structure (GQA ratio, M-RoPE sections, windowed vision
-# blocks), a few million parameters
+# blocks), about 20M parameters (most of them the published vocabulary's embeddings)
 _SCALED_TEXT = dict(
     vocab_size=152064,
     hidden_size=64,

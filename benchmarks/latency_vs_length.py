@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -100,6 +101,10 @@ def main(argv: list[str] | None = None) -> dict:
     qa = common.load_qa(args, frame_tokens=args.frame_tokens)
     side = common.frame_side(args.frame_tokens)
     limit = qa.adapter.max_context
+    # tokens of one frame on this model (LLaVA-OV's are fixed by its vision tower): one frame through it
+    probe = common.random_frames(1, side, args.seed)
+    with torch.no_grad():
+        frame_size = qa.adapter.frame_pieces(probe, np.zeros(1), 0, 1.0 / args.fps)[0].n_tokens
     sessions = {name: qa.session(memory=name, fps=args.fps) for name in presets}
     # the same stream stopped at the first checkpoint, kept and asked beside the growing one at every later
     # checkpoint: the ratio of each length to the first is measured side by side, under the same load
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name in list(active):
             engine = sessions[name].engine
             if not engine.memory_mode:
-                per_frame = engine.tokens_per_frame or (args.frame_tokens + 2)
+                per_frame = engine.tokens_per_frame or frame_size
                 need = engine.cache.lengths()[0] + segment_tokens(qa, items, per_frame) + 64
                 if need > limit:
                     common.log(f"  {name}: stops before {key} min ({need} tokens > context {limit})")

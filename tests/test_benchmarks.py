@@ -109,6 +109,14 @@ def test_latency_vs_length(tmp_path):
     assert res["presets"]["rekv"]["meets_1_3x"] in (True, False)
 
 
+def test_latency_scaled_llava(tmp_path):
+    """The realistic-size path of the latency benchmark, on the scaled-down LLaVA-OneVision architecture."""
+    model = "random-scaled:llava_onevision-7b"
+    data = _run("latency_vs_length", tmp_path, "--model", model, "--presets", "full,rekv")
+    for name in ("full", "rekv"):
+        assert list(data["results"]["presets"][name]["checkpoints"]) == ["0.2", "0.4"]
+
+
 def test_latency_full_stops_at_context(tmp_path):
     """`full` leaves the run once its context would pass the model's (tiny model: 4096 tokens)."""
     data = _run(
