@@ -10,7 +10,7 @@ with a subtitle line after each chunk (one `add_text` call). The paths:
 - `full`: `Session.add_frames` / `Session.add_text` with the `full` preset (videokv's cache, its attention
   function, the transaction around every ingest, the block bookkeeping). Target: <= 1.05x `bare`.
 - the memory presets (`--presets`, default `rekv`): the same calls; these do a different computation
-  (one forward per memory unit against a window, blocks stored and indexed), so their ratio is their cost
+  (memory units prefilled against a window, blocks stored and indexed), so their ratio is their cost
   relative to full-context ingest, not an overhead.
 
 The header prompt is prefilled before the clock starts on every path. After each `full` run the script
