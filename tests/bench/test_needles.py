@@ -74,3 +74,13 @@ def test_too_many_questions_for_a_short_stream_is_a_clear_error():
         subtitle_track(20.0, 12, random.Random(0))
     with pytest.raises(InputError, match="positive"):
         make_needles("/tmp/unused-needles", minutes=[0])
+
+
+@pytest.mark.parametrize("minutes", ["abc", "1,-5", ","])
+def test_cli_rejects_bad_minutes_with_a_usage_error(minutes, tmp_path, capsys):
+    from videokv.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "make-needles", "--out", str(tmp_path), "--minutes", minutes])
+    assert exc.value.code == 2 and "minutes" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written

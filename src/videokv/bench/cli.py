@@ -14,6 +14,18 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _minutes(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated minutes such as 1,5,30; got {text!r}"
+        ) from None
+    if not values or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"minutes must be positive numbers; got {text!r}")
+    return values
+
+
 def add_parser(sub: argparse._SubParsersAction, add_model_args: Callable) -> None:
     bench = sub.add_parser("bench", help="quality benchmarks: datasets, needle streams, runs and reports")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
@@ -29,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction, add_model_args: Callable) -> Non
     )
     needles.add_argument("--out", required=True, help="folder for the videos, subtitles and dataset JSON")
     needles.add_argument(
-        "--minutes", type=_csv, default=["1", "5", "30", "60"], help="stream lengths (default: 1,5,30,60)"
+        "--minutes", type=_minutes, default=[1.0, 5.0, 30.0, 60.0], help="stream lengths (default: 1,5,30,60)"
     )
     needles.add_argument("--questions", type=int, default=8, help="questions per stream (default: 8)")
     needles.add_argument("--seed", type=int, default=0)
@@ -71,9 +83,7 @@ def add_parser(sub: argparse._SubParsersAction, add_model_args: Callable) -> Non
 def cmd_make_needles(args: argparse.Namespace) -> int:
     from videokv.bench.needles import make_needles
 
-    path = make_needles(
-        args.out, [float(m) for m in args.minutes], questions=args.questions, seed=args.seed, name=args.name
-    )
+    path = make_needles(args.out, args.minutes, questions=args.questions, seed=args.seed, name=args.name)
     print(path)
     return 0
 
