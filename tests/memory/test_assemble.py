@@ -7,8 +7,9 @@ import torch
 
 from tests.conftest import get_tiny, random_frames
 from videokv import MemoryConfig, VideoQA, get_preset
-from videokv.memory.assemble import compact_positions
-from videokv.models.rope import rotate
+from videokv.memory.assemble import assemble, compact_positions
+from videokv.memory.block import KVBlock
+from videokv.models.rope import rerotate, rotate
 from videokv.policies.retrieve import TopK
 from videokv.qa import question_text
 
@@ -50,6 +51,45 @@ def test_compact_context_keys_are_recomputed_exactly():
     expected = rotate(k, torch.arange(eng.n_sinks, eng.n_sinks + n)[None], ad.rotary_emb)
     got = context.layers[0].keys[0, :, eng.n_sinks :]
     assert (got - expected).abs().max().item() < 1e-5
+
+
+def test_compact_assembly_rotates_each_layer_as_block_by_block(family):
+    """Assembly rotates all of a layer's blocks at once (and shares the angles between layers that move
+    them alike): the keys equal a block-by-block re-rotation, for 1-D RoPE and M-RoPE, with layers that
+    select different blocks (different offsets) and layers that select the same ones."""
+    model, tok = get_tiny(family)
+    rotary = VideoQA.from_model(model, tok).adapter.rotary_emb
+    text_cfg = model.config.get_text_config()
+    heads, dim = text_cfg.num_key_value_heads, text_cfg.hidden_size // text_cfg.num_attention_heads
+    mrope = getattr(rotary, "mrope_section", None) is not None
+    g = torch.Generator().manual_seed(0)
+    layers, start = 3, 5
+    blocks = []
+    for i in range(4):
+        n = 3 + i
+        if mrope and i % 2 == 0:  # a 1 x 1 x n frame at time 20 + 10 i
+            pos = torch.stack(
+                [torch.full((n,), 20 + 10 * i), torch.zeros(n, dtype=torch.long), torch.arange(n)]
+            )
+        else:
+            pos = torch.arange(20 + 10 * i, 20 + 10 * i + n).expand(3 if mrope else 1, -1)
+        keys = [torch.randn(heads, n, dim, generator=g) for _ in range(layers)]
+        values = [torch.randn(heads, n, dim, generator=g) for _ in range(layers)]
+        blocks.append(KVBlock(i, i, "frame", float(i), i + 1.0, keys, values, [pos] * layers, torch.zeros(1)))
+    selection = [[blocks[0], blocks[2]], [blocks[0], blocks[2]], [blocks[1], blocks[2], blocks[3]]]
+    sinks = [torch.randn(1, heads, start, dim, generator=g) for _ in range(layers)]
+    context, question_at = assemble(sinks, sinks, start, selection, "compact", rotary, 99)
+    for layer, chosen in enumerate(selection):
+        new, end = compact_positions([b.positions[layer] for b in chosen], start)
+        shift = question_at - end
+        expected = torch.cat(
+            [rerotate(b.keys[layer], b.positions[layer], p + shift, rotary) for b, p in zip(chosen, new)],
+            dim=-2,
+        )
+        got = context.layers[layer].keys[0, :, start:]
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max().item() < 1e-5
+        assert torch.equal(context.layers[layer].keys[0, :, :start], sinks[layer][0])
 
 
 def test_x2l_evidence_gives_low_compression_to_top_chunks():

@@ -6,7 +6,8 @@ Positions follow the PositionPolicy:
   the trained length: with 1-D RoPE every kept token takes the next position; with M-RoPE a block keeps its
   internal (t, h, w) offsets and is shifted to start right after the previous block. Layers may hold
   different amounts, so each layer's blocks are right-aligned to end just before the question. Keys are
-  re-rotated exactly (models/rope.py).
+  re-rotated exactly (models/rope.py), all of a layer's blocks in one rotation; layers whose blocks move
+  by the same offsets (the usual case: one selection for every layer) share the rotation angles.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from videokv.memory.block import KVBlock
 from videokv.memory.cache import ContextCache
-from videokv.models.rope import rerotate
+from videokv.models.rope import angles, apply_rotation
 
 POSITION_POLICIES = ("keep", "compact")
 
@@ -63,13 +64,18 @@ def assemble(
         for layer, blocks in enumerate(selection)
     ]
     question_at = max(end for _, end in placed)
+    last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (offsets, cos, sin) of a layer
     for layer, blocks in enumerate(selection):
         new_positions, end = placed[layer]
-        shift = question_at - end  # right-align this layer's blocks
         layer_keys = [sink_keys[layer]]
-        for block, new in zip(blocks, new_positions):
-            k = rerotate(block.keys[layer], block.positions[layer], new + shift, rotary)
-            layer_keys.append(k[None])
+        if blocks:
+            shift = question_at - end  # right-align this layer's blocks
+            k = torch.cat([b.keys[layer] for b in blocks], dim=-2)
+            old = torch.cat([b.positions[layer].to(k.device) for b in blocks], dim=1)
+            offsets = torch.cat([p.to(k.device) for p in new_positions], dim=1) + shift - old
+            if last is None or last[0].shape != offsets.shape or not torch.equal(last[0], offsets):
+                last = (offsets, *angles(rotary, offsets, k))
+            layer_keys.append(apply_rotation(k, last[1], last[2])[None])
         keys.append(torch.cat(layer_keys, dim=-2))
         values.append(torch.cat([sink_values[layer], *(b.values[layer][None] for b in blocks)], dim=-2))
     return ContextCache.from_tensors(keys, values), question_at

@@ -36,9 +36,21 @@ def _cos_sin(
 
 def rotate(keys: torch.Tensor, positions: torch.Tensor, rotary: torch.nn.Module) -> torch.Tensor:
     """Rotate un-rotated keys [..., n, head_dim] to `positions` [P, n]."""
-    cos, sin = _cos_sin(rotary, positions, keys)
+    return apply_rotation(keys, *_cos_sin(rotary, positions, keys))
+
+
+def apply_rotation(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate keys [..., n, head_dim] by angles whose cos/sin [n, head_dim] are given (see `angles`)."""
     k = keys.float()
     return (k * cos + _rotate_half(k) * sin).to(keys.dtype)
+
+
+def angles(
+    rotary: torch.nn.Module, positions: torch.Tensor, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [n, head_dim] of the rotation to `positions` [P, n], on `like`'s device: computed once, they
+    can rotate several tensors (`apply_rotation`)."""
+    return _cos_sin(rotary, positions, like)
 
 
 def unrotate(keys: torch.Tensor, positions: torch.Tensor, rotary: torch.nn.Module) -> torch.Tensor:
