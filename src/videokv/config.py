@@ -37,6 +37,9 @@ class MemoryConfig:
     sinks: how many header tokens stay as attention sinks; None keeps the whole header.
     device_bytes / host_bytes: byte budgets of the accelerator and host tiers of the block store (None: no
         limit); older blocks spill to the next tier, finally to disk (spill_dir, default a temp folder).
+    text_k: add to every question's selection the `text_k` text blocks (subtitles, transcripts) whose words
+        best match the question (policies/retrieve/text_match.py); 0 (the presets) turns it off. Memory
+        presets only.
     index: the retrieval index backend: "torch" (one matrix product per layer) or "faiss" (a FAISS
         inner-product index per layer that top-k retrieval searches; needs faiss-cpu).
     """
@@ -53,10 +56,17 @@ class MemoryConfig:
     host_bytes: int | None = None
     spill_dir: str | None = None
     index: str = "torch"
+    text_k: int = 0
 
     def __post_init__(self) -> None:
         if self.index not in ("torch", "faiss"):
             raise ConfigError(f"index must be 'torch' or 'faiss'; got {self.index!r}")
+        if isinstance(self.text_k, bool) or not isinstance(self.text_k, int) or self.text_k < 0:
+            raise ConfigError(f"text_k must be an int >= 0; got {self.text_k!r}")
+        if self.text_k and self.retrieve is None:
+            raise ConfigError(
+                "text_k needs a memory preset (a retriever); full and window answer from context"
+            )
         if self.positions not in ("keep", "compact"):
             raise ConfigError(f"positions must be 'keep' or 'compact'; got {self.positions!r}")
         if self.sinks is not None and self.sinks < 0:

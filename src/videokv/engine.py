@@ -46,6 +46,7 @@ from videokv.memory.store import Store
 from videokv.models.base import Adapter, Piece
 from videokv.models.rope import unrotate
 from videokv.policies.base import BlockDraft, Unit
+from videokv.policies.retrieve.text_match import TextMatch
 from videokv.qa import DEFAULT_SYSTEM, Answer, Decoder, Evidence, question_text, split_template
 from videokv.video.subtitles import TextEvent
 
@@ -466,7 +467,7 @@ class Engine:
         t_start = time.perf_counter()
         with torch.no_grad():
             if self.memory_mode and len(self.index):
-                context, cursor, evidence = self._retrieve(prompt)
+                context, cursor, evidence = self._retrieve(prompt, question)
             else:
                 context, cursor, evidence = self.cache.fork(), self.cursor, self.evidence()
             retrieval_s = time.perf_counter() - t_start
@@ -487,11 +488,16 @@ class Engine:
         stats["context_tokens"] = round(sum(context_tokens) / len(context_tokens), 1)
         return Answer(question, text, evidence, best, scores, stats)
 
-    def _retrieve(self, prompt: str) -> tuple[ContextCache, int, list[Evidence]]:
-        """Retrieval forward, block selection, and assembly of [sinks | selected blocks]."""
+    def _retrieve(self, prompt: str, question: str = "") -> tuple[ContextCache, int, list[Evidence]]:
+        """Retrieval forward, block selection (plus the text blocks matching the question's words, when
+        `text_k`), and assembly of [sinks | selected blocks]."""
         probe = self.cache.fork()
         query = capture_query(self.adapter, lambda: self.decoder.prefill(probe, self.cursor, prompt))
-        selection = self.config.retrieve.select(self.index.catalog(), query)
+        catalog = self.index.catalog()
+        selection = self.config.retrieve.select(catalog, query)
+        if self.config.text_k:
+            matched = TextMatch(self.config.text_k).select(question or prompt, catalog.texts or [])
+            selection = [catalog.in_stream_order([*layer, *matched]) for layer in selection]
         rows = sorted({r for layer in selection for r in layer})
         loaded = {r: self.store.get(r) for r in rows}
         per_layer = [sorted((loaded[r] for r in layer), key=lambda b: b.index) for layer in selection]

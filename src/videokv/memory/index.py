@@ -32,6 +32,7 @@ class Index:
         self.t0: list[float] = []
         self.t1: list[float] = []
         self.pinned: list[bool] = []
+        self.texts: list[str | None] = []  # a text block's text, None for the others
         self._catalog: Catalog | None = None
 
     def add(self, block: KVBlock) -> None:
@@ -46,13 +47,23 @@ class Index:
         self.t0.append(block.t0)
         self.t1.append(block.t1)
         self.pinned.append(block.pinned)
+        self.texts.append(block.text if block.kind == "text" else None)
         self._catalog = None
 
     def __len__(self) -> int:
         return len(self.rkeys)
 
     def truncate(self, n: int) -> None:
-        for field in (self.rkeys, self.kinds, self.units, self.levels, self.t0, self.t1, self.pinned):
+        for field in (
+            self.rkeys,
+            self.kinds,
+            self.units,
+            self.levels,
+            self.t0,
+            self.t1,
+            self.pinned,
+            self.texts,
+        ):
             del field[n:]
         if self.faiss is not None:
             self.faiss.truncate(n)
@@ -69,5 +80,6 @@ class Index:
                 t1=torch.tensor(self.t1, dtype=torch.float64),
                 pinned=torch.tensor(self.pinned, dtype=torch.bool),
                 search=self.faiss.search if self.faiss is not None else None,
+                texts=list(self.texts),
             )
         return self._catalog

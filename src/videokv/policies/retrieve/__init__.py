@@ -6,6 +6,7 @@
 - `LayerAdaptive`: StreamKV's top-k with layer-adaptive counts.
 - `Hierarchical`: MuKV's multi-granularity retrieval with context re-ranking.
 - `BilevelReload`: Video-X²L's selective re-loading of lightly compressed units.
+- `TextMatch`: the text blocks matching the question's words, added on top of any of them (`text_k`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from videokv.policies.retrieve.bilevel_reload import BilevelReload
 from videokv.policies.retrieve.hierarchical import Hierarchical
 from videokv.policies.retrieve.layer_adaptive import LayerAdaptive
 from videokv.policies.retrieve.recent import Recent
+from videokv.policies.retrieve.text_match import TextMatch
 from videokv.policies.retrieve.topk import TopK
 
 __all__ = [
@@ -27,5 +29,6 @@ __all__ = [
     "Query",
     "Recent",
     "Retriever",
+    "TextMatch",
     "TopK",
 ]

@@ -39,6 +39,8 @@ class Catalog:
     pinned: torch.Tensor
     # optional fast top-k: search(q [L, D], k) -> per layer the k best rows by q[l] . rkeys[:, l] (FAISS)
     search: Callable[[torch.Tensor, int], list[list[int]]] | None = None
+    # a text block's words (None for other kinds): what `TextMatch` scores; None when not provided
+    texts: list[str | None] | None = None
 
     def __post_init__(self) -> None:
         if self.rkeys.dim() != 3:
@@ -51,6 +53,7 @@ class Catalog:
             ("t0", self.t0.numel()),
             ("t1", self.t1.numel()),
             ("pinned", self.pinned.numel()),
+            *([("texts", len(self.texts))] if self.texts is not None else []),
         ):
             if size != n:
                 raise ConfigError(f"Catalog: {what} has {size} entries but rkeys has {n} rows")
