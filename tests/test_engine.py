@@ -214,3 +214,30 @@ def test_units_prefilled_in_batches_match_one_unit_per_forward(qwen, window):
             float((one.store.get(r).keys[-1] - many.store.get(r).keys[-1]).abs().max()) > 1e-4
             for r in range(len(one.store))
         )
+
+
+def test_streamkv_summary_is_a_whole_block_retrieved_like_the_others(family):
+    """StreamKV's summary pseudo-frame: one per unit with frames, kept whole (as many tokens as a frame on
+    every layer), never pinned; with one block retrieved per layer, a question attends a summary only if
+    the retriever picks it (the context does not grow by one summary per unit)."""
+    import dataclasses
+
+    from videokv import get_preset
+    from videokv.policies.retrieve import TopK
+
+    model, tok = get_tiny(family)
+    config = dataclasses.replace(get_preset("streamkv"), retrieve=TopK(k=1, per_layer=False))
+    s = VideoQA.from_model(model, tok, memory=config).session()
+    s.add_items(stream_items(8))
+    eng = s.engine
+    eng.flush()
+    blocks = eng.store.blocks
+    summaries = [b for b in blocks if b.kind == "summary"]
+    frame_units = {b.unit for b in blocks if b.kind not in ("text", "summary")}
+    assert len(summaries) == len(frame_units) >= 1
+    assert {b.unit for b in summaries} == frame_units
+    tokens_per_frame = round(eng.tokens_per_frame)
+    assert all(b.tokens(layer) == tokens_per_frame for b in summaries for layer in range(b.num_layers))
+    assert not eng.index.catalog().pinned.any()
+    answer = s.ask("what colour is the umbrella?", max_new_tokens=1)
+    assert len(answer.evidence) == 1  # the one block TopK(k=1) picked, no summary besides it

@@ -33,7 +33,8 @@ class MemoryConfig:
         (the `full` and `window` presets), without a block store.
     positions: "keep" (keys keep the positions they were computed at) or "compact" (re-rotate the assembled
         context to contiguous positions).
-    summary: add StreamKV's segment-summary pseudo-frame to every unit with frames.
+    summary: add StreamKV's segment-summary pseudo-frame to every unit with frames (a block kept whole and
+        retrieved like the others).
     sinks: how many header tokens stay as attention sinks; None keeps the whole header.
     device_bytes / host_bytes: byte budgets of the accelerator and host tiers of the block store (None: no
         limit); older blocks spill to the next tier, finally to disk (spill_dir, default a temp folder).

@@ -358,7 +358,9 @@ class Engine:
         return piece
 
     def _drafts(self, unit: Unit) -> list[BlockDraft]:
-        """Text pieces and the summary are kept whole; the frames go through the compressor."""
+        """Text pieces and the summary are kept whole; the frames go through the compressor. The summary is a
+        block of its own that retrieval scores like the others (StreamKV: compression never removes it, but
+        it is retrieved, not always attended)."""
         drafts: list[BlockDraft] = []
         frame_idx = [torch.arange(*s) for s, p in zip(unit.spans, unit.pieces) if p.kind == "frame"]
         n_layers = len(unit.keys)
@@ -371,7 +373,6 @@ class Engine:
                         p.t1,
                         index=[torch.arange(a, b)] * n_layers,
                         text=p.text,
-                        pinned=p.kind == "summary",
                     )
                 )
         if frame_idx:
