@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from videokv.errors import ConfigError
 from videokv.policies.retrieve import (
@@ -14,6 +16,7 @@ from videokv.policies.retrieve import (
     LayerAdaptive,
     Query,
     Recent,
+    Retriever,
     TopK,
 )
 
@@ -271,3 +274,24 @@ def test_bilevel_reload_single_level_units_read_as_is():
     cat = make_catalog(torch.randn(3, L, D), units=[0, 1, 1], levels=["full", "L", "H"])
     out = BilevelReload(k_low=0).select(cat, Query(torch.randn(L, D), torch.randn(L, D)))
     assert out == [[0, 2]] * L
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.integers(-3, 3), min_size=1, max_size=40),  # few distinct values: many ties
+    excluded=st.sets(st.integers(0, 39), max_size=10),
+    k=st.integers(0, 45),
+)
+def test_top_masked_equals_top_rows_ties_included(values, excluded, k):
+    """The vectorised top-k (TopK's path) returns exactly the rows of the reference `top_rows`, in the same
+    order, whatever the ties and the excluded rows."""
+    scores = torch.tensor(values, dtype=torch.float)
+    excluded = sorted(r for r in excluded if r < len(values))
+    candidates = [r for r in range(len(values)) if r not in excluded]
+    assert Retriever.top_masked(scores, excluded, k) == Retriever.top_rows(scores, candidates, k)
+
+
+def test_in_stream_order_sorts_by_time_then_row():
+    catalog = make_catalog(torch.zeros(5, L, D), t0=[3.0, 1.0, 1.0, 0.0, 2.0])
+    assert catalog.in_stream_order([0, 2, 1, 4, 2, 3]) == [3, 1, 2, 4, 0]
+    assert catalog.in_stream_order([]) == []

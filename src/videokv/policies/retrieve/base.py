@@ -72,8 +72,10 @@ class Catalog:
 
     def in_stream_order(self, rows: Iterable[int]) -> list[int]:
         """`rows` without duplicates, sorted by start time, then row."""
-        t0 = self.t0.tolist()
-        return sorted(set(int(r) for r in rows), key=lambda r: (t0[r], r))
+        unique = sorted(set(int(r) for r in rows))
+        t0 = self.t0[unique].tolist() if unique else []
+        order = sorted(range(len(unique)), key=lambda i: (t0[i], unique[i]))
+        return [unique[i] for i in order]
 
     def pinned_rows(self) -> list[int]:
         return [int(r) for r in torch.nonzero(self.pinned.bool()).flatten().tolist()]
@@ -142,6 +144,25 @@ class Retriever(ABC):
     @abstractmethod
     def select(self, catalog: Catalog, query: Query) -> list[list[int]]:
         """For each layer, the catalog rows (block ids) the question sees, sorted in stream order."""
+
+    @staticmethod
+    def top_masked(scores: torch.Tensor, excluded: list[int], k: int) -> list[int]:
+        """`top_rows` over every row but `excluded`, without a Python pass over the rows: the same rows,
+        ties included (a tie at the k-th score goes to the lower rows)."""
+        n = scores.shape[0]
+        free = torch.ones(n, dtype=torch.bool, device=scores.device)
+        if excluded:
+            free[torch.tensor(excluded, dtype=torch.long, device=scores.device)] = False
+        k = min(k, int(free.sum()))
+        if k <= 0:
+            return []
+        s = scores.float().masked_fill(~free, float("-inf"))
+        kth = torch.topk(s, k).values[-1]
+        above = torch.nonzero((s > kth) & free).flatten()
+        ties = torch.nonzero((s == kth) & free).flatten()[: k - above.numel()]  # nonzero: ascending rows
+        rows = torch.cat([above, ties])
+        pairs = sorted(zip((-s[rows]).tolist(), rows.tolist()))  # best first, then the lower row
+        return [r for _, r in pairs]
 
     @staticmethod
     def top_rows(scores: torch.Tensor, candidates: list[int], k: int) -> list[int]:

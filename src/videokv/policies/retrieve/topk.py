@@ -52,12 +52,12 @@ class TopK(Retriever):
                 catalog.in_stream_order(always + [r for r in rows if r not in taken][: self.k])
                 for rows in found
             ]
-        candidates = [r for r in range(catalog.n) if r not in taken]
+        excluded = sorted(taken)
         scores = catalog.scores(query)
         if not self.per_layer:
-            rows = catalog.in_stream_order(always + self.top_rows(scores.mean(0), candidates, self.k))
+            rows = catalog.in_stream_order(always + self.top_masked(scores.mean(0), excluded, self.k))
             return [list(rows) for _ in range(catalog.n_layers)]
         return [
-            catalog.in_stream_order(always + self.top_rows(scores[layer], candidates, self.k))
+            catalog.in_stream_order(always + self.top_masked(scores[layer], excluded, self.k))
             for layer in range(catalog.n_layers)
         ]
