@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -99,6 +100,18 @@ def test_report_writes_a_table_and_plots(run, tmp_path):
     assert "| `full` |" in md and "| `rekv` |" in md and "needles-0.5min" in md
     pngs = [f for f in files if f.suffix == ".png"]
     assert len(pngs) == 2 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert "--memory-set" not in md  # no overrides in this run
+
+
+def test_report_names_the_memory_overrides(run, tmp_path):
+    out, _ = run
+    folder = tmp_path / "copy"
+    shutil.copytree(out, folder)
+    meta = json.loads((folder / "run.json").read_text())
+    meta["settings"]["memory_set"] = ["text_k=4"]
+    (folder / "run.json").write_text(json.dumps(meta))
+    write_report(folder, tmp_path / "docs", "x")
+    assert "(`--memory-set`) `text_k=4`" in (tmp_path / "docs" / "x.md").read_text()
 
 
 def test_cli_report_and_errors(run, tmp_path, capsys):

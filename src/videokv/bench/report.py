@@ -99,6 +99,9 @@ def markdown(run: dict, rows: list[dict], command: str | None = None) -> str:
         f"({run['machine']['platform']}); started {run['started']}.",
         "",
     ]
+    if s.get("memory_set"):
+        overrides = " ".join(f"`{pair}`" for pair in s["memory_set"])
+        lines += [f"Every preset with the memory overrides (`--memory-set`) {overrides}.", ""]
     if command:
         lines += ["```bash", command, "```", ""]
     lines += [
