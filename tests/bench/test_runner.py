@@ -43,6 +43,8 @@ def test_one_record_per_question_with_every_measure(run):
             assert r["ttft_s"] > 0 and r["answer_s"] >= r["retrieval_s"] >= 0
             assert 0.0 <= r["evidence_recall"] <= 1.0
             assert r["stream_seconds"] <= r["time"] + 2.0 and r["ingest_fps"] > 0
+            # the ingest context is counted apart from the store (memory presets); `full` has no store
+            assert (r["ingest_context_bytes"] > 0) == (preset not in ("full", "window"))
         assert recs[1]["stream_tokens"] >= recs[0]["stream_tokens"]  # the stream went on between questions
     # `full` attends to the whole stream: every evidence span is covered
     assert all(r["evidence_recall"] == 1.0 for r in results["full"])

@@ -135,6 +135,8 @@ def run_job(job: dict, emit: Callable[[dict], None], qa: VideoQA | None = None) 
                 "memory_tokens": s["memory_tokens"],
                 "resident_bytes": s["memory_bytes"],
                 "offloaded_bytes": s.get("offloaded_bytes", 0),
+                # memory presets also hold the ingest context (sinks + the recent window) besides the store
+                "ingest_context_bytes": s.get("ingest_context_bytes", 0),
                 "context_tokens": s["context_tokens"],
                 "peak_rss_bytes": peak_rss_bytes(),
                 "ingest_fps": round(s["frames"] / s["ingest_s"], 3) if s["ingest_s"] else None,
