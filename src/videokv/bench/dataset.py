@@ -33,7 +33,6 @@ import json
 import math
 import os
 import re
-import string
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from videokv.errors import InputError
+from videokv.qa import normalize
 
 __all__ = [
     "DURATION_TOLERANCE",
@@ -119,17 +119,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-_PUNCT = set(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def normalize_answer(text: str) -> str:
-    """Normalise an answer for comparison (SQuAD-style): lowercase, drop punctuation and the articles
-    a/an/the, and collapse whitespace. ``"The Red car."`` -> ``"red car"``."""
-    text = str(text).lower()
-    text = "".join(ch for ch in text if ch not in _PUNCT)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
+    """Normalise an answer for comparison: the one rule the scorer uses too (`videokv.qa.normalize`,
+    SQuAD-style: lower case, punctuation to spaces, no articles a/an/the, single spaces).
+    ``"The Red car."`` -> ``"red car"``; ``"train-station"`` -> ``"train station"``."""
+    return normalize(str(text))
 
 
 # A choice letter as an answer: "(B)", "(B) text", "B", "B.", "B)", "B:", "B. text", "B) text".
