@@ -295,3 +295,16 @@ def test_in_stream_order_sorts_by_time_then_row():
     catalog = make_catalog(torch.zeros(5, L, D), t0=[3.0, 1.0, 1.0, 0.0, 2.0])
     assert catalog.in_stream_order([0, 2, 1, 4, 2, 3]) == [3, 1, 2, 4, 0]
     assert catalog.in_stream_order([]) == []
+
+
+def test_scores_same_for_layer_major_storage():
+    """`Catalog.scores` takes a batched product when rkeys is a view of [L, N, D] storage (as the Index
+    stores it): the same scores as over [N, L, D]."""
+    g = torch.Generator().manual_seed(3)
+    keys = torch.randn(30, L, D, generator=g)
+    q = Query(q=torch.randn(L, D, generator=g), last_key=torch.zeros(L, D))
+    plain = make_catalog(keys)
+    stored = make_catalog(keys.permute(1, 0, 2).contiguous().permute(1, 0, 2))
+    assert stored.rkeys.permute(1, 0, 2).is_contiguous() and not plain.rkeys.permute(1, 0, 2).is_contiguous()
+    assert torch.allclose(stored.scores(q), plain.scores(q), atol=1e-5)
+    assert torch.allclose(plain.scores(q), torch.einsum("nld,ld->ln", keys, q.q), atol=1e-5)

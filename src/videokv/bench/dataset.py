@@ -119,8 +119,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-
-
 def normalize_answer(text: str) -> str:
     """Normalise an answer for comparison: the one rule the scorer uses too (`videokv.qa.normalize`,
     SQuAD-style: lower case, punctuation to spaces, no articles a/an/the, single spaces).

@@ -1,6 +1,7 @@
 """The retrieval index: every stored block's retrieval keys and metadata, as tensors a retriever scores.
 
-Scoring all blocks is one matrix product per layer over `rkeys` [N, L, D] (see `Catalog.scores`).
+Scoring all blocks is one matrix product per layer over `rkeys` [N, L, D] (see `Catalog.scores`), stored
+layer-major so that each layer's keys are contiguous.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Index:
     def catalog(self) -> Catalog:
         if self._catalog is None:
             self._catalog = Catalog(
-                rkeys=torch.stack(self.rkeys),
+                rkeys=torch.stack(self.rkeys, dim=1).permute(1, 0, 2),  # [N, L, D] view, layer-major storage
                 kinds=list(self.kinds),
                 units=torch.tensor(self.units, dtype=torch.long),
                 levels=list(self.levels),

@@ -23,11 +23,11 @@ LEVEL_PREFERENCE = ("full", "L", "H")  # when a unit is stored at several levels
 class Catalog:
     """What a retriever sees of the memory, one row per stored block (a row index is the block id).
 
-    rkeys: [N, L, D] float32, per layer the mean of the block's un-rotated keys flattened over kv heads
-    (D = kv_heads * head_dim). kinds: "frame", "segment", "patch", "text" or "summary". units: [N] long, the
-    ingest unit a block came from (the levels and granularities of one unit share it; larger is newer).
-    levels: "full", "L", "H", ... t0/t1: [N] float stream times. pinned: [N] bool, always included (e.g.
-    segment summaries).
+    rkeys: [N, L, D] float32 (may be a view of [L, N, D] storage), per layer the mean of the block's
+    un-rotated keys flattened over kv heads (D = kv_heads * head_dim). kinds: "frame", "segment", "patch",
+    "text" or "summary". units: [N] long, the ingest unit a block came from (the levels and granularities
+    of one unit share it; larger is newer). levels: "full", "L", "H", ... t0/t1: [N] float stream times.
+    pinned: [N] bool, always included.
     """
 
     rkeys: torch.Tensor
@@ -67,7 +67,12 @@ class Catalog:
         return int(self.rkeys.shape[1])
 
     def scores(self, query: Query) -> torch.Tensor:
-        """ReKV's relevance, [L, N] fp32: per layer, the question's query · each block's rkey."""
+        """ReKV's relevance, [L, N] fp32: per layer, the question's query · each block's rkey. When `rkeys`
+        is a view of layer-major storage (as `memory.index.Index` builds it), one batched product reads
+        each layer's keys contiguously (about 2x faster than over [N, L, D]: docs/SPEED.md)."""
+        layer_major = self.rkeys.permute(1, 0, 2)
+        if layer_major.is_contiguous():
+            return torch.bmm(layer_major.float(), query.q.float().unsqueeze(-1)).squeeze(-1)
         return torch.einsum("nld,ld->ln", self.rkeys.float(), query.q.float())
 
     def in_stream_order(self, rows: Iterable[int]) -> list[int]:
