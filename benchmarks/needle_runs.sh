@@ -11,7 +11,7 @@ run() { videokv bench run bench-out/needles/needles.json --model offline --fps 0
 # the papers' presets
 run --out bench-out/needles-run --memory full,window,uniform,rekv,streamkv,mukv,x2l --videos needles-1min,needles-5min
 run --out bench-out/needles-run --memory rekv,window,uniform,x2l --videos needles-60min
-run --out bench-out/needles-run --memory full,rekv,streamkv,x2l --videos needles-30min
+run --out bench-out/needles-run --memory full,window,uniform,rekv,streamkv,mukv,x2l --videos needles-30min
 # with the subtitle lines matching the question's words
 run --out bench-out/needles-text --memory-set text_k=4 --memory rekv,streamkv,mukv,x2l --videos needles-1min,needles-5min
 run --out bench-out/needles-text --memory-set text_k=4 --memory rekv,mukv --videos needles-30min,needles-60min
