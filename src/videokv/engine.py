@@ -297,13 +297,16 @@ class Engine:
             attention["guidance"] = torch.stack(stats["guidance"])
         if stats["self"]:
             attention["self"] = stats["self"][0]
-        unit_id = len(self.unit_tokens)
-        drafts = self._drafts(Unit(stored, keys, values, positions, spans, attention))
-        for draft in drafts:
-            self._store_block(draft, keys, values, positions, unit_id)
-        self.unit_tokens.append(n_stored)
-        self.non_sink_tokens += n_stored
+        self._store_unit(Unit(stored, keys, values, positions, spans, attention))
         self._trim_context()
+
+    def _store_unit(self, unit: Unit) -> None:
+        """Store a prefilled unit's blocks (as its drafts say) and count its tokens."""
+        unit_id = len(self.unit_tokens)
+        for draft in self._drafts(unit):
+            self._store_block(draft, unit.keys, unit.values, unit.positions, unit_id)
+        self.unit_tokens.append(unit.n_tokens)
+        self.non_sink_tokens += unit.n_tokens
 
     @property
     def _batch_units(self) -> int:
@@ -330,12 +333,7 @@ class Engine:
             keys = [k[0, :, offset : offset + n] for k in new_k]
             values = [v[0, :, offset : offset + n] for v in new_v]
             unit_positions = torch.cat([p.positions for p in unit], dim=1)
-            unit_id = len(self.unit_tokens)
-            drafts = self._drafts(Unit(unit, keys, values, unit_positions, _spans(unit), {}))
-            for draft in drafts:
-                self._store_block(draft, keys, values, unit_positions, unit_id)
-            self.unit_tokens.append(n)
-            self.non_sink_tokens += n
+            self._store_unit(Unit(unit, keys, values, unit_positions, _spans(unit), {}))
             offset += n
         self._trim_context()
 

@@ -73,7 +73,7 @@ def assemble(
             k = torch.cat([b.keys[layer] for b in blocks], dim=-2)
             old = torch.cat([b.positions[layer].to(k.device) for b in blocks], dim=1)
             offsets = torch.cat([p.to(k.device) for p in new_positions], dim=1) + shift - old
-            if last is None or last[0].shape != offsets.shape or not torch.equal(last[0], offsets):
+            if last is None or not torch.equal(last[0], offsets):
                 last = (offsets, *angles(rotary, offsets, k))
             layer_keys.append(apply_rotation(k, last[1], last[2])[None])
         keys.append(torch.cat(layer_keys, dim=-2))

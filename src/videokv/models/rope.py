@@ -17,10 +17,11 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def _cos_sin(
+def angles(
     rotary: torch.nn.Module, positions: torch.Tensor, like: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [n, head_dim] for positions [P, n] (P = 3 for M-RoPE, 1 for 1-D)."""
+    """cos/sin [n, head_dim] of the rotation to positions [P, n] (P = 3 for M-RoPE, 1 for 1-D), on
+    `like`'s device: computed once, they can rotate several tensors (`apply_rotation`)."""
     pos = positions.to(like.device)
     pos = pos.unsqueeze(1) if pos.shape[0] == 3 and getattr(rotary, "mrope_section", None) else pos[:1]
     rope_type = getattr(rotary, "rope_type", "default")
@@ -36,7 +37,7 @@ def _cos_sin(
 
 def rotate(keys: torch.Tensor, positions: torch.Tensor, rotary: torch.nn.Module) -> torch.Tensor:
     """Rotate un-rotated keys [..., n, head_dim] to `positions` [P, n]."""
-    return apply_rotation(keys, *_cos_sin(rotary, positions, keys))
+    return apply_rotation(keys, *angles(rotary, positions, keys))
 
 
 def apply_rotation(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -45,19 +46,10 @@ def apply_rotation(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
     return (k * cos + _rotate_half(k) * sin).to(keys.dtype)
 
 
-def angles(
-    rotary: torch.nn.Module, positions: torch.Tensor, like: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [n, head_dim] of the rotation to `positions` [P, n], on `like`'s device: computed once, they
-    can rotate several tensors (`apply_rotation`)."""
-    return _cos_sin(rotary, positions, like)
-
-
 def unrotate(keys: torch.Tensor, positions: torch.Tensor, rotary: torch.nn.Module) -> torch.Tensor:
     """Undo the rotation of keys [..., n, head_dim] that were rotated at `positions` [P, n]."""
-    cos, sin = _cos_sin(rotary, positions, keys)
-    k = keys.float()
-    return (k * cos - _rotate_half(k) * sin).to(keys.dtype)
+    cos, sin = angles(rotary, positions, keys)
+    return apply_rotation(keys, cos, -sin)
 
 
 def rerotate(
