@@ -8,64 +8,103 @@ import torch
 
 from tests.conftest import get_tiny, random_frames, sdpa
 from videokv import MemoryConfig, TextEvent, VideoQA
-from videokv.engine import Frame, format_event
+from videokv.engine import Frame
 from videokv.errors import InputError
 from videokv.policies.ingest import Window
-from videokv.qa import matches, split_template
+from videokv.qa import matches
 
-PROBE = "\nQuestion: what colour is the umbrella?"
+QUESTION = "what colour is the umbrella?"
 
 
-def stream_items(n_frames: int = 6) -> list:
+def stream_items(n_frames: int = 6, text_at: tuple[int, ...] = (1, 4)) -> list:
     frames = random_frames(n_frames)
     items: list = []
     for i, f in enumerate(frames):
-        if i in (1, 4):
+        if i in text_at:
             items.append(TextEvent(float(i), float(i) + 0.5, f"a red umbrella number {i}"))
         items.append(Frame(float(i), f))
     return items
 
 
-def reference_probe_logits(qa: VideoQA, items: list) -> torch.Tensor:
-    """One ordinary HF forward (SDPA, no cache) over header + stream + probe; logits of the probe tokens."""
-    ad = qa.adapter
-    header, _ = split_template(ad.tokenizer)
-    pieces = [ad.text_piece(header, 0, "prompt")]
-    cursor = ad.next_cursor(pieces[0])
-    frames = []
-    for item in items:
-        if isinstance(item, Frame):
-            p = ad.frame_pieces(item.image[None], np.array([item.t]), cursor)[0]
-            frames.append(item.image)
-        else:
-            p = ad.text_piece(format_event(item), cursor, "text")
-        pieces.append(p)
-        cursor = ad.next_cursor(p)
-    probe = ad.text_piece(PROBE, cursor)
-    pieces.append(probe)
-    with sdpa(ad.model):
-        logits = ad.model(**ad.reference_inputs(pieces, frames)).logits[0]
-    return logits[-probe.n_tokens :].float()
-
-
-def streamed_probe_logits(session) -> torch.Tensor:
+def streamed_logits(session, question: str = QUESTION) -> torch.Tensor:
+    """First-answer-token logits of `question` against the session's context (what `ask` prefills)."""
     eng = session.engine
-    probe = eng.adapter.text_piece(PROBE, eng.cursor)
+    pieces = eng.question_pieces(question)
     with torch.no_grad():
-        return eng.adapter.forward(probe.embeds, probe.positions, eng.cache.fork(), logits="all")
+        out = eng.adapter.forward(
+            torch.cat([p.embeds for p in pieces]),
+            torch.cat([p.positions for p in pieces], dim=1),
+            eng.cache.fork(),
+            logits="last",
+        )
+    return out[-1]
 
 
-@pytest.mark.parametrize("chunk_frames", [1, 2, 4])
-def test_full_streaming_is_exact(tiny, chunk_frames):
-    """Invariant 1: `full` fed in chunks of 1, 2, k frames with text interleaved = one full forward."""
-    qa = VideoQA.from_model(*tiny, memory="full")
-    items = stream_items()
-    ref = reference_probe_logits(qa, items)
+def videos_of(pieces: list, frames: dict[float, np.ndarray], fpp: int) -> list[np.ndarray]:
+    """The frames of each video of the layout, in order (a run of frame pieces is a video), with an odd last
+    frame repeated as the processor pads it."""
+    videos, current = [], []
+    for p in pieces:
+        if p.kind == "frame":
+            times = sorted(t for t in frames if p.t0 - 1e-9 <= t < p.t1 - 1e-9)[: p.n_frames]
+            current += [frames[t] for t in times]
+        elif current:
+            videos.append(current)
+            current = []
+    if current:
+        videos.append(current)
+    return [np.stack(v + [v[-1]] * (-len(v) % fpp)) for v in videos]
+
+
+def reference_logits(session, items: list, question: str = QUESTION) -> tuple[torch.Tensor, list[int]]:
+    """One ordinary HF forward (SDPA, no cache; HF computes the positions itself) over header + stream +
+    question in videokv's layout, with each video's pixels: last logits and the input ids."""
+    eng = session.engine
+    ad = eng.adapter
+    pieces = eng.trace + eng.question_pieces(question)
+    ids = eng.header_ids + [i for p in pieces for i in p.token_ids]
+    frames = {f.t: f.image for f in items if isinstance(f, Frame)}
+    videos = videos_of(pieces, frames, ad.frames_per_piece)
+    kw = ad.reference_inputs(ids)
+    if ad.family == "qwen2_vl":
+        pix = [ad.preprocessor(v) for v in videos]
+        if pix:
+            kw["pixel_values_videos"] = torch.cat([x for x, _ in pix])
+            kw["video_grid_thw"] = torch.tensor([g for _, g in pix])
+            if ad.is_qwen2_5:
+                kw["second_per_grid_ts"] = torch.tensor([ad.frames_per_piece / session.fps] * len(pix))
+    elif videos:
+        assert len({len(v) for v in videos}) == 1, "LLaVA-OV takes videos of one length per batch"
+        kw["pixel_values_videos"] = torch.stack([ad.preprocessor(v) for v in videos])
+    with sdpa(ad.model):
+        logits = ad.model(**kw).logits[0, -1].float()
+    return logits, ids
+
+
+@pytest.mark.parametrize("chunk_frames", [1, 2, 3])
+@pytest.mark.parametrize("n_frames", [6, 7])
+def test_full_streaming_is_exact_with_interleaved_text(tiny, chunk_frames, n_frames):
+    """Invariant 1 for videokv's interleaved layout: `full` fed in chunks of 1, 2, 3 frames, with timed text
+    between frames and an even or odd number of frames, gives the logits of one HF forward (positions by
+    HF's own rule) over the same tokens, with one video per run of frames between text events."""
+    model, tok = tiny
+    qa = VideoQA.from_model(model, tok, memory="full")
+    # LLaVA-OV's reference forward takes videos of one length: text every 2 frames, or only before frame 0
+    text_at = (1, 4)
+    if qa.adapter.family == "llava_onevision":
+        text_at = (2, 4) if n_frames % 2 == 0 else (0,)
+    items = stream_items(n_frames, text_at)
     session = qa.session()
+    session.engine.trace = []
     session.engine.ingest(items, chunk_frames=chunk_frames)
-    got = streamed_probe_logits(session)
-    assert got.shape == ref.shape
+    got = streamed_logits(session)
+    ref, ids = reference_logits(session, items)
+    assert ids.count(qa.adapter.video_token_id) > 0
     assert (got - ref).abs().max().item() < 1e-4
+    answer = session.ask(QUESTION, max_new_tokens=1, logprobs=3)  # the public API saw the same logits
+    top = ref.log_softmax(-1).topk(3)
+    assert [t["token_id"] for t in answer.logprobs[0]["top"]] == top.indices.tolist()
+    assert answer.logprobs[0]["top"][0]["logprob"] == pytest.approx(float(top.values[0]), abs=1e-4)
 
 
 def test_add_frames_in_pieces_matches_one_call(qwen):
@@ -77,7 +116,7 @@ def test_add_frames_in_pieces_matches_one_call(qwen):
     b.add_frames(frames[:2], chunk_frames=1)
     b.add_frames(frames[2:], chunk_frames=2)
     assert a.clock == b.clock == pytest.approx(5.0)
-    assert (streamed_probe_logits(a) - streamed_probe_logits(b)).abs().max().item() < 1e-4
+    assert (streamed_logits(a) - streamed_logits(b)).abs().max().item() < 1e-4
 
 
 def test_window_keeps_sinks_and_last_n_tokens(family):
@@ -173,7 +212,8 @@ def test_window_in_frames_follows_the_models_frame_size(family):
     s.add_frames(random_frames(5), chunk_frames=1)
     eng = s.engine
     per_frame = eng.tokens_per_frame
-    assert per_frame == eng.frame_tokens / 5 and per_frame > 2
+    assert eng.frames_ingested + len(eng.pending) == 5  # an odd frame may wait for its temporal partner
+    assert per_frame == eng.frame_tokens / eng.frames_ingested and per_frame > 2
     assert eng.cache.lengths()[0] == eng.n_sinks + round(2 * per_frame)
 
 
@@ -198,7 +238,7 @@ def test_units_prefilled_in_batches_match_one_unit_per_forward(qwen, window):
 
     one, many = run(1), run(4)
     assert many._batch_units == 4 and one._batch_units == 1
-    assert len(one.store) == len(many.store) > 9
+    assert len(one.store) == len(many.store) > 5  # 4 temporal patches, 2 text events
     for r in range(len(one.store)):
         a, b = one.store.get(r), many.store.get(r)
         assert (a.kind, a.t0, a.t1) == (b.kind, b.t0, b.t1)
@@ -236,8 +276,12 @@ def test_streamkv_summary_is_a_whole_block_retrieved_like_the_others(family):
     frame_units = {b.unit for b in blocks if b.kind not in ("text", "summary")}
     assert len(summaries) == len(frame_units) >= 1
     assert {b.unit for b in summaries} == frame_units
-    tokens_per_frame = round(eng.tokens_per_frame)
-    assert all(b.tokens(layer) == tokens_per_frame for b in summaries for layer in range(b.num_layers))
+    ad = eng.adapter  # a frame piece's visual tokens (Qwen2-VL: one temporal patch of 56x84 frames)
+    if ad.family == "qwen2_vl":
+        per_piece = ad.preprocessor.tokens_per_temporal_patch(56, 84)
+    else:
+        per_piece = round(eng.tokens_per_frame)
+    assert all(b.tokens(layer) == per_piece for b in summaries for layer in range(b.num_layers))
     assert not eng.index.catalog().pinned.any()
     answer = s.ask("what colour is the umbrella?", max_new_tokens=1)
     assert len(answer.evidence) == 1  # the one block TopK(k=1) picked, no summary besides it

@@ -28,8 +28,12 @@ from videokv.video.subtitles import TextEvent, events_from_pairs, load_subtitles
 class VideoQA:
     """A video-LLM with a long-term memory configuration; opens `Session`s (one per stream).
 
-    frame_tokens caps the visual tokens per frame for Qwen2-VL-family models (LLaVA-OneVision's count is
-    fixed by its vision tower). The model is shared by every session it opens.
+    tokenizer: the checkpoint's tokenizer or its transformers processor. Frames are preprocessed with the
+    checkpoint's video-processor settings (`video_processor`: a config dict or checkpoint folder; by default
+    read from the processor or the folder the tokenizer came from). frame_tokens (optional) caps the visual
+    tokens per temporal patch for Qwen2-VL-family models below the checkpoint's own limit (LLaVA-OneVision's
+    count is fixed by its vision tower). system: a system prompt (default: the chat template's own). The
+    model is shared by every session it opens.
     """
 
     def __init__(
@@ -38,10 +42,11 @@ class VideoQA:
         tokenizer: PreTrainedTokenizerBase,
         memory: str | MemoryConfig = "full",
         memory_set: list[str] | None = None,
-        frame_tokens: int = 64,
-        system: str = DEFAULT_SYSTEM,
+        frame_tokens: int | None = None,
+        system: str | None = DEFAULT_SYSTEM,
+        video_processor: object = None,
     ):
-        self.adapter: Adapter = adapter_for(model, tokenizer, frame_tokens=frame_tokens)
+        self.adapter: Adapter = adapter_for(model, tokenizer, video_processor, frame_tokens=frame_tokens)
         self.memory = resolve_memory(memory, memory_set)
         self.system = system
 
@@ -49,14 +54,18 @@ class VideoQA:
     def from_pretrained(
         cls, name_or_path: str, dtype: torch.dtype | None = None, device: str | None = None, **kwargs
     ) -> VideoQA:
-        """Load a checkpoint (local folder or hub id), "offline" (the offline real-weights model), or
+        """Load a checkpoint: a folder written by `model.save_pretrained` + `processor.save_pretrained`
+        (weights, tokenizer, chat template, video-processor config; every preprocessing setting is read from
+        it), a hub id (where a hub is reachable), "offline" (the offline real-weights model), or
         "tiny-qwen2_vl" / "tiny-qwen2_5_vl" / "tiny-llava_onevision" (tiny random models)."""
         model, tokenizer = load_model(name_or_path, dtype=dtype, device=device)
         return cls(model, tokenizer, **kwargs)
 
     @classmethod
     def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, **kwargs) -> VideoQA:
-        """Wrap a model already loaded (Qwen2-VL, Qwen2.5-VL or LLaVA-OneVision)."""
+        """Wrap a model already loaded (Qwen2-VL, Qwen2.5-VL or LLaVA-OneVision) with its processor (or its
+        tokenizer and `video_processor=`). The model is left as it was: videokv switches its attention
+        function only inside its own forwards."""
         return cls(model, tokenizer, **kwargs)
 
     def session(
@@ -77,7 +86,7 @@ class Session:
     """One stream: add video, frames and text as they arrive; ask questions at any time."""
 
     def __init__(
-        self, adapter: Adapter, config: MemoryConfig, fps: float = 1.0, system: str = DEFAULT_SYSTEM
+        self, adapter: Adapter, config: MemoryConfig, fps: float = 1.0, system: str | None = DEFAULT_SYSTEM
     ):
         if not fps > 0:
             raise InputError(f"fps must be > 0; got {fps}")
@@ -188,10 +197,14 @@ class Session:
         choices: list[str] | None = None,
         max_new_tokens: int = 64,
         on_token: Callable[[str], None] | None = None,
+        logprobs: int = 0,
     ) -> Answer:
         """Answer from memory (greedy); with `choices`, pick the most likely option. Streams text to
-        `on_token`. The question and answer never enter the stream's memory."""
-        return self.engine.ask(question, choices, max_new_tokens=max_new_tokens, on_token=on_token)
+        `on_token`. `logprobs` > 0: `Answer.logprobs` lists, per generated token, its log-probability and
+        the `logprobs` (<= 20) most likely alternatives. The question and answer never enter the memory."""
+        return self.engine.ask(
+            question, choices, max_new_tokens=max_new_tokens, on_token=on_token, logprobs=logprobs
+        )
 
     def _ingest(
         self,

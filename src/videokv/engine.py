@@ -1,9 +1,14 @@
 """The engine: the ingest / ask loop of one stream. Read top to bottom for the whole data flow.
 
-1. Start: the chat template's header (system prompt, the user turn's opening) is prefilled; its first
-   `sinks` tokens are the attention sinks.
+1. Start: the checkpoint's chat template is cut around one user turn [video, question] (`qa.prompt_layout`);
+   its header (system prompt, the user turn's opening) is prefilled; its first `sinks` tokens are the
+   attention sinks.
 2. Ingest: frames and timed-text events arrive in time order. The adapter embeds them into `Piece`s with
-   explicit position ids (frames go through the vision tower in batches).
+   explicit position ids, laid out as the official processor lays out a video (frames go through the
+   vision tower in batches): frames join the open video, `frames_per_piece` at a time (Qwen2-VL pairs
+   consecutive frames in one temporal patch; an odd frame waits in `pending` for its partner, and timed
+   text arriving meanwhile waits with it in `deferred`); timed text closes the open video (its closing
+   token goes first) and the next frame opens a new one.
    - Context mode (`retrieve` is None: the `full` and `window` presets): pieces are forwarded in chunks of
      `chunk_frames` frames; the context cache *is* the memory; the ingest policy trims it.
    - Memory mode (a retriever is set): the segmenter groups pieces into units; each unit is prefilled
@@ -11,7 +16,9 @@
      compressor asked for (a guidance prompt's attention, the unit's own attention). Its K/V become blocks:
      text pieces whole, frames through the compressor (at one or more levels); a StreamKV summary
      pseudo-frame is added when configured. Blocks go to the tiered store, their retrieval keys to the index.
-3. Ask: the question never enters the stream's memory.
+3. Ask: the question never enters the stream's memory. What the question sees after the memory but is not
+   in it (`_lead`: the pending frame padded as the processor pads an odd frame, deferred text, the open
+   video's closing token) is prefilled with the question.
    - Context mode: the question is prefilled into a fork of the context.
    - Memory mode: the question is first prefilled against the ingest context to capture its per-layer
      queries (the retrieval forward); the retriever picks blocks per layer; the context is assembled as
@@ -37,7 +44,7 @@ import torch
 from videokv.config import MemoryConfig
 from videokv.errors import InputError
 from videokv.memory.assemble import assemble
-from videokv.memory.attention import observe_attention, use_videokv_attention
+from videokv.memory.attention import observe_attention
 from videokv.memory.block import KVBlock
 from videokv.memory.cache import ContextCache
 from videokv.memory.index import Index
@@ -47,7 +54,7 @@ from videokv.models.base import Adapter, Piece
 from videokv.models.rope import unrotate
 from videokv.policies.base import BlockDraft, Unit
 from videokv.policies.retrieve.text_match import TextMatch
-from videokv.qa import DEFAULT_SYSTEM, Answer, Decoder, Evidence, question_text, split_template
+from videokv.qa import DEFAULT_SYSTEM, Answer, Decoder, Evidence, prompt_layout, question_text
 from videokv.video.subtitles import TextEvent
 
 
@@ -105,22 +112,23 @@ class Engine:
         "ingest_seconds",
         "frames_ingested",
         "frame_interval",
+        "video",
+        "last_interval",
     )
 
     def __init__(
         self,
         adapter: Adapter,
         config: MemoryConfig,
-        system: str = DEFAULT_SYSTEM,
+        system: str | None = DEFAULT_SYSTEM,
         frame_interval: float = 1.0,
     ):
         self.adapter = adapter
         self.config = config
         self.frame_interval = frame_interval
         self.memory_mode = config.retrieve is not None
-        use_videokv_attention(adapter.model)
-        header, tail = split_template(adapter.tokenizer, system)
-        self.decoder = Decoder(adapter, tail)
+        self.layout = prompt_layout(adapter.tokenizer, adapter.placeholder, system)
+        self.decoder = Decoder(adapter, self.layout)
         # ---- stream state (everything `transaction` snapshots) ----
         self.cache = ContextCache(adapter.num_layers)  # the ingest context
         self.cursor = 0  # position id of the next token
@@ -135,9 +143,15 @@ class Engine:
         self.ingest_seconds = 0.0
         self.frames_ingested = 0
         self.frame_tokens = 0  # tokens of every frame ingested (for windows given in frames)
+        self.video: dict | None = None  # the open video (the adapter's state of it), None between videos
+        self.pending: list[Frame] = []  # frames waiting for the rest of their temporal patch
+        self.deferred: list[TextEvent] = []  # timed text that arrived while a frame was pending
+        self.last_interval = frame_interval  # the frame interval of the last ingest (for pending frames)
+        self.trace: list[Piece] | None = None  # set to [] to record every piece forwarded into the context
         # 1. the header: its first `sinks` tokens are the attention sinks
         with torch.no_grad():
-            piece = adapter.text_piece(header, 0, kind="prompt")
+            piece = adapter.text_piece(self.layout.header, 0, kind="prompt")
+            self.header_ids = list(piece.token_ids)
             adapter.forward(piece.embeds, piece.positions, self.cache, logits="none")
         self.cursor = adapter.next_cursor(piece)
         self.header_tokens = piece.n_tokens
@@ -179,7 +193,10 @@ class Engine:
         self, items: list[Frame | TextEvent], on_frames: Callable[[int], None] | None, interval: float
     ) -> int:
         t_start = time.perf_counter()
+        self.last_interval = interval
         pieces = self._pieces(items, interval)
+        self.frame_tokens += sum(p.n_tokens for p in pieces if p.kind == "frame")
+        self.frames_ingested += sum(p.n_frames for p in pieces)
         if self.memory_mode:
             if self._batch_units > 1:  # units prefilled together, several per forward
                 units = [unit for piece in pieces for unit in self.segmenter.push(piece)]
@@ -191,41 +208,105 @@ class Engine:
                         self._ingest_unit(unit)
         else:
             self._forward_context(pieces)
-        n_frames = sum(p.kind == "frame" for p in pieces)
-        self.frame_tokens += sum(p.n_tokens for p in pieces if p.kind == "frame")
-        self.frames_ingested += n_frames
-        self.clock = max([self.clock] + [p.t1 for p in pieces])
+        ends = [f.t + interval if isinstance(f, Frame) else f.end for f in items]
+        self.clock = max([self.clock, *ends])
         self.ingest_seconds += time.perf_counter() - t_start
+        n_frames = sum(isinstance(f, Frame) for f in items)
         if on_frames is not None and n_frames:
             on_frames(n_frames)
         return len(pieces)
 
     def _pieces(self, items: list[Frame | TextEvent], interval: float) -> list[Piece]:
-        """Embed items in order; runs of same-sized frames go through the vision tower together."""
+        """Embed items in stream order, in the official layout: frames join the open video a temporal patch
+        at a time (one vision-tower call per run of frames); a frame of another size closes the video (an
+        odd frame before it is padded as the processor pads a video's last frame); text closes the video,
+        or waits in `deferred` while a frame waits for its partner. Frames left over wait in `pending`."""
+        fpp = self.adapter.frames_per_piece
         pieces: list[Piece] = []
-        i = 0
-        while i < len(items):
-            item = items[i]
-            if isinstance(item, TextEvent):
-                pieces.append(
-                    self.adapter.text_piece(format_event(item), self.cursor, "text", item.start, item.end)
-                )
-                self.cursor = self.adapter.next_cursor(pieces[-1])
-                i += 1
-                continue
-            j = i
-            while j < len(items) and isinstance(items[j], Frame) and items[j].image.shape == item.image.shape:
-                j += 1
-            run = items[i:j]
-            frames = np.stack([f.image for f in run])
-            new = self.adapter.frame_pieces(frames, np.array([f.t for f in run]), self.cursor, interval)
-            pieces.extend(new)
-            self.cursor = self.adapter.next_cursor(new[-1])
-            i = j
+        run, deferred = list(self.pending), list(self.deferred)
+        for item in items:
+            if isinstance(item, Frame):
+                shape = list(item.image.shape)
+                open_shape = list(run[0].image.shape) if run else (self.video or {}).get("shape")
+                if open_shape is not None and open_shape != shape:
+                    pieces += self._video(run, interval, pad=True) + self._texts(deferred)
+                    run, deferred = [], []
+                    close = self._close()
+                    if close is not None:
+                        pieces.append(close)
+                run.append(item)
+                if deferred and len(run) % fpp == 0:  # the patch is whole: the text waiting can follow it
+                    pieces += self._video(run, interval) + self._texts(deferred)
+                    run, deferred = [], []
+            elif len(run) % fpp:  # a frame waits for its partner, and the text with it
+                deferred.append(item)
+            else:
+                pieces += self._video(run, interval) + self._texts([item])
+                run = []
+        whole = len(run) - len(run) % fpp
+        pieces += self._video(run[:whole], interval)
+        self.pending, self.deferred = run[whole:], deferred
         return pieces
+
+    def _video(self, frames: list[Frame], interval: float, pad: bool = False) -> list[Piece]:
+        """Frames (a whole number of temporal patches, or `pad`ded to one by repeating the last frame, as
+        the processor pads a video) as the next pieces of the open video, which opens if none is."""
+        if not frames:
+            return []
+        images = [f.image for f in frames]
+        if pad:
+            images += [images[-1]] * (-len(images) % self.adapter.frames_per_piece)
+        times = np.array([f.t for f in frames])
+        pieces, video, self.cursor = self.adapter.video_pieces(
+            np.stack(images), times, interval, self.video, self.cursor
+        )
+        self.video = dict(video, shape=list(frames[0].image.shape))
+        return pieces
+
+    def _close(self) -> Piece | None:
+        """The open video's closing token(s) as a piece (None if no video is open); the video closes."""
+        if self.video is None:
+            return None
+        piece = self.adapter.close_video(self.video, self.cursor)
+        piece.kind, piece.t0, piece.t1 = "text", self.clock, self.clock
+        self.video = None
+        self.cursor = self.adapter.next_cursor(piece)
+        return piece
+
+    def _texts(self, events: list[TextEvent]) -> list[Piece]:
+        """Timed-text pieces; the first closes the open video (its closing token leads the piece)."""
+        pieces = []
+        for event in events:
+            close = self._close()
+            piece = self.adapter.text_piece(format_event(event), self.cursor, "text", event.start, event.end)
+            self.cursor = self.adapter.next_cursor(piece)
+            pieces.append(piece if close is None else piece.prepend(close))
+        return pieces
+
+    def _lead(self) -> list[Piece]:
+        """What a question sees after the memory that is not in it: the pending frame padded into a patch,
+        the deferred text, and the open video's closing token. The stream state is left as it was."""
+        saved = (self.video, self.cursor)
+        try:
+            pieces = self._video(self.pending, self.last_interval, pad=True) + self._texts(self.deferred)
+            close = self._close()
+            return pieces + ([close] if close is not None else [])
+        finally:
+            self.video, self.cursor = saved
+
+    def question_pieces(self, question: str, choices: list[str] | None = None) -> list[Piece]:
+        """The pieces a question is prefilled as after the stream's memory (the `_lead`, then the question
+        text in the chat template), at the stream's positions: for inspection and tests."""
+        lead = self._lead()
+        cursor = self.adapter.next_cursor(lead[-1]) if lead else self.cursor
+        return lead + [self.decoder.question_piece(question_text(question, choices), cursor)]
 
     def _forward_context(self, pieces: list[Piece]) -> None:
         """Context mode: one forward appends the pieces to the context, which is the memory."""
+        if not pieces:
+            return
+        if self.trace is not None:
+            self.trace.extend(pieces)
         embeds = torch.cat([p.embeds for p in pieces])
         positions = torch.cat([p.positions for p in pieces], dim=1)
         self.adapter.forward(embeds, positions, self.cache, logits="none")
@@ -338,19 +419,21 @@ class Engine:
         self._trim_context()
 
     def _summary_piece(self, frames: list[Piece]) -> Piece | None:
-        """StreamKV's segment summary: the mean of the unit's frame embeddings as one more pseudo-frame."""
-        if any(f.embeds.shape != frames[0].embeds.shape for f in frames):
+        """StreamKV's segment summary: the mean of the unit's frame embeddings as one more pseudo-frame (over
+        their visual tokens: the last `n` of each, past a video's opening token)."""
+        n = frames[-1].n_tokens
+        if any(f.n_tokens not in (n, n + 1) or f.grid != frames[-1].grid for f in frames):
             return None
-        first = frames[0]
-        shift = self.cursor - int(first.positions.min())
+        last = frames[-1]
+        shift = self.cursor - int(last.positions.min())
         piece = Piece(
-            torch.stack([f.embeds for f in frames]).mean(0),
-            first.positions + shift,
+            torch.stack([f.embeds[-n:] for f in frames]).mean(0),
+            last.positions + shift,
             "summary",
-            first.t0,
-            frames[-1].t1,
-            list(first.token_ids),
-            grid=first.grid,
+            frames[0].t0,
+            last.t1,
+            list(last.token_ids),
+            grid=last.grid,
         )
         self.cursor = self.adapter.next_cursor(piece)
         return piece
@@ -452,8 +535,11 @@ class Engine:
         choices: list[str] | None = None,
         max_new_tokens: int = 64,
         on_token: Callable[[str], None] | None = None,
+        logprobs: int = 0,
     ) -> Answer:
-        """Answer `question` from memory; the stream's memory is left as it was (an open unit is closed)."""
+        """Answer `question` from memory; the stream's memory is left as it was (an open unit is closed).
+        `logprobs` > 0: the answer lists, per generated token, its log-probability and the `logprobs` most
+        likely alternatives (`Answer.logprobs`)."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty; ask something about the stream")
         if choices is not None:
@@ -461,19 +547,25 @@ class Engine:
                 raise InputError("choices must be at least two non-empty strings")
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+        if not isinstance(logprobs, int) or not 0 <= logprobs <= 20:
+            raise InputError(f"logprobs must be an int from 0 to 20; got {logprobs!r}")
         prompt = question_text(question, choices)
         self.flush()
         t_start = time.perf_counter()
         with torch.no_grad():
+            lead = self._lead()
             if self.memory_mode and len(self.index):
-                context, cursor, evidence = self._retrieve(prompt, question)
+                context, cursor, evidence = self._retrieve(prompt, question, lead)
             else:
                 context, cursor, evidence = self.cache.fork(), self.cursor, self.evidence()
+            # the lead goes where the memory ends in this context (its positions move with it)
+            lead = [p.shifted(cursor - self.cursor) for p in lead]
+            evidence = sorted(evidence + _lead_evidence(lead), key=lambda e: (e.t0, e.t1))
             retrieval_s = time.perf_counter() - t_start
             context_tokens = context.lengths()
             if choices:
                 best, scores, free, stats = self.decoder.pick_choice(
-                    context, cursor, question, choices, max_new_tokens
+                    context, cursor, question, choices, max_new_tokens, lead
                 )
                 stats["free_answer"] = free
                 text = choices[best]
@@ -481,17 +573,27 @@ class Engine:
                     on_token(text)
             else:
                 best, scores = None, None
-                text, stats = self.decoder.generate(context, cursor, prompt, max_new_tokens, on_token)
+                text, stats = self.decoder.generate(
+                    context, cursor, prompt, max_new_tokens, on_token, lead, logprobs
+                )
+        steps = stats.pop("logprobs", None)
         stats.update(self.memory_stats())
         stats["retrieval_s"] = round(retrieval_s, 4)
         stats["context_tokens"] = round(sum(context_tokens) / len(context_tokens), 1)
-        return Answer(question, text, evidence, best, scores, stats)
+        return Answer(question, text, evidence, best, scores, stats, steps)
 
-    def _retrieve(self, prompt: str, question: str = "") -> tuple[ContextCache, int, list[Evidence]]:
+    def _retrieve(
+        self, prompt: str, question: str = "", lead: list[Piece] = ()
+    ) -> tuple[ContextCache, int, list[Evidence]]:
         """Retrieval forward, block selection (plus the text blocks matching the question's words, when
         `text_k`), and assembly of [sinks | selected blocks]."""
         probe = self.cache.fork()
-        query = capture_query(self.adapter, lambda: self.decoder.prefill(probe, self.cursor, prompt))
+        cursor = self.cursor
+        if lead:  # what the question sees besides memory, before it (not part of the query)
+            embeds = torch.cat([p.embeds for p in lead])
+            self.adapter.forward(embeds, torch.cat([p.positions for p in lead], dim=1), probe, logits="none")
+            cursor = self.adapter.next_cursor(lead[-1])
+        query = capture_query(self.adapter, lambda: self.decoder.prefill(probe, cursor, prompt))
         catalog = self.index.catalog()
         selection = self.config.retrieve.select(catalog, query)
         if self.config.text_k:
@@ -566,7 +668,7 @@ class Engine:
         """Restore the stream state if the block raises. Tensors are never written in place, so keeping
         references is a complete snapshot of the context; the store and index are truncated back."""
         layers = [(la.keys, la.values) for la in self.cache.layers]
-        scalars = {name: getattr(self, name) for name in self.SCALAR_STATE}
+        scalars = {name: getattr(self, name) for name in (*self.SCALAR_STATE, "pending", "deferred")}
         n_blocks, n_units, n_stored = len(self.blocks), len(self.unit_tokens), len(self.store)
         segmenter = copy.deepcopy(self.segmenter)
         try:
@@ -581,3 +683,8 @@ class Engine:
             self.index.truncate(n_stored)
             self.segmenter = segmenter
             raise
+
+
+def _lead_evidence(lead: list[Piece]) -> list[Evidence]:
+    """Evidence spans of the frames and text a question saw besides the memory."""
+    return [Evidence(p.t0, p.t1, p.kind, "pending") for p in lead if p.n_frames or p.text]

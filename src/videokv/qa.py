@@ -1,9 +1,11 @@
 """Prompting, greedy generation and multiple-choice scoring over an assembled context.
 
-The chat template is rendered once around a sentinel: what precedes it is the header (the attention sinks),
-the stream goes where the sentinel was, and a question is spliced in before the template's tail
-(`<|im_end|>\n<|im_start|>assistant\n` for ChatML). A question never enters the stream's memory: it is
-prefilled into a fork of the context and the fork is dropped after the answer.
+The checkpoint's own chat template is rendered once for one user turn whose content is [video, text], the
+text being a sentinel (`prompt_layout`): what precedes the video is the header (the attention sinks), the
+stream goes where the video was, and a question goes where the sentinel was, between the template's text
+before it and its tail (`<|im_end|>\n<|im_start|>assistant\n` for ChatML). So with the whole video in
+memory the model sees token for token what the official processor gives for [video, question]. A question
+never enters the stream's memory: it is prefilled into a fork of the context, dropped after the answer.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from videokv.errors import ConfigError
 from videokv.memory.cache import ContextCache
-from videokv.models.base import Adapter
+from videokv.models.base import Adapter, Piece
 
-SENTINEL = "<<VIDEOKV_STREAM>>"
-DEFAULT_SYSTEM = (
+SENTINEL = "<<VIDEOKV_QUESTION>>"
+# A system prompt for streams with subtitles (the demo and the benchmarks use it); by default a session uses
+# the checkpoint's own (whatever its chat template renders when no system message is given).
+STREAM_SYSTEM = (
     "You are a helpful assistant. You are watching a video stream: its frames and its subtitles (timed "
     "text, each line prefixed by its time in seconds). Answer questions about it briefly and precisely."
 )
+DEFAULT_SYSTEM: str | None = None  # None: the checkpoint's own default system prompt
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class Answer:
     choice: int | None = None
     choice_scores: list[float] | None = None
     stats: dict = field(default_factory=dict)
+    logprobs: list[dict] | None = None
 
     def to_dict(self) -> dict:
         d = {
@@ -60,18 +67,49 @@ class Answer:
         if self.choice is not None:
             d["choice"] = self.choice
             d["choice_scores"] = self.choice_scores
+        if self.logprobs is not None:
+            d["logprobs"] = self.logprobs
         return d
 
 
-def split_template(tokenizer, system: str = DEFAULT_SYSTEM) -> tuple[str, str]:
-    """(header, tail) of the chat template around the stream: header + stream + question + tail."""
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": SENTINEL}]
-    if getattr(tokenizer, "chat_template", None):
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        rendered = f"{system}\n\n{SENTINEL}\nAnswer: "
-    header, _, tail = rendered.partition(SENTINEL)
-    return header, tail
+@dataclass(frozen=True)
+class PromptLayout:
+    """The chat template around the stream: header + stream + before_question + question + tail."""
+
+    header: str
+    before_question: str
+    tail: str
+
+
+def prompt_layout(tokenizer, placeholder: str, system: str | None = None) -> PromptLayout:
+    """Render the tokenizer's chat template for [system?] + one user turn [video, text=sentinel] and cut it
+    around the video's placeholder (what the template writes for a video part, e.g.
+    `<|vision_start|><|video_pad|><|vision_end|>`) and the sentinel. A template that has no chat template,
+    drops the video part or the text, or puts the text first is an error: never a silent wrong prompt."""
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            f"the tokenizer of {name!r} has no chat template; save the checkpoint's processor with it "
+            f"(chat_template.jinja or chat_template.json beside tokenizer_config.json) or set "
+            f"tokenizer.chat_template"
+        )
+    messages = []
+    if system:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+    messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": SENTINEL}]})
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    at_video, at_text = rendered.find(placeholder), rendered.find(SENTINEL)
+    if at_video < 0 or at_text < 0 or at_text < at_video or rendered.count(placeholder) != 1:
+        raise ConfigError(
+            f"the chat template of {name!r} does not render a user turn [video, text] as expected "
+            f"(looked for {placeholder!r} once, then the text): it would drop or misplace the stream. "
+            f"Rendered: {rendered[:300]!r}"
+        )
+    return PromptLayout(
+        rendered[:at_video],
+        rendered[at_video + len(placeholder) : at_text],
+        rendered[at_text + len(SENTINEL) :],
+    )
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -92,24 +130,55 @@ def matches(prediction: str, answer: str) -> bool:
 
 
 def question_text(question: str, choices: list[str] | None = None) -> str:
-    text = f"\nQuestion: {question.strip()}"
+    """The user's text part: the question, then its options (A), (B), ... one per line."""
+    text = question.strip()
     if choices:
         text += "\nOptions:\n" + "\n".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))
     return text
 
 
 class Decoder:
-    """Runs a question against a context: prefill, then greedy decoding or choice scoring."""
+    """Runs a question against a context: prefill, then greedy decoding or choice scoring.
 
-    def __init__(self, adapter: Adapter, tail: str):
+    `lead`: pieces that precede the question but are not in memory (a video's closing token, an odd frame
+    padded into a temporal patch), placed at the cursor the question is given; the question follows them.
+    """
+
+    def __init__(self, adapter: Adapter, layout: PromptLayout):
         self.adapter = adapter
-        self.tail = tail
+        self.layout = layout
 
-    def prefill(self, cache: ContextCache, cursor: int, text: str) -> tuple[torch.Tensor, int]:
-        """Prefill `text` + the template tail into `cache` at `cursor`; return (last logits, next cursor)."""
-        piece = self.adapter.text_piece(text + self.tail, cursor, kind="prompt")
-        logits = self.adapter.forward(piece.embeds, piece.positions, cache, logits="last")
-        return logits[-1], self.adapter.next_cursor(piece)
+    def question_piece(self, text: str, cursor: int) -> Piece:
+        return self.adapter.text_piece(
+            self.layout.before_question + text + self.layout.tail, cursor, "prompt"
+        )
+
+    def prefill(
+        self, cache: ContextCache, cursor: int, text: str, lead: list[Piece] = ()
+    ) -> tuple[torch.Tensor, int]:
+        """Prefill `lead` + the question `text` + the template tail into `cache` at `cursor`; return (last
+        logits, next cursor)."""
+        pieces = list(lead)
+        pieces.append(self.question_piece(text, self.adapter.next_cursor(pieces[-1]) if pieces else cursor))
+        embeds = torch.cat([p.embeds for p in pieces])
+        positions = torch.cat([p.positions for p in pieces], dim=1)
+        logits = self.adapter.forward(embeds, positions, cache, logits="last")
+        return logits[-1], self.adapter.next_cursor(pieces[-1])
+
+    def token_logprobs(self, logits: torch.Tensor, chosen: int, top: int) -> dict:
+        """The chosen token's log-probability and the `top` most likely tokens (id, text, log-probability)."""
+        logp = logits.float().log_softmax(-1)
+        values, ids = logp.topk(top) if top > 0 else (logp[:0], logp[:0].long())
+        decode = self.adapter.tokenizer.decode
+        return {
+            "token_id": chosen,
+            "token": decode([chosen]),
+            "logprob": float(logp[chosen]),
+            "top": [
+                {"token_id": int(i), "token": decode([int(i)]), "logprob": float(v)}
+                for v, i in zip(values.tolist(), ids.tolist())
+            ],
+        }
 
     @torch.no_grad()
     def generate(
@@ -119,16 +188,23 @@ class Decoder:
         question: str,
         max_new_tokens: int = 64,
         on_token: Callable[[str], None] | None = None,
+        lead: list[Piece] = (),
+        logprobs: int = 0,
     ) -> tuple[str, dict]:
+        """Greedy decoding. With `logprobs` > 0, stats["logprobs"] lists, per generated token (the end of
+        sequence included), its log-probability and the `logprobs` most likely alternatives."""
         t_start = time.perf_counter()
-        logits, cursor = self.prefill(cache, cursor, question)
+        logits, cursor = self.prefill(cache, cursor, question, lead)
         t_prefill = time.perf_counter() - t_start
         eos = self.adapter.eos_token_ids
         ids: list[int] = []
+        steps: list[dict] = []
         emitted = ""
         t_first = None
         for _ in range(max_new_tokens):
             nxt = int(logits.argmax())
+            if logprobs:
+                steps.append(self.token_logprobs(logits, nxt, logprobs))
             if nxt in eos:
                 break
             ids.append(nxt)
@@ -152,6 +228,8 @@ class Decoder:
             "ttft_s": round(t_first if t_first is not None else total, 4),
             "answer_tokens": len(ids),
         }
+        if logprobs:
+            stats["logprobs"] = steps
         return text, stats
 
     @torch.no_grad()
@@ -162,13 +240,18 @@ class Decoder:
         question: str,
         choices: list[str],
         max_new_tokens: int = 32,
+        lead: list[Piece] = (),
     ) -> tuple[int, list[float], str, dict]:
         """Multiple choice in two steps: answer the bare question freely; if that answer names exactly one
         option (whole words, normalised), pick it; otherwise the option most likely after the question with
         its options listed (`score_choices`). Small models answer far better than they rank letters or
         listed options. Returns (choice, option scores, the free answer, stats)."""
-        free, gen_stats = self.generate(cache.fork(), cursor, question_text(question), max_new_tokens)
-        best, scores, stats = self.score_choices(cache, cursor, question_text(question, choices), choices)
+        free, gen_stats = self.generate(
+            cache.fork(), cursor, question_text(question), max_new_tokens, lead=lead
+        )
+        best, scores, stats = self.score_choices(
+            cache, cursor, question_text(question, choices), choices, lead
+        )
         named = [i for i, c in enumerate(choices) if matches(free, c)]
         if len(named) == 1:
             best = named[0]
@@ -180,11 +263,11 @@ class Decoder:
 
     @torch.no_grad()
     def score_choices(
-        self, cache: ContextCache, cursor: int, question: str, choices: list[str]
+        self, cache: ContextCache, cursor: int, question: str, choices: list[str], lead: list[Piece] = ()
     ) -> tuple[int, list[float], dict]:
         """Pick the option whose text is most likely after the question (mean log-probability per token)."""
         t_start = time.perf_counter()
-        logits, cursor = self.prefill(cache, cursor, question)
+        logits, cursor = self.prefill(cache, cursor, question, lead)
         t_prefill = time.perf_counter() - t_start
         scores = []
         for choice in choices:

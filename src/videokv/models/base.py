@@ -8,6 +8,9 @@ adapter; the engine sees only `Piece`s: embeddings, positions, and where they ca
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,14 +18,18 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache
 
+from videokv.errors import VideoKVError
+from videokv.memory.attention import ATTN_NAME, register
+
 
 @dataclass
 class Piece:
     """A contiguous run of stream tokens, ready for the language model.
 
     embeds: [n, hidden]; positions: [P, n] (P = 3 for M-RoPE, 1 for 1-D RoPE); kind: "frame", "text" or
-    "prompt"; t0/t1: the stream time span it covers (seconds); token_ids: the ids a full forward would use
-    for the same tokens (placeholders for visual tokens), so tests can compare against one HF forward.
+    "prompt"; t0/t1: the stream time span it covers (seconds); token_ids: the ids the official processor
+    gives the same tokens (placeholders for visual tokens), so tests can compare against it; n_frames: the
+    real frames a frame piece holds (a Qwen2-VL temporal patch holds two).
     """
 
     embeds: torch.Tensor
@@ -33,10 +40,56 @@ class Piece:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     grid: tuple[int, int, int] | None = None
+    n_frames: int = 0
 
     @property
     def n_tokens(self) -> int:
         return int(self.embeds.shape[0])
+
+    def prepend(self, other: Piece) -> Piece:
+        """`other`'s tokens (a video's closing token, say) followed by this piece's, as one piece."""
+        return Piece(
+            torch.cat([other.embeds, self.embeds]),
+            torch.cat([other.positions, self.positions], dim=1),
+            self.kind,
+            self.t0,
+            self.t1,
+            other.token_ids + self.token_ids,
+            self.text,
+            self.grid,
+            self.n_frames,
+        )
+
+    def shifted(self, delta: int) -> Piece:
+        """The same tokens placed `delta` positions later (every RoPE row moves alike)."""
+        return Piece(
+            self.embeds,
+            self.positions + delta,
+            self.kind,
+            self.t0,
+            self.t1,
+            self.token_ids,
+            self.text,
+            self.grid,
+            self.n_frames,
+        )
+
+
+class CacheNotUpdated(VideoKVError):
+    """The language model did not add the fed tokens to videokv's cache (a transformers API change)."""
+
+
+@contextlib.contextmanager
+def attention_of(model: PreTrainedModel, name: str) -> Iterator[None]:
+    """Within the block the language model attends with `name`; the caller's setting is restored after, so
+    any forward outside videokv runs as the caller configured it."""
+    config = model.config.get_text_config()
+    saved = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
 
 
 class Adapter:
@@ -44,6 +97,8 @@ class Adapter:
 
     family: str = "base"
     rope_rows: int = 1  # rows of position ids: 3 for M-RoPE, 1 for 1-D RoPE
+    frames_per_piece: int = 1  # frames that share visual tokens (Qwen2-VL's temporal patch: 2)
+    placeholder: str = ""  # what the chat template writes for a video content part
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
         self.model = model
@@ -51,6 +106,8 @@ class Adapter:
         self.text_config = model.config.get_text_config()
         self.device = next(model.parameters()).device
         self.dtype = next(self.language_model.parameters()).dtype
+        self.cache_argument = cache_argument(self.language_model)
+        register()
 
     # ---- the model's parts -------------------------------------------------------------------------
     @property
@@ -128,15 +185,24 @@ class Adapter:
         """The position of the token after `piece` (for M-RoPE: 1 + the largest position used)."""
         return int(piece.positions.max().item()) + 1
 
-    # ---- frames (family-specific) -----------------------------------------------------------------------
-    def frame_pieces(
-        self, frames: np.ndarray, timestamps: np.ndarray, cursor: int, frame_interval: float = 1.0
-    ) -> list[Piece]:
-        """Embed uint8 RGB frames [T, H, W, 3] (one vision-tower call) into one Piece per frame."""
+    # ---- video (family-specific) ------------------------------------------------------------------------
+    def video_pieces(
+        self,
+        frames: np.ndarray,
+        timestamps: np.ndarray,
+        interval: float,
+        video: dict | None,
+        cursor: int,
+    ) -> tuple[list[Piece], dict, int]:
+        """Embed uint8 RGB frames [T, H, W, 3] (T a multiple of `frames_per_piece`; one vision-tower call)
+        as the next frames of the open `video` (None: open a new one at `cursor`). Returns one Piece per
+        `frames_per_piece` frames, the video's new state (JSON-able) and the position a token after the
+        video would take if it closed now."""
         raise NotImplementedError
 
-    def reference_inputs(self, pieces: list[Piece], frames: list[np.ndarray]) -> dict:
-        """The kwargs of one ordinary HF forward over the same tokens as `pieces` (for exactness tests)."""
+    def close_video(self, video: dict, cursor: int) -> Piece:
+        """The token(s) that end the open `video`, at `cursor` (Qwen2-VL: `<|vision_end|>`; LLaVA-OneVision:
+        the image_newline HF appends after a video's frames)."""
         raise NotImplementedError
 
     # ---- the language model ----------------------------------------------------------------------------
@@ -148,15 +214,40 @@ class Adapter:
         logits: "none" (ingest: only the cache matters), "last" or "all". Returns [n or 1, vocab] or None.
         """
         pos = positions.unsqueeze(1) if self.rope_rows == 3 else positions
-        out = self.language_model(
-            inputs_embeds=embeds.unsqueeze(0).to(self.dtype),
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=True,
-        )
+        before = [layer.get_seq_length() for layer in cache.layers]
+        with attention_of(self.model, ATTN_NAME):
+            out = self.language_model(
+                inputs_embeds=embeds.unsqueeze(0).to(self.dtype),
+                position_ids=pos,
+                use_cache=True,
+                **{self.cache_argument: cache},
+            )
+        after = [layer.get_seq_length() for layer in cache.layers]
+        n = int(embeds.shape[0])
+        if any(b + n != a for b, a in zip(before, after)):
+            raise CacheNotUpdated(
+                f"the language model ({type(self.language_model).__name__}) did not add the {n} tokens "
+                f"fed to videokv's cache (lengths {before} -> {after}): this transformers release "
+                f"passes the cache under another argument than {self.cache_argument!r}; please report it "
+                f"with your transformers version"
+            )
         if logits == "none":
             return None
         hidden = out.last_hidden_state[0]
         if logits == "last":
             hidden = hidden[-1:]
         return self.model.lm_head(hidden).float()
+
+
+def cache_argument(module: torch.nn.Module) -> str:
+    """The name under which `module.forward` takes its KV cache: `cache` (transformers >= 5.24) or
+    `past_key_values` (older releases; deprecated in 5.24). Read from the signature, because an unknown
+    keyword is swallowed silently and would mean "no cache"."""
+    params = inspect.signature(module.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise CacheNotUpdated(
+        f"{type(module).__name__}.forward takes neither `cache` nor `past_key_values`; videokv cannot pass "
+        f"it a cache"
+    )

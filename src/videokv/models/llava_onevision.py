@@ -1,84 +1,88 @@
 """Adapter for LLaVA-OneVision (1-D RoPE).
 
-A frame is resized to the vision tower's square input (bicubic, CLIP normalisation, as transformers'
-LLaVA-OneVision video processor does), encoded by SigLIP, projected, 2x2 bilinear-pooled, and followed by
-the model's `image_newline` token, exactly as `LlavaOnevisionModel.get_video_features` does for a one-frame
-video. Positions are consecutive integers.
+Frames are preprocessed as transformers' `LlavaOnevisionVideoProcessor` does, with the resize, rescale and
+normalisation of the checkpoint's own processor config (`videokv.models.preprocess`; the llava-hf
+checkpoints normalise with SigLIP's 0.5/0.5), encoded by the vision tower, projected and 2x2 pooled, as
+`LlavaOnevisionModel.get_video_features` does. As there, a video's frames are followed by one
+`image_newline` token: the engine appends it when the video closes (timed text arrives, or, transiently,
+a question is asked). All of a video's tokens carry the `<video>` id, as the processor expands them.
+Positions are consecutive integers.
+
+The checkpoint's chat template writes every video of a turn before its text, so timed text interleaved with
+frames has no official layout here; videokv's is [frames, newline, text, frames, newline, text, ...].
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from videokv.errors import ConfigError
 from videokv.models.base import Adapter, Piece
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from videokv.models.preprocess import LlavaVideoPreprocessor
 
 
 class LlavaOneVisionAdapter(Adapter):
-    """LLaVA-OneVision. Tokens per frame are fixed by the vision tower: ceil(side/2)^2 + 1 newline."""
+    """LLaVA-OneVision. Tokens per frame are fixed by the vision tower: ceil(side/2)^2."""
 
     family = "llava_onevision"
     rope_rows = 1
+    placeholder = "<video>"
 
     def __init__(
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        mean: tuple[float, ...] = CLIP_MEAN,
-        std: tuple[float, ...] = CLIP_STD,
+        preprocessor: LlavaVideoPreprocessor,
     ):
         super().__init__(model, tokenizer)
-        self.image_size = int(model.config.vision_config.image_size)
+        size = int(model.config.vision_config.image_size)
+        if (preprocessor.height, preprocessor.width) != (size, size):
+            raise ConfigError(
+                f"the video processor resizes frames to {preprocessor.height}x{preprocessor.width} but the "
+                f"model's vision tower takes {size}x{size}: the processor config does not belong to this "
+                f"checkpoint"
+            )
+        self.preprocessor = preprocessor
         self.video_token_id = int(model.config.video_token_index)
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
 
-    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 frames [T, H, W, 3] -> normalised pixels [T, 1, 3, S, S] (T one-frame videos)."""
-        size = (self.image_size, self.image_size)
-        resized = np.stack(
-            [np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BICUBIC)) for f in frames]
-        )
-        x = torch.from_numpy(resized).permute(0, 3, 1, 2).float() / 255.0
-        x = (x - self.mean) / self.std
-        return x.unsqueeze(1)
-
-    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def video_pieces(
+        self,
+        frames: np.ndarray,
+        timestamps: np.ndarray,
+        interval: float,
+        video: dict | None,
+        cursor: int,
+    ) -> tuple[list[Piece], dict, int]:
         cfg = self.model.config
-        return self.model.model.get_video_features(
+        pixels = self.preprocessor(frames)[None]  # one video: [1, T, 3, S, S]
+        feats = self.model.model.get_video_features(
             pixel_values_videos=pixels.to(self.device, self.model.dtype),
             vision_feature_layer=cfg.vision_feature_layer,
             vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-        ).pooler_output
-
-    def frame_pieces(
-        self, frames: np.ndarray, timestamps: np.ndarray, cursor: int, frame_interval: float = 1.0
-    ) -> list[Piece]:
-        feats = self._features(self.preprocess(frames))
+        ).pooler_output[0, :-1]  # the trailing image_newline is added when the video closes
+        n = feats.shape[0] // len(frames)
         pieces = []
-        for i, f in enumerate(feats):
-            n = f.shape[0]
+        for i in range(len(frames)):
             t0 = float(timestamps[i])
             piece = Piece(
-                f.to(self.dtype),
+                feats[i * n : (i + 1) * n].to(self.dtype),
                 self.text_positions(cursor, n),
                 "frame",
                 t0,
-                t0 + frame_interval,
+                t0 + interval,
                 [self.video_token_id] * n,
+                n_frames=1,
             )
             pieces.append(piece)
             cursor += n
-        return pieces
+        video = {"frames": (video or {}).get("frames", 0) + len(frames)}
+        return pieces, video, cursor
 
-    def reference_inputs(self, pieces: list[Piece], frames: list[np.ndarray]) -> dict:
-        ids = [i for p in pieces for i in p.token_ids]
-        kw: dict = {"input_ids": torch.tensor([ids], device=self.device)}
-        if frames:
-            kw["pixel_values_videos"] = self.preprocess(np.stack(frames)).to(self.device)
-        return kw
+    def close_video(self, video: dict, cursor: int) -> Piece:
+        newline = self.model.model.image_newline[None].to(self.dtype)
+        return Piece(newline, self.text_positions(cursor, 1), "prompt", token_ids=[self.video_token_id])
+
+    def reference_inputs(self, input_ids: list[int]) -> dict:
+        return {"input_ids": torch.tensor([input_ids], device=self.device)}

@@ -606,4 +606,9 @@ def load_offline_model(
             "next call rebuilds it from the installed parts."
         ) from exc
     model.eval()
+    # It is a Qwen2-VL model: the Qwen2-VL-7B-Instruct chat template and video-processor settings.
+    from videokv.models.checkpoints import CHAT_TEMPLATES, VIDEO_PROCESSOR_CONFIGS
+
+    tokenizer.chat_template = CHAT_TEMPLATES["qwen2_vl"]
+    tokenizer.videokv_video_processor = dict(VIDEO_PROCESSOR_CONFIGS["qwen2_vl"])
     return model, tokenizer

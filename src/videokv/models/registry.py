@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -20,17 +23,68 @@ OFFLINE_NAME = "offline"
 TINY_PREFIX = "tiny-"
 
 
-def adapter_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, **options) -> Adapter:
-    """The adapter of `model`'s family (by its config's model_type)."""
+def adapter_for(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    video_processor: object = None,
+    frame_tokens: int | None = None,
+) -> Adapter:
+    """The adapter of `model`'s family (by its config's model_type).
+
+    tokenizer: the checkpoint's tokenizer, or its transformers processor (its tokenizer, chat template and
+    video processor are used). video_processor: the video-processor settings (a config dict, a checkpoint
+    folder, or a transformers video processor); by default they come from the processor, from settings the
+    tokenizer carries (videokv's own tiny and offline models), or from the folder the tokenizer was loaded
+    from. frame_tokens: Qwen2-VL family only, a cap on visual tokens per temporal patch.
+    """
     model_type = getattr(model.config, "model_type", None)
     cls = ADAPTERS.get(model_type)
     if cls is None:
         raise ConfigError(
             f"videokv has no adapter for model_type {model_type!r}; supported: {', '.join(sorted(ADAPTERS))}"
         )
+    if hasattr(tokenizer, "tokenizer") and hasattr(tokenizer, "video_processor"):  # a transformers processor
+        processor = tokenizer
+        tokenizer = processor.tokenizer
+        if getattr(processor, "chat_template", None) and not getattr(tokenizer, "chat_template", None):
+            tokenizer.chat_template = processor.chat_template
+        if video_processor is None:
+            video_processor = processor.video_processor
+    preprocessor = resolve_preprocessor(cls.family, tokenizer, video_processor)
     if cls is LlavaOneVisionAdapter:
-        options.pop("frame_tokens", None)
-    return cls(model, tokenizer, **options)
+        return cls(model, tokenizer, preprocessor)
+    return cls(model, tokenizer, preprocessor, frame_tokens=frame_tokens)
+
+
+def resolve_preprocessor(family: str, tokenizer: PreTrainedTokenizerBase, video_processor: object = None):
+    """The video preprocessing settings of a checkpoint (see `adapter_for`)."""
+    from videokv.models.preprocess import (
+        LlavaVideoPreprocessor,
+        QwenVideoPreprocessor,
+        load_video_preprocessor,
+    )
+
+    source = video_processor
+    if source is None:
+        source = getattr(tokenizer, "videokv_video_processor", None)
+    if source is None:
+        folder = getattr(tokenizer, "name_or_path", "") or ""
+        if folder and os.path.isdir(folder):
+            source = folder
+    if source is None:
+        raise ConfigError(
+            "videokv needs the checkpoint's video-processor settings (resize, normalisation, patching) and "
+            "found none: load with VideoQA.from_pretrained(folder), pass the transformers processor instead "
+            "of the tokenizer, or pass video_processor=<checkpoint folder or config dict>"
+        )
+    if isinstance(source, str | Path):
+        return load_video_preprocessor(source, family)
+    if hasattr(source, "to_dict") and not isinstance(source, dict):
+        source = source.to_dict()
+    if isinstance(source, dict):
+        cls = LlavaVideoPreprocessor if family == "llava_onevision" else QwenVideoPreprocessor
+        return cls.from_dict(source)
+    return source  # already a videokv preprocessor
 
 
 def load_model(
@@ -77,4 +131,19 @@ def _load_checkpoint(path: str, dtype: torch.dtype | None) -> tuple[PreTrainedMo
             f"{', '.join(sorted(classes))}"
         )
     model = cls.from_pretrained(path, dtype=dtype or "auto")
-    return model, AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = _chat_template_file(path)
+    return model, tokenizer
+
+
+def _chat_template_file(path: str) -> str | None:
+    """The chat template a processor saved beside the checkpoint (chat_template.jinja / .json)."""
+    import json
+
+    folder = Path(path)
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    if (folder / "chat_template.json").is_file():
+        return json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+    return None

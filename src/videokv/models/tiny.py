@@ -2,6 +2,10 @@
 
 Every model here is a real transformers class (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision) built from a config
 alone in milliseconds; the weights are random, seeded, so logits are reproducible. Nothing is downloaded.
+The tokenizer carries the real checkpoint's chat template and, as `videokv_video_processor`, the real
+checkpoint's video-processor settings scaled to the tiny vision tower (Qwen: at most 64 visual tokens per
+temporal patch; LLaVA-OneVision: 56x56 frames). `videokv.models.checkpoints` has tiny models configured
+exactly like the real checkpoints, for the parity tests.
 """
 
 from __future__ import annotations
@@ -94,9 +98,31 @@ def _text_config(tokenizer: PreTrainedTokenizerFast, mrope: bool) -> dict:
     return cfg
 
 
+TINY_QWEN_FRAME_TOKENS = 64
+TINY_LLAVA_SIZE = 56
+
+
+def tiny_video_processor(family: str) -> dict:
+    """The video-processor settings of a tiny model: the real checkpoint's, scaled to the tiny tower."""
+    from videokv.models.checkpoints import VIDEO_PROCESSOR_CONFIGS
+
+    config = dict(VIDEO_PROCESSOR_CONFIGS[family])
+    if family == "llava_onevision":
+        config["size"] = {"height": TINY_LLAVA_SIZE, "width": TINY_LLAVA_SIZE}
+    else:
+        config["max_pixels"] = TINY_QWEN_FRAME_TOKENS * 28 * 28
+    return config
+
+
 def tiny_model(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Build a tiny random model of `family` (one of TINY_FAMILIES) and its tokenizer, in fp32, eval mode."""
+    from videokv.models.checkpoints import CHAT_TEMPLATES
+
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
     tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATES[family]
+    tokenizer.videokv_video_processor = tiny_video_processor(family)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     torch.manual_seed(seed)
     if family in ("qwen2_vl", "qwen2_5_vl"):
@@ -141,7 +167,7 @@ def tiny_model(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedT
                 intermediate_size=64,
                 num_hidden_layers=2,
                 num_attention_heads=2,
-                image_size=56,
+                image_size=TINY_LLAVA_SIZE,
                 patch_size=14,
             ),
             image_token_index=ids["<image>"],
