@@ -14,7 +14,7 @@ from videokv.video.subtitles import TextEvent, write_srt
 
 @pytest.fixture
 def session():
-    return VideoQA.from_model(*get_tiny("qwen2_vl"), frame_tokens=16).session()
+    return VideoQA.from_model(*get_tiny("llava_onevision")).session()
 
 
 def state(s) -> tuple:

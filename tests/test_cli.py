@@ -27,10 +27,12 @@ def test_ask_json_one_object_per_question_in_order(tmp_path):
             "--subtitles",
             str(srt),
             "--model",
-            "tiny-qwen2_vl",
+            "tiny-llava_onevision",
             "--json",
             "--max-new-tokens",
             "3",
+            "--logprobs",
+            "2",
             "--fps",
             "0.5",
         ],
@@ -48,6 +50,9 @@ def test_ask_json_one_object_per_question_in_order(tmp_path):
         assert o["stats"]["frames"] == 5  # 10 s at 0.5 fps
         assert o["stats"]["blocks"] == 5 + 5  # five frames, five subtitle lines
         assert o["evidence"][0]["t0"] == 0.0
+        steps = o["logprobs"]  # one per generated token (and the end of sequence, if reached)
+        assert 1 <= len(steps) <= 3 and all(len(step["top"]) == 2 for step in steps)
+        assert all(step["top"][0]["logprob"] >= step["logprob"] - 1e-6 for step in steps)  # greedy: top-1
 
 
 def test_ask_multiple_choice_and_window(tmp_path, capsys):

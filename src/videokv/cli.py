@@ -38,7 +38,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--frame-tokens",
         type=int,
         default=None,
-        help="visual tokens per frame for Qwen2-VL models (default: 64; 16 for the offline model)",
+        help="cap on visual tokens per temporal patch (2 frames) for Qwen2-VL models (default: the "
+        "checkpoint's video-processor max_pixels; 16 for the offline model, whose vision tower is random)",
+    )
+    p.add_argument(
+        "--system",
+        default=None,
+        help="system prompt (default: the checkpoint chat template's own; the demo uses one for subtitles)",
+    )
+    p.add_argument(
+        "--logprobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --json: per answer token, its log-probability and the N most likely alternatives",
     )
     p.add_argument(
         "--chunk-frames", type=int, default=8, help="frames per forward during ingest (default: 8)"
@@ -81,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open_session(args: argparse.Namespace):
+def _open_session(args: argparse.Namespace, system: str | None = None):
     from videokv.api import VideoQA
 
     if args.model == "offline" and not args.json:
@@ -90,13 +103,14 @@ def _open_session(args: argparse.Namespace):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    frame_tokens = args.frame_tokens or (16 if args.model == "offline" else 64)
+    frame_tokens = args.frame_tokens or (16 if args.model == "offline" else None)
     qa = VideoQA.from_pretrained(
         args.model,
         device=args.device,
         memory=args.memory,
         memory_set=args.memory_set,
         frame_tokens=frame_tokens,
+        system=system if system is not None else args.system,
     )
     return qa.session(fps=args.fps)
 
@@ -128,13 +142,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
         args.video, subtitles=args.subtitles, chunk_frames=args.chunk_frames, progress=not args.json
     )
     for q in args.questions:
-        answer = session.ask(q, choices=args.choices, max_new_tokens=args.max_new_tokens)
+        answer = session.ask(
+            q, choices=args.choices, max_new_tokens=args.max_new_tokens, logprobs=args.logprobs
+        )
         _print_answer(answer, args.json)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from videokv.demo import DEMO_QUESTIONS, is_correct, prepare_demo
+    from videokv.qa import STREAM_SYSTEM
 
     with tempfile.TemporaryDirectory() as tmp:
         video, srt = prepare_demo(args.out or tmp)
@@ -143,7 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"videokv demo: {video.name} (real street footage, 10 s) with subtitles {srt}",
                 file=sys.stderr,
             )
-        session = _open_session(args)
+        session = _open_session(args, system=args.system or STREAM_SYSTEM)
         session.add_video(video, subtitles=srt, chunk_frames=args.chunk_frames, progress=not args.json)
         n_ok = 0
         for q in DEMO_QUESTIONS:

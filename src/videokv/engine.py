@@ -634,7 +634,7 @@ class Engine:
         stats = {
             "memory": self.config.name,
             "stream_tokens": self.non_sink_tokens - (self.header_tokens - self.n_sinks),
-            "frames": self.frames_ingested,
+            "frames": self.frames_ingested + len(self.pending),  # received (a pending one waits for its pair)
             "stream_seconds": round(self.clock, 3),
             "ingest_s": round(self.ingest_seconds, 4),
         }

@@ -21,12 +21,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from videokv.config import MemoryConfig
-from videokv.engine import BlockInfo, Engine
+from videokv.engine import BlockInfo, Engine, Frame
 from videokv.errors import ConfigError, InputError
 from videokv.memory.block import KVBlock
 
 FORMAT = "videokv-session"
-VERSION = 1
+VERSION = 2  # 2: the official token layout (temporal patches, one video per run of frames, pending frames)
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
 
@@ -125,7 +125,14 @@ def stream_state(engine: Engine) -> dict:
         "state": {name: getattr(engine, name) for name in STATE_FIELDS},
         "unit_tokens": list(engine.unit_tokens),
         "context_blocks": [dataclasses.asdict(b) for b in engine.blocks],
+        "pending_times": [f.t for f in engine.pending],
+        "deferred": [[e.start, e.end, e.text] for e in engine.deferred],
     }
+
+
+def pending_tensors(engine: Engine) -> dict[str, torch.Tensor]:
+    """The frames waiting for their temporal partner (uint8 pixels), `pending.{i}`."""
+    return {f"pending.{i}": torch.from_numpy(f.image.copy()) for i, f in enumerate(engine.pending)}
 
 
 def save_engine(engine: Engine, folder: str | Path, extra: dict | None = None) -> Path:
@@ -133,6 +140,7 @@ def save_engine(engine: Engine, folder: str | Path, extra: dict | None = None) -
     engine.flush()
     folder = Path(folder)
     tensors = context_tensors(engine)
+    tensors.update(pending_tensors(engine))
     blocks = []
     for row in range(len(engine.store)):
         b = engine.store.get(row)
@@ -210,6 +218,7 @@ def restore_engine(engine: Engine, manifest: dict, tensors: dict[str, torch.Tens
             setattr(engine, name, manifest["state"][name])
         engine.unit_tokens = list(manifest["unit_tokens"])
         engine.blocks = [BlockInfo(**b) for b in manifest["context_blocks"]]
+        restore_pending(engine, manifest, tensors)
         for row, meta in enumerate(manifest["blocks"]):
             n = meta["layers"]
             block = KVBlock(
@@ -232,6 +241,15 @@ def restore_engine(engine: Engine, manifest: dict, tensors: dict[str, torch.Tens
         raise SaveError(f"the save is incomplete: {e} is missing") from e
     if len(engine.cache.layers) and engine.cache.lengths()[0] < engine.n_sinks:
         raise SaveError("the save is inconsistent: its context is shorter than its attention sinks")
+
+
+def restore_pending(engine: Engine, state: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """The pending frames and deferred text of a save (see `stream_state`)."""
+    from videokv.video.subtitles import TextEvent
+
+    times = state.get("pending_times", [])
+    engine.pending = [Frame(float(t), tensors[f"pending.{i}"].numpy()) for i, t in enumerate(times)]
+    engine.deferred = [TextEvent(float(a), float(b), str(text)) for a, b, text in state.get("deferred", [])]
 
 
 def load_config(manifest: dict) -> MemoryConfig:

@@ -39,7 +39,7 @@ def test_compact_context_keys_are_recomputed_exactly():
     chosen = [int(round(e.t0)) for e in evidence]  # frames at t = 0, 1, 2, ...
     assert len(chosen) == 2
     ad = eng.adapter
-    pieces = ad.frame_pieces(frames[chosen], np.array(chosen, dtype=float), 0)
+    pieces, _, _ = ad.video_pieces(frames[chosen], np.array(chosen, dtype=float), 1.0, None, 0)
     emb = torch.cat([p.embeds for p in pieces])
     n = emb.shape[0]
     assert context.lengths()[0] == eng.n_sinks + n
@@ -93,9 +93,9 @@ def test_compact_assembly_rotates_each_layer_as_block_by_block(family):
 
 
 def test_x2l_evidence_gives_low_compression_to_top_chunks():
-    model, tok = get_tiny("qwen2_vl")
+    model, tok = get_tiny("llava_onevision")  # one frame piece per frame (no temporal patches)
     config = get_preset("x2l").with_overrides(["retrieve.k_low=1"])
-    s = VideoQA.from_model(model, tok, memory=config, frame_tokens=16).session()
+    s = VideoQA.from_model(model, tok, memory=config).session()
     s.add_frames(random_frames(12))
     ans = s.ask("what happens?", max_new_tokens=2)
     levels = [e.level for e in ans.evidence]

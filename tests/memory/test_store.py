@@ -288,7 +288,7 @@ CONFIG = MemoryConfig(name="t", retrieve=TopK(k=3))
 @functools.cache
 def shared_qa() -> tuple[VideoQA, int]:
     """One VideoQA for the engine tests, and the bytes of one frame block."""
-    qa = VideoQA.from_model(*get_tiny("qwen2_vl"), memory=CONFIG, frame_tokens=16)
+    qa = VideoQA.from_model(*get_tiny("llava_onevision"), memory=CONFIG)
     s = qa.session()
     s.add_frames(random_frames(2))
     sizes = set(s.engine.store.nbytes_of)
@@ -319,10 +319,10 @@ def test_engine_host_budget_spills_losslessly(tmp_path):
     _, block = shared_qa()
     budget = int(2.5 * block)
     frames = random_frames(8, seed=3)
-    free = VideoQA.from_model(*get_tiny("qwen2_vl"), memory=CONFIG, frame_tokens=16).session()
+    free = VideoQA.from_model(*get_tiny("llava_onevision"), memory=CONFIG).session()
     free.add_frames(frames)
     config = MemoryConfig(name="t", retrieve=TopK(k=3), host_bytes=budget, spill_dir=str(tmp_path))
-    capped = VideoQA.from_model(*get_tiny("qwen2_vl"), memory=config, frame_tokens=16).session()
+    capped = VideoQA.from_model(*get_tiny("llava_onevision"), memory=config).session()
     capped.add_frames(frames)
     stats, store = capped.stats, capped.engine.store
     assert stats["memory_bytes"] <= budget

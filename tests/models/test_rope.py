@@ -22,7 +22,9 @@ def layer0_keys(adapter, embeds: torch.Tensor, positions: torch.Tensor) -> torch
 def test_rerotation_is_exact(tiny):
     ad = VideoQA.from_model(*tiny).adapter
     text = ad.text_piece("hello there, a red umbrella", 5)
-    frame = ad.frame_pieces(random_frames(1), np.array([0.0]), ad.next_cursor(text))[0]
+    n = ad.frames_per_piece
+    times = np.arange(n, dtype=float)
+    frame = ad.video_pieces(random_frames(n), times, 1.0, None, ad.next_cursor(text))[0][0]
     embeds = torch.cat([text.embeds, frame.embeds])
     old = torch.cat([text.positions, frame.positions], dim=1)
     # a different placement: shift by 1000 and compact the frame's rows (as `compact` positions do)

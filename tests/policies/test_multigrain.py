@@ -219,7 +219,7 @@ def test_subset_of_granularities_needs_only_their_entries():
 
 def test_engine_stores_three_granularities():
     memory = get_preset("mukv").replace(compress=MultiGrain())
-    qa = VideoQA.from_model(*get_tiny("qwen2_vl"), memory=memory, frame_tokens=16)
+    qa = VideoQA.from_model(*get_tiny("llava_onevision"), memory=memory)
     s = qa.session()
     s.add_frames(random_frames(8))
     ans = s.ask(QUESTION, max_new_tokens=4)
