@@ -402,7 +402,7 @@ class Engine:
             for d in self.config.compress.compress(frames_unit):
                 if d.index is not None and any(i.dim() != 1 for i in d.index):
                     raise ConfigError(
-                        f"{type(self.config.compress).__name__} selected tokens per KV head, which the memory "
+                        f"{type(self.config.compress).__name__} selected tokens per KV head, which memory "
                         "cannot store yet (a block's positions are shared by its heads); set per_head=false"
                     )
                 if d.index is not None:

@@ -326,7 +326,9 @@ def test_redundancy_falls_back_to_key_norm():
 
 def test_redundancy_budget_is_a_hard_cap():
     unit = make_unit(frame_sizes=(4,) * 4)
-    (d,) = Redundancy(keep=2, recent=0.5, per_head=False, rounding="round").compress(unit)  # 2 recent frames = 8 tokens > budget 2
+    (d,) = Redundancy(keep=2, recent=0.5, per_head=False, rounding="round").compress(
+        unit
+    )  # 2 recent frames = 8 tokens > budget 2
     for idx in d.index:
         assert idx.tolist() == [8, 9]
 

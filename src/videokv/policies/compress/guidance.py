@@ -75,8 +75,9 @@ class Guidance(Compressor):
         ):
             shapes = [None if t is None else tuple(t.shape) for t in (q, k)]
             raise ConfigError(
-                f"Guidance needs unit.attention['guidance_q'] [layers, kv_heads, d] and ['prerope_k'] [layers, "
-                f"kv_heads, {unit.n_tokens}, d] (its needs include 'guidance_qk'); got {shapes[0]}, {shapes[1]}"
+                f"Guidance needs unit.attention['guidance_q'] [layers, kv_heads, d] and ['prerope_k'] "
+                f"[layers, kv_heads, {unit.n_tokens}, d] (its needs include 'guidance_qk'); "
+                f"got {shapes[0]}, {shapes[1]}"
             )
         q, k = as_float(q), as_float(k)
         means = torch.stack([k[:, :, s:e].mean(2) for s, e in self._spans(unit)], 2)  # [L, kv, F, d]

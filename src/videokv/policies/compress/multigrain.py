@@ -67,10 +67,11 @@ class MultiGrain(Compressor):
     Each sub-block of granularity g is scored on its own by `DualSignal` with ``keep[g]``, ``alpha[g]`` and
     ``beta = 1 - alpha[g]``: the attention signal is the unit's last-layer self-attention restricted to the
     sub-block's rows and columns (MuKV prefills every block separately, so a block's attention is the
-    attention among its own tokens), the frequency signal runs over the sub-block's own last-layer keys.
-    The ``budget(len, keep[g], rounding)`` best tokens are kept, the same on every layer. Drafts have kind "patch",
-    "frame" or "segment", level "full", the sub-block's t0/t1, and sorted indices into the unit; a token
-    usually appears in several drafts (one per granularity). A one-frame unit still gives a segment draft.
+    attention among its own tokens), the frequency signal runs over the sub-block's own last-layer keys. The
+    ``budget(len, keep[g], rounding)`` best tokens are kept, the same on every layer. Drafts have kind
+    "patch", "frame" or "segment", level "full", the sub-block's t0/t1, and sorted indices into the unit; a
+    token usually appears in several drafts (one per granularity). A one-frame unit still gives a segment
+    draft.
 
     Parameters
     ----------
@@ -136,7 +137,11 @@ class MultiGrain(Compressor):
         """The dual-signal scorer of granularity `grain`."""
         alpha = float(self.alpha[grain])
         return DualSignal(
-            keep=self.keep[grain], alpha=alpha, beta=1.0 - alpha, frequency=self.frequency, rounding=self.rounding
+            keep=self.keep[grain],
+            alpha=alpha,
+            beta=1.0 - alpha,
+            frequency=self.frequency,
+            rounding=self.rounding,
         )
 
     def sub_blocks(self, unit: Unit) -> list[tuple[str, int, int, float, float]]:

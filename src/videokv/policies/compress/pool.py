@@ -16,14 +16,14 @@ from videokv.policies.compress.base import Compressor, as_float, whole_unit_draf
 class Pool(Compressor):
     """Within each frame piece, averages K and V over consecutive windows of `stride` tokens.
 
-    Windows never cross frame boundaries. With ``partial="drop"`` (Video-XL-2: ``F.avg_pool1d`` with
-    kernel = stride and no ceil mode) a frame of m tokens becomes floor(m / stride) pooled tokens and the
-    last m mod stride tokens are dropped; a frame shorter than `stride` (where the reference's avg_pool1d
-    fails) becomes one token, the mean of all of it. With ``partial="keep"`` it becomes ceil(m / stride)
-    pooled tokens, the last window shorter. A pooled token sits at the position (all P rows) of its window's first token, so
-    its key is the mean of keys rotated at nearby positions and is not re-rotated. Means are taken in at
-    least float32 and cast back to the K/V dtype. The draft carries keys/values/positions (no index), at
-    level "H".
+    Windows never cross frame boundaries. With ``partial="drop"`` (Video-XL-2: ``F.avg_pool1d`` with kernel
+    = stride and no ceil mode) a frame of m tokens becomes floor(m / stride) pooled tokens and the last m
+    mod stride tokens are dropped; a frame shorter than `stride` (where the reference's avg_pool1d fails)
+    becomes one token, the mean of all of it. With ``partial="keep"`` it becomes ceil(m / stride) pooled
+    tokens, the last window shorter. A pooled token sits at the position (all P rows) of its window's first
+    token, so its key is the mean of keys rotated at nearby positions and is not re-rotated. Means are taken
+    in at least float32 and cast back to the K/V dtype. The draft carries keys/values/positions (no index),
+    at level "H".
 
     Parameters
     ----------

@@ -18,9 +18,10 @@ from videokv.policies.compress.knorm import check_per_head
 class ValueNorm(ScorerCompressor):
     """Keeps, per layer and KV head, the tokens with the largest value norm.
 
-    score = ||v||, per KV head with `per_head` (the default, as InfiniPot-V: each head keeps its own tokens,
-    the draft's index is [kv_heads, k] per layer), else averaged over KV heads; optionally smoothed by a 1-D moving average of `smooth` tokens inside each frame
-    piece (zero padding not counted), so that neighbouring tokens of a salient region are kept together.
+    score = ||v||, per KV head with `per_head` (the default, as InfiniPot-V: each head keeps its own
+    tokens, the draft's index is [kv_heads, k] per layer), else averaged over KV heads; optionally
+    smoothed by a 1-D moving average of `smooth` tokens inside each frame piece (zero padding not
+    counted), so that neighbouring tokens of a salient region are kept together.
 
     Parameters
     ----------
@@ -60,6 +61,10 @@ class ValueNorm(ScorerCompressor):
         out = flat.clone()
         for start, end in unit.frame_spans:
             out[:, start:end] = F.avg_pool1d(
-                flat[:, None, start:end], self.smooth, stride=1, padding=self.smooth // 2, count_include_pad=False
+                flat[:, None, start:end],
+                self.smooth,
+                stride=1,
+                padding=self.smooth // 2,
+                count_include_pad=False,
             )[:, 0]
         return out.reshape(scores.shape)

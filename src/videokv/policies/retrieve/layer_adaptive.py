@@ -38,8 +38,9 @@ class LayerAdaptive(Retriever):
 
     Source: ``sou1p0wer/StreamKV``: ``model/llava_onevision_streamkv.py`` ``question_answering`` (a
     retrieval-prefill pass records every block's score; ``obtain_cdf_num`` / ``rescale_sum_match`` set
-    ``retrieval_num`` per layer) and ``model/attention/kv_cache_manager.py`` ``ContextManager._calc_block_topk``
-    (``retrieve_local``: the newest 8 blocks plus the top ``retrieval_num - 8`` of the others).
+    ``retrieval_num`` per layer) and ``model/attention/kv_cache_manager.py``
+    ``ContextManager._calc_block_topk`` (``retrieve_local``: the newest 8 blocks plus the top
+    ``retrieval_num - 8`` of the others).
     """
 
     name: ClassVar[str] = "layer_adaptive"
