@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from videokv.config import MemoryConfig
-from videokv.errors import InputError
+from videokv.errors import ConfigError, InputError
 from videokv.memory.assemble import assemble
 from videokv.memory.attention import observe_attention
 from videokv.memory.block import KVBlock
@@ -340,14 +340,14 @@ class Engine:
         summary = self._summary_piece(frames) if self.config.summary and frames else None
         stored = pieces + ([summary] if summary is not None else [])
         guidance = None
-        if "guidance" in compressor.needs and frames:
+        if {"guidance", "guidance_qk"} & set(compressor.needs) and frames:
             guidance = self.adapter.text_piece(compressor.prompt, self.cursor, kind="prompt")
         forwarded = stored + ([guidance] if guidance is not None else [])
         n_stored = sum(p.n_tokens for p in stored)
         n_new = n_stored + (guidance.n_tokens if guidance is not None else 0)
         stats: dict[str, list] = {"guidance": [], "self": []}
         observers = contextlib.ExitStack()
-        if guidance is not None:
+        if guidance is not None and "guidance" in compressor.needs:
 
             def on_guidance(layer: int, w: torch.Tensor) -> None:
                 stats["guidance"].append(w[0].mean(1)[:, -n_new:][:, :n_stored])  # [heads, n_stored]
@@ -361,6 +361,9 @@ class Engine:
             observers.enter_context(
                 observe_attention(on_self, slice(0, n_stored), {self.adapter.num_layers - 1})
             )
+        prerope: dict[str, list] = {}
+        if "guidance_qk" in compressor.needs and guidance is not None:
+            observers.enter_context(_capture_prerope(self.adapter, prerope))
         with observers:
             embeds = torch.cat([p.embeds for p in forwarded])
             positions = torch.cat([p.positions for p in forwarded], dim=1)
@@ -378,6 +381,8 @@ class Engine:
             attention["guidance"] = torch.stack(stats["guidance"])
         if stats["self"]:
             attention["self"] = stats["self"][0]
+        if prerope:
+            attention.update(_guidance_qk(prerope, self.adapter, n_stored, guidance.n_tokens))
         self._store_unit(Unit(stored, keys, values, positions, spans, attention))
         self._trim_context()
 
@@ -465,6 +470,10 @@ class Engine:
                 attention["guidance"] = unit.attention["guidance"][:, :, idx]
             if "self" in unit.attention:
                 attention["self"] = unit.attention["self"][:, idx][:, :, idx]
+            if "prerope_k" in unit.attention:  # [layers, kv_heads, n, d]
+                attention["prerope_k"] = unit.attention["prerope_k"][:, :, idx]
+            if "guidance_q" in unit.attention:
+                attention["guidance_q"] = unit.attention["guidance_q"]
             frames_unit = Unit(
                 frame_pieces,
                 [k[:, idx] for k in unit.keys],
@@ -474,6 +483,11 @@ class Engine:
                 attention,
             )
             for d in self.config.compress.compress(frames_unit):
+                if d.index is not None and any(i.dim() != 1 for i in d.index):
+                    raise ConfigError(
+                        f"{type(self.config.compress).__name__} selected tokens per KV head, which memory "
+                        "cannot store yet (a block's positions are shared by its heads); set per_head=false"
+                    )
                 if d.index is not None:
                     d = BlockDraft(
                         d.kind,
@@ -688,3 +702,38 @@ class Engine:
 def _lead_evidence(lead: list[Piece]) -> list[Evidence]:
     """Evidence spans of the frames and text a question saw besides the memory."""
     return [Evidence(p.t0, p.t1, p.kind, "pending") for p in lead if p.n_frames or p.text]
+
+
+# ---- pre-RoPE statistics for compressors that need "guidance_qk" (StreamKV's guidance score) --------------
+@contextlib.contextmanager
+def _capture_prerope(adapter: Adapter, store: dict[str, list]) -> Iterator[None]:
+    """Record every attention layer's q_proj / k_proj outputs (pre-RoPE) during the forward, per layer."""
+    handles = []
+
+    def keep(what: str, layer: int):
+        def hook(module, args, output):
+            store.setdefault(f"{what}{layer}", []).append(output.detach()[0])  # [n, heads * d]
+
+        return hook
+
+    for i, layer in enumerate(adapter.language_model.layers):
+        handles.append(layer.self_attn.q_proj.register_forward_hook(keep("q", i)))
+        handles.append(layer.self_attn.k_proj.register_forward_hook(keep("k", i)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _guidance_qk(store: dict[str, list], adapter: Adapter, n_stored: int, n_prompt: int) -> dict:
+    """{"guidance_q": [layers, kv_heads, d]} (the prompt's pre-RoPE queries, mean over its tokens, summed
+    within each KV-head group) and {"prerope_k": [layers, kv_heads, n_stored, d]} (the unit's k_proj keys)."""
+    kv, d = adapter.num_kv_heads, adapter.head_dim
+    qs, ks = [], []
+    for i in range(adapter.num_layers):
+        q = torch.cat(store[f"q{i}"]).float()[-n_prompt:]
+        k = torch.cat(store[f"k{i}"]).float()[:n_stored]
+        qs.append(q.view(n_prompt, kv, -1, d).sum(2).mean(0))
+        ks.append(k.view(n_stored, kv, d).transpose(0, 1))
+    return {"guidance_q": torch.stack(qs), "prerope_k": torch.stack(ks)}

@@ -78,7 +78,7 @@ def test_drafts_of_each_granularity_with_budgets():
             assert all(torch.equal(i, idx) for i in d.index)  # the same tokens on every layer
             assert idx.dtype == torch.long and idx.tolist() == sorted(set(idx.tolist()))
             assert a <= int(idx.min()) and int(idx.max()) < b
-            assert idx.numel() == budget(b - a, mg.keep[g])
+            assert idx.numel() == budget(b - a, mg.keep[g], "floor")
     assert (kinds["segment"][0].t0, kinds["segment"][0].t1) == (unit.t0, unit.t1)
     for i, p in enumerate(unit.pieces):
         assert (kinds["frame"][i].t0, kinds["frame"][i].t1) == (p.t0, p.t1)
@@ -107,7 +107,7 @@ def test_sub_blocks_and_budgets_property(frame_sizes, patches, keep, grains, fre
         for d, (a, b) in zip(kinds[g], expected):
             idx = d.index[0]
             assert a <= int(idx.min()) and int(idx.max()) < b
-            assert idx.numel() == budget(b - a, keep)
+            assert idx.numel() == budget(b - a, keep, "floor")
     # the patches of a frame tile it exactly, as consecutive raster slices of near-equal size
     for a, b in unit.frame_spans:
         cuts = raster_slices(a, b, patches)
@@ -142,7 +142,7 @@ def test_alpha_one_keeps_most_attended_within_sub_block(grain, size, keep):
     assert len(drafts) == n // size
     for j, d in enumerate(drafts):
         a, b = j * size, (j + 1) * size
-        k = budget(size, keep)
+        k = budget(size, keep, "floor")
         expected = (torch.argsort(-inside[a:b])[:k] + a).sort().values
         assert d.index[0].tolist() == expected.tolist()
         if grain != "segment":  # the whole-unit attention would have kept the least attended instead

@@ -1,134 +1,112 @@
 """Layer-adaptive budgets (StreamKV, arXiv 2511.07278): how many items each layer keeps or retrieves.
 
-StreamKV gives every layer the same *information mass* rather than the same count: per layer the scores are
-z-normalised and softmaxed, and a layer keeps the fewest top items whose cumulative mass reaches a threshold
-p shared by all layers. A layer whose scores are peaked reaches p with few items; a layer whose scores are
-flat needs many. p is found by binary search so that the counts add up to `L * target`; the counts are then
-rescaled into [target (1 - temp), target (1 + temp)] keeping that sum. The same routine sets the per-layer
-frame budgets of the guidance compressor and the per-layer retrieval counts of `LayerAdaptive`.
+StreamKV gives every layer the same *information mass* rather than the same count. Per layer the scores are
+z-normalised (unbiased std) and softmaxed, sorted descending and summed cumulatively; a layer's count at a
+threshold p is the number of items whose cumulative mass is strictly below p (at least 1). p is found by
+bisection on [0, 1] until the total count is within `tolerance` (5) of the target, or the interval is
+narrower than 1e-6 (then the last midpoint's counts are used). The counts are then mapped linearly onto
+[lo, hi], rescaled to the *searched* sum, rounded half to even, clipped to [lo, hi], and the rounding
+difference is handed out (or taken back) in one pass, smallest counts first (largest first when taking).
+
+Source: ``sou1p0wer/StreamKV`` ``model/abstract_streamkv.py``, ``obtain_cdf_num`` and
+``rescale_sum_match``; used in ``Abstract_StreamKV._encode_video_chunk`` (frame budgets: target
+``int(L * F * compression_ratio)``, range ``[max(1, int(F r (1 - temp))), min(F, int(F r (1 + temp)))]``)
+and ``LlavaOneVision_StreamKV.question_answering`` (retrieval counts: target ``L * retrieve_size``, range
+``[max(k (1 - temp), 1), min(k (1 + temp), 128)]``). The routine is written here from that description.
 """
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 
 from videokv.errors import ConfigError
 
+TOLERANCE = 5  # StreamKV stops the bisection once |total - target| < 5
 
-def _cumulative_mass(scores: torch.Tensor) -> torch.Tensor:
-    """Cumulative softmax mass of the z-normalised scores, sorted descending ([n], ends at ~1)."""
-    s = scores.detach().float().flatten().cpu()
-    if s.numel() > 1:
-        std = s.std()
-        z = (s - s.mean()) / std if bool(std > 0) and bool(torch.isfinite(std)) else torch.zeros_like(s)
+
+def cumulative_mass(scores: torch.Tensor) -> torch.Tensor:
+    """Cumulative softmax mass of the z-normalised scores, sorted descending, in float32 ([n], ends at ~1).
+
+    A single item, or scores with zero spread, get a uniform softmax (StreamKV divides by a zero or NaN std
+    there)."""
+    s = scores.detach().flatten().cpu().float()
+    std = s.std() if s.numel() > 1 else torch.tensor(float("nan"))
+    if bool(torch.isfinite(std)) and bool(std > 0):
+        z = (s - s.mean()) / std
     else:
         z = torch.zeros_like(s)
     return torch.softmax(z, dim=0).sort(descending=True).values.cumsum(0)
 
 
-def _counts_at(cums: list[torch.Tensor], p: float) -> list[int]:
-    """Per layer, the number of sorted items needed for the cumulative mass to reach `p` (at least 1)."""
-    out = []
-    for c in cums:
-        i = int(torch.searchsorted(c, torch.tensor([p], dtype=c.dtype)).item())
-        out.append(min(max(i + 1, 1), c.numel()))
-    return out
-
-
-def _rescale(
-    counts: list[int], goal: int, lo: list[int], hi: list[int], lo_f: float, hi_f: float
-) -> list[int]:
-    """Map `counts` linearly onto [lo_f, hi_f], scale to sum `goal`, round, clamp to [lo, hi], fix the sum."""
-    c = torch.tensor(counts, dtype=torch.float64)
-    if c.numel() == 0:
+def cdf_counts(scores: list[torch.Tensor], target: int, tolerance: int = TOLERANCE) -> list[int]:
+    """Per layer, how many items to take at the shared mass threshold found by bisection (StreamKV's
+    ``obtain_cdf_num``): the number of items whose cumulative mass is strictly below p, at least 1."""
+    if not scores:
         return []
-    span = float(c.max() - c.min())
-    if span == 0:
-        scaled = torch.full_like(c, goal / c.numel())
-    else:
-        scaled = (c - c.min()) / span * (hi_f - lo_f) + lo_f
-        total = float(scaled.sum())
-        if total > 0:
-            scaled = scaled * (goal / total)
-    lo_t = torch.tensor(lo, dtype=torch.float64)
-    hi_t = torch.tensor(hi, dtype=torch.float64)
-    mapped = torch.minimum(torch.maximum(scaled.round(), lo_t), hi_t).long().tolist()
-    # Hand out (or take back) the rounding/clamping difference one item at a time: the smallest counts
-    # grow first, the largest shrink first, always within each layer's bounds.
-    diff = goal - sum(mapped)
-    while diff != 0:
-        moved = False
-        order = sorted(range(len(mapped)), key=lambda i: mapped[i], reverse=diff < 0)
-        for i in order:
-            if diff > 0 and mapped[i] < hi[i]:
-                mapped[i] += 1
-                diff -= 1
-                moved = True
-            elif diff < 0 and mapped[i] > lo[i]:
-                mapped[i] -= 1
-                diff += 1
-                moved = True
-            if diff == 0:
-                break
-        if not moved:
+    if min(int(s.numel()) for s in scores) == 0:
+        raise ConfigError("cdf_counts: every layer needs at least one score")
+    cums = [cumulative_mass(s) for s in scores]
+
+    def counts_at(p: float) -> list[int]:
+        p32 = torch.tensor([p], dtype=torch.float32)
+        return [max(1, int(torch.searchsorted(c, p32, right=False).item())) for c in cums]
+
+    left, right, mid = 0.0, 1.0, 0.0
+    while right - left > 1e-6:
+        mid = (left + right) / 2.0
+        total = sum(counts_at(mid))
+        if abs(total - target) < tolerance:
             break
-    return mapped
+        if total > target:
+            right = mid
+        else:
+            left = mid
+    return counts_at(mid)
 
 
-def adaptive_counts(scores: list[torch.Tensor], target: int, temp: float) -> list[int]:
-    """Per-layer counts with a shared cumulative-mass threshold (StreamKV's layer-adaptive budget).
+def rescale_sum_match(counts: list[int], lo: float, hi: float) -> list[int]:
+    """StreamKV's ``rescale_sum_match``: map `counts` linearly onto [lo, hi], scale to their own sum, round
+    half to even, clip to [lo, hi], then hand out the rounding difference one pass, one item each. Equal
+    counts are returned unchanged (not clipped), as there."""
+    arr = np.asarray(counts, dtype=float)
+    if arr.size == 0:
+        return []
+    total = arr.sum()
+    amin, amax = arr.min(), arr.max()
+    if amin == amax:
+        return [int(c) for c in arr]
+    scaled = (arr - amin) / (amax - amin) * (hi - lo) + lo
+    mapped = np.clip(np.round(scaled * (total / scaled.sum())), lo, hi)
+    diff = int(round(total - mapped.sum()))
+    if diff != 0:
+        order = np.argsort(mapped) if diff > 0 else np.argsort(-mapped)
+        step = 1 if diff > 0 else -1
+        for i in order:
+            if (step > 0 and mapped[i] < hi) or (step < 0 and mapped[i] > lo):
+                mapped[i] += step
+                diff -= step
+                if diff == 0:
+                    break
+    return [int(c) for c in mapped.astype(np.int32)]
+
+
+def streamkv_counts(scores: list[torch.Tensor], target: int, lo: float, hi: float) -> list[int]:
+    """Per-layer counts: `cdf_counts` towards `target` (the total over layers), then `rescale_sum_match`
+    onto [lo, hi]; counts below 1 become 1 (as StreamKV's ``reserved_nums[reserved_nums < 1] = 1``).
 
     Parameters
     ----------
     scores : list of torch.Tensor
-        One 1-D tensor per layer: the score of each candidate item (frame, block) on that layer. Layers may
-        have different numbers of items, but none may be empty.
+        One 1-D tensor per layer: the score of each candidate item (frame, block) on that layer.
     target : int
-        The mean count per layer; the counts add up to ``sum(min(target, len(scores[l])))``, i.e. ``L *
-        target`` when every layer has at least `target` items.
-    temp : float
-        How far a layer may move from `target`: every count lies in ``[target (1 - temp), target (1 +
-        temp)]`` (and in ``[1, len(scores[l])]``). 0 gives every layer exactly `target`.
-
-    Returns
-    -------
-    list of int
-        The number of items each layer keeps: peaked layers (mass concentrated on few items) get fewer,
-        flat layers more.
+        The wanted total over layers (StreamKV: ``int(L * F * ratio)`` frames, ``L * k`` blocks).
+    lo, hi : float
+        The per-layer range of the rescale.
     """
     if target < 1:
-        raise ConfigError(f"adaptive_counts: target must be >= 1; got {target}")
-    if temp < 0:
-        raise ConfigError(f"adaptive_counts: temp must be >= 0; got {temp}")
-    if not scores:
-        return []
-    sizes = [int(s.numel()) for s in scores]
-    if min(sizes) == 0:
-        raise ConfigError("adaptive_counts: every layer needs at least one score")
-    goal = sum(min(target, n) for n in sizes)
-    cums = [_cumulative_mass(s) for s in scores]
-
-    # Binary search for the shared mass threshold whose counts add up closest to the goal
-    # (the total count is non-decreasing in p).
-    lo_p, hi_p = 0.0, 1.0
-    best = _counts_at(cums, 1.0)
-    for _ in range(60):
-        mid = (lo_p + hi_p) / 2
-        counts = _counts_at(cums, mid)
-        total = sum(counts)
-        if abs(total - goal) < abs(sum(best) - goal):
-            best = counts
-        if total == goal:
-            break
-        if total > goal:
-            hi_p = mid
-        else:
-            lo_p = mid
-
-    lo_f = max(1.0, target * (1 - temp))
-    hi_f = max(lo_f, target * (1 + temp))
-    lo = [min(n, max(1, math.ceil(lo_f - 1e-9))) for n in sizes]
-    hi = [min(n, max(lo_i, math.floor(hi_f + 1e-9))) for n, lo_i in zip(sizes, lo)]
-    return _rescale(best, goal, lo, hi, lo_f, hi_f)
+        raise ConfigError(f"streamkv_counts: target must be >= 1; got {target}")
+    if not lo <= hi:
+        raise ConfigError(f"streamkv_counts: the range is empty (lo {lo} > hi {hi})")
+    counts = rescale_sum_match(cdf_counts(scores, target), lo, hi)
+    return [max(1, c) for c in counts]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from videokv.errors import ConfigError
 from videokv.models.base import Piece
 
 
@@ -58,7 +59,10 @@ class Unit:
 @dataclass
 class BlockDraft:
     """What a compressor keeps of (part of) a unit: per-layer kept token indices into the unit, or
-    already-transformed K/V (pooling). Exactly one of `index` or (`keys`, `values`, `positions`) is set."""
+    already-transformed K/V (pooling). Exactly one of `index` or (`keys`, `values`, `positions`) is set.
+
+    index[layer] is 1-D [k] (the same tokens for every KV head) or 2-D [kv_heads, k] (per-head selection, as
+    kvpress and InfiniPot-V do: each row, sorted, holds the tokens that head keeps)."""
 
     kind: str
     t0: float
@@ -79,12 +83,29 @@ def keep_top(scores: torch.Tensor, k: int) -> torch.Tensor:
     return order.sort().values
 
 
-def budget(n: int, keep: float | int) -> int:
-    """Tokens to keep of `n`: a float in (0, 1] is a ratio (at least 1 token), an int a count (at most n)."""
+ROUNDINGS = ("floor", "round")
+
+
+def budget(n: int, keep: float | int, rounding: str = "round") -> int:
+    """Tokens to keep of `n`: a float in (0, 1] is a ratio (at least 1 token), an int a count (at most n).
+
+    rounding: how a ratio becomes a count. "floor" is ``int(n * keep)``, what kvpress (``ScorerPress``:
+    ``int(k_len * (1 - compression_ratio))``) and MuKV (``target_k = int(actual_seq_len * keep_ratio)``)
+    compute; "round" is ``round(n * keep)`` (Python's round, half to even). Either way at least 1 token.
+    """
     if keep <= 0:
         raise ValueError(f"keep must be > 0; got {keep}")
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}; got {rounding!r}")
     if isinstance(keep, float):
         if keep > 1:
             raise ValueError(f"a keep ratio must be in (0, 1]; got {keep} (give an int for a token count)")
-        return max(1, min(n, round(n * keep)))
+        count = int(n * keep) if rounding == "floor" else round(n * keep)
+        return max(1, min(n, count))
     return min(n, int(keep))
+
+
+def check_rounding(rounding: object, owner: str) -> None:
+    """Raise ConfigError unless `rounding` is one of ROUNDINGS."""
+    if rounding not in ROUNDINGS:
+        raise ConfigError(f"{owner}: rounding must be one of {ROUNDINGS}; got {rounding!r}")

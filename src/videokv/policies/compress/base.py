@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 
 from videokv.errors import ConfigError
-from videokv.policies.base import BlockDraft, Unit, budget, keep_top
+from videokv.policies.base import BlockDraft, Unit, budget, check_rounding, keep_top
 
 
 class Compressor(abc.ABC):
@@ -67,34 +67,46 @@ def minmax(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return (x - x.min()) / (x.max() - x.min() + eps)
 
 
+def keep_top_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row of a 2-D [rows, n] tensor, the sorted indices of its `k` highest scores: [rows, k]."""
+    return torch.stack([keep_top(row, k) for row in scores])
+
+
 @dataclass(frozen=True)
 class ScorerCompressor(Compressor):
-    """Keeps, per layer, the `budget(n, keep)` tokens with the highest `score` (ties: the earlier token).
+    """Keeps, per layer (and per KV head when the score has one), the `budget(n, keep, rounding)` tokens with
+    the highest `score` (ties: the earlier token).
 
     Parameters
     ----------
     keep: a float in (0, 1] is the kept fraction of the unit's tokens (at least 1 token), an int the number
         of tokens kept.
+    rounding: how a keep ratio becomes a count: "floor" (``int(n * keep)``, kvpress and MuKV) or "round".
 
-    Subclasses implement `score(unit)`, returning [layers, n] (one score per layer and token) or [n] (the same
-    score, hence the same kept tokens, for every layer).
+    Subclasses implement `score(unit)`, returning [layers, kv_heads, n] (per layer and KV head: each head
+    keeps its own tokens, kvpress-style; the draft's index is then [kv_heads, k] per layer), [layers, n]
+    (one score per layer and token) or [n] (the same score, hence the same kept tokens, for every layer).
     """
 
     keep: float | int = 0.5
+    rounding: str = "floor"
 
     def __post_init__(self) -> None:
         check_keep(self.keep, type(self).__name__)
+        check_rounding(self.rounding, type(self).__name__)
 
     @abc.abstractmethod
     def score(self, unit: Unit) -> torch.Tensor:
-        """Token scores, [layers, n] or [n]; higher is kept first."""
+        """Token scores, [layers, kv_heads, n], [layers, n] or [n]; higher is kept first."""
 
     def compress(self, unit: Unit) -> list[BlockDraft]:
         n, layers = unit.n_tokens, len(unit.keys)
-        k = budget(n, self.keep)
+        k = budget(n, self.keep, self.rounding)
         scores = self.score(unit)
         if scores.dim() == 1:
             index = [keep_top(scores, k)] * layers
-        else:
+        elif scores.dim() == 2:
             index = [keep_top(scores[layer], k) for layer in range(layers)]
+        else:
+            index = [keep_top_rows(scores[layer], k) for layer in range(layers)]
         return [whole_unit_draft(unit, index=index, level="full")]

@@ -37,7 +37,8 @@ class DualSignal(ScorerCompressor):
 
     attention: the unit's self-attention at the last layer (``unit.attention["self"]``, [heads, n, n]),
     averaged over heads and summed over query rows, i.e. the attention each token receives; min-max
-    normalised. frequency: from the last layer's keys averaged over KV heads, x [n, dim]. "fft" zeroes the
+    normalised. frequency: from the last layer's cached keys (rotated at the unit's positions, as MuKV
+    reads them from ``past_key_values``) averaged over KV heads, x [n, dim]. "fft" zeroes the
     lower half of the rFFT spectrum along the token axis (DC included), inverts it and takes the mean
     absolute value over dim per token; "diff" is ||x_i - x_(i-1)|| (0 for the first token). Min-max
     normalised. The attention statistic is only read when alpha > 0.
@@ -49,10 +50,18 @@ class DualSignal(ScorerCompressor):
     alpha: weight of the attention signal (>= 0); MuKV uses 0.5 / 0.7 / 0.8 for 49 / 196 / 784 tokens.
     beta: weight of the frequency signal (>= 0); MuKV uses 0.5 / 0.3 / 0.2.
     frequency: "fft" or "diff".
+    rounding: how a keep ratio becomes a count: "floor" (MuKV: ``target_k = int(actual_seq_len *
+        keep_ratio)``) or "round".
 
-    Source: MuKV (Xiao et al., CVPR 2026, arXiv 2605.22269), dual-signal token compression
-    (``model/mukv_dualsignal_compression.py``, attention strategy "last"). The optional near-duplicate
-    filter of MuKV (off in its shipped script) is not included.
+    Source: MuKV (Xiao et al., CVPR 2026, arXiv 2605.22269), dual-signal token compression,
+    ``IMBALDY/MuKV`` ``model/mukv_dualsignal_compression.py``: ``_compute_token_importance`` (attention
+    strategy "last": ``attentions[-1].mean(0).mean(0).sum(0)`` over the block's key columns, min-max),
+    ``_compute_fft_importance`` (on ``kv_layers[-1][0]``, the block's rotated last-layer keys, mean over
+    heads; "fft" keeps the rFFT bins from ``max(1, bins // 2)`` on), and
+    ``_encode_granularity_chunk_with_compression`` (``target_k = int(n * keep_ratio)``, top-k, the same
+    indices on every layer). The last question token's (rotated) last-layer key is MuKV's *retrieval*
+    query, not part of this score (see `Hierarchical`). The optional near-duplicate filter of MuKV (off in
+    its shipped script, ``DEDUP_ENABLED="false"``) is not included.
     """
 
     name: ClassVar[str] = "dual_signal"

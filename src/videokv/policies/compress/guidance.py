@@ -8,8 +8,8 @@ from typing import ClassVar
 import torch
 
 from videokv.errors import ConfigError
-from videokv.policies.adaptive import adaptive_counts
-from videokv.policies.base import BlockDraft, Unit, budget
+from videokv.policies.adaptive import streamkv_counts
+from videokv.policies.base import BlockDraft, Unit
 from videokv.policies.compress.base import Compressor, as_float, check_keep, whole_unit_draft
 
 DEFAULT_PROMPT = (
@@ -21,28 +21,35 @@ DEFAULT_PROMPT = (
 
 @dataclass(frozen=True)
 class Guidance(Compressor):
-    """Keep, per layer, the whole frames of a unit that a guidance prompt attends to most.
+    """Keep, per layer, the whole frames of a unit that a guidance prompt's queries match best.
 
     From StreamKV (arXiv 2511.07278). The engine appends a fixed, question-agnostic instruction after the
-    unit in the same forward pass and records the attention each unit token receives from the prompt's
-    queries (``unit.attention["guidance"]``, [layers, heads, n], averaged over prompt tokens); the prompt's
-    own K/V is discarded. A frame's score on a layer is that attention averaged over heads and over the
-    frame's tokens. The number of frames each layer keeps comes from `adaptive_counts` (layer-adaptive
-    budgets around ``budget(n_frames, keep)``); each layer keeps its top-scoring frames whole.
+    unit in the same forward pass and records, per layer, the prompt's pre-RoPE queries averaged over its
+    tokens and summed within each KV-head group (``unit.attention["guidance_q"]``, [layers, kv_heads, d])
+    and the unit tokens' pre-RoPE keys (``unit.attention["prerope_k"]``, [layers, kv_heads, n, d]); the
+    prompt's own K/V is discarded. A frame's score on a layer is the inner product of that query with the
+    frame's mean pre-RoPE key, summed over KV heads (= StreamKV's mean prompt query . the frame block's
+    GQA-repeated mean key). The number of frames each layer keeps comes from `streamkv_counts`: target
+    ``int(L * F * keep)`` over the L layers, range ``[max(1, int(F keep (1 - temp))), min(F, int(F keep
+    (1 + temp)))]``; each layer keeps its top-scoring frames whole.
 
     Parameters
     ----------
     prompt : str
         The guidance instruction (a generic request to attend to objects, people, actions, text and changes).
     keep : float or int
-        A float in (0, 1] is the kept fraction of the unit's frames (at least 1), an int a frame count
-        (StreamKV: 0.6).
+        A float in (0, 1] is the kept fraction of the unit's frames, an int a frame count (StreamKV: 0.6).
     temp : float
-        How far a layer's frame count may move from the mean, as a fraction of it (>= 0; StreamKV: 1).
+        How far a layer's frame count may move from ``F * keep``, as a fraction of it (>= 0; StreamKV: 1).
+
+    Source: ``sou1p0wer/StreamKV``: ``model/attention/kv_cache_manager.py`` ``ContextManager.calculate_score``
+    (mean over prompt tokens of the pre-RoPE ``h_q``, dot the per-frame ``block_k``, i.e. the mean of the
+    frame's pre-RoPE keys repeated per GQA group) and ``compress_kv`` (top ``reserved_num`` frames per
+    layer), with the budgets of ``model/abstract_streamkv.py`` ``_encode_video_chunk``.
     """
 
     name: ClassVar[str] = "guidance"
-    needs: ClassVar[tuple[str, ...]] = ("guidance",)
+    needs: ClassVar[tuple[str, ...]] = ("guidance_qk",)
     prompt: str = DEFAULT_PROMPT
     keep: float | int = 0.6
     temp: float = 1.0
@@ -55,25 +62,46 @@ class Guidance(Compressor):
             raise ConfigError(f"Guidance: temp must be >= 0; got {self.temp!r}")
 
     def frame_scores(self, unit: Unit) -> torch.Tensor:
-        """[layers, frames]: the guidance attention of each frame, averaged over heads and its tokens."""
-        att = unit.attention.get("guidance")
-        if att is None or att.dim() != 3 or att.shape[-1] != unit.n_tokens:
-            got = None if att is None else tuple(att.shape)
+        """[layers, frames]: the prompt's mean pre-RoPE query . each frame's mean pre-RoPE key."""
+        q, k = unit.attention.get("guidance_q"), unit.attention.get("prerope_k")
+        layers, kv_heads = len(unit.keys), unit.keys[0].shape[0]
+        if (
+            q is None
+            or k is None
+            or q.dim() != 3
+            or k.dim() != 4
+            or tuple(q.shape[:2]) != (layers, kv_heads)
+            or tuple(k.shape[:3]) != (layers, kv_heads, unit.n_tokens)
+        ):
+            shapes = [None if t is None else tuple(t.shape) for t in (q, k)]
             raise ConfigError(
-                f"Guidance needs unit.attention['guidance'] of shape [layers, heads, {unit.n_tokens}]; "
-                f"got {got}"
+                f"Guidance needs unit.attention['guidance_q'] [layers, kv_heads, d] and ['prerope_k'] "
+                f"[layers, kv_heads, {unit.n_tokens}, d] (its needs include 'guidance_qk'); "
+                f"got {shapes[0]}, {shapes[1]}"
             )
-        per_token = as_float(att).mean(1)  # [layers, n]
-        return torch.stack([per_token[:, s:e].mean(1) for s, e in self._spans(unit)], 1)
+        q, k = as_float(q), as_float(k)
+        means = torch.stack([k[:, :, s:e].mean(2) for s, e in self._spans(unit)], 2)  # [L, kv, F, d]
+        return torch.einsum("lhfd,lhd->lf", means, q.to(means.dtype))
+
+    def budgets(self, scores: torch.Tensor) -> list[int]:
+        """Frames kept per layer for frame scores [layers, F] (StreamKV's ``reserved_nums``)."""
+        layers, n_frames = scores.shape
+        if n_frames == 1:
+            return [1] * layers
+        ratio = float(self.keep) if isinstance(self.keep, float) else min(self.keep, n_frames) / n_frames
+        mean = n_frames * ratio
+        target = max(1, int(layers * n_frames * ratio))
+        lo = max(1, int(mean * (1 - self.temp)))
+        hi = max(lo, min(n_frames, int(mean * (1 + self.temp))))
+        return [min(n_frames, c) for c in streamkv_counts(list(scores), target, lo, hi)]
 
     def compress(self, unit: Unit) -> list[BlockDraft]:
         spans = self._spans(unit)
         scores = self.frame_scores(unit)
-        layers = scores.shape[0]
-        counts = adaptive_counts(list(scores), budget(len(spans), self.keep), self.temp)
+        counts = self.budgets(scores)
         index = []
-        for layer in range(layers):
-            order = torch.argsort(-scores[layer], stable=True)[: counts[layer]].sort().values
+        for layer, count in enumerate(counts):
+            order = torch.argsort(-scores[layer], stable=True)[:count].sort().values
             index.append(torch.cat([torch.arange(*spans[f], device=scores.device) for f in order.tolist()]))
         return [whole_unit_draft(unit, index=index, level="full")]
 

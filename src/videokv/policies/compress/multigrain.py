@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from videokv.errors import ConfigError, VideoKVError
-from videokv.policies.base import BlockDraft, Unit, budget, keep_top
+from videokv.policies.base import BlockDraft, Unit, budget, check_rounding, keep_top
 from videokv.policies.compress.base import Compressor, check_keep
 from videokv.policies.compress.dual_signal import DualSignal
 
@@ -67,10 +67,11 @@ class MultiGrain(Compressor):
     Each sub-block of granularity g is scored on its own by `DualSignal` with ``keep[g]``, ``alpha[g]`` and
     ``beta = 1 - alpha[g]``: the attention signal is the unit's last-layer self-attention restricted to the
     sub-block's rows and columns (MuKV prefills every block separately, so a block's attention is the
-    attention among its own tokens), the frequency signal runs over the sub-block's own last-layer keys.
-    The ``budget(len, keep[g])`` best tokens are kept, the same on every layer. Drafts have kind "patch",
-    "frame" or "segment", level "full", the sub-block's t0/t1, and sorted indices into the unit; a token
-    usually appears in several drafts (one per granularity). A one-frame unit still gives a segment draft.
+    attention among its own tokens), the frequency signal runs over the sub-block's own last-layer keys. The
+    ``budget(len, keep[g], rounding)`` best tokens are kept, the same on every layer. Drafts have kind
+    "patch", "frame" or "segment", level "full", the sub-block's t0/t1, and sorted indices into the unit; a
+    token usually appears in several drafts (one per granularity). A one-frame unit still gives a segment
+    draft.
 
     Parameters
     ----------
@@ -82,6 +83,8 @@ class MultiGrain(Compressor):
     patches: raster slices per frame for the patch granularity (>= 1; MuKV: 4).
     granularities: the granularities stored, a non-empty subset of ("patch", "frame", "segment"); `keep`
         and `alpha` must have an entry for each.
+    rounding: how a keep ratio becomes a count: "floor" (MuKV: ``target_k = int(actual_seq_len *
+        keep_ratio)``, e.g. 4 of 49 and 19 of 196 tokens at 0.1) or "round" (5 and 20).
 
     Differences from MuKV: the unit is prefilled once (with the ingest policy's context), not once per
     granularity, so the sub-block attention is a restriction of the unit's attention (rows normalised over
@@ -98,8 +101,10 @@ class MultiGrain(Compressor):
     frequency: str = "fft"
     patches: int = 4
     granularities: tuple[str, ...] = GRAINS
+    rounding: str = "floor"
 
     def __post_init__(self) -> None:
+        check_rounding(self.rounding, "MultiGrain")
         grains = self.granularities
         if not isinstance(grains, tuple | list) or not grains or set(grains) - set(GRAINS):
             raise ConfigError(
@@ -131,7 +136,13 @@ class MultiGrain(Compressor):
     def scorer(self, grain: str) -> DualSignal:
         """The dual-signal scorer of granularity `grain`."""
         alpha = float(self.alpha[grain])
-        return DualSignal(keep=self.keep[grain], alpha=alpha, beta=1.0 - alpha, frequency=self.frequency)
+        return DualSignal(
+            keep=self.keep[grain],
+            alpha=alpha,
+            beta=1.0 - alpha,
+            frequency=self.frequency,
+            rounding=self.rounding,
+        )
 
     def sub_blocks(self, unit: Unit) -> list[tuple[str, int, int, float, float]]:
         """(granularity, start, end, t0, t1) of every sub-block of `unit`, in `granularities` order."""
@@ -164,6 +175,6 @@ class MultiGrain(Compressor):
         drafts = []
         for grain, a, b, t0, t1 in self.sub_blocks(unit):
             scores = scorers[grain].score(sub_unit(unit, a, b))
-            index = keep_top(scores, budget(b - a, self.keep[grain])) + a
+            index = keep_top(scores, budget(b - a, self.keep[grain], self.rounding)) + a
             drafts.append(BlockDraft(kind=grain, t0=t0, t1=t1, index=[index] * layers, level="full"))
         return drafts
