@@ -149,7 +149,8 @@ def srt_text(events: list[tuple[float, float, str]]) -> str:
 @pytest.fixture
 def serve_factory(tmp_path_factory) -> Iterator[Callable[..., ServerHandle]]:
     """Start servers: `serve_factory(token=TOKEN, memory="rekv", max_upload_mb=None, max_sessions=None,
-    session_mb=None, extra=[...], media=True)` returns a started ServerHandle; all are stopped after the test."""
+    session_mb=None, extra=[...], media=True)` returns a started ServerHandle; all are stopped after the
+    test."""
     handles: list[ServerHandle] = []
 
     def start(

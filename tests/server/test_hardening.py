@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from tests.server.conftest import TOKEN, ServerHandle, make_clip, srt_text
-from tests.server.test_api import answer_of, create, memory_of, png_b64, raw_body, upload, wait_for
+from tests.server.test_api import answer_of, create, memory_of, raw_body, upload, wait_for
 
 QUESTION = "what colour is the umbrella?"
 FAST_S = 10.0  # a refusal is decided before any model work: well under this on the loaded CI machine
@@ -303,7 +303,7 @@ def test_requests_cannot_read_server_files(strict: ServerHandle, sc: httpx.Clien
 def test_media_dir_url_allowlist_redirects_and_stale_saves(serve_factory, tmp_path: Path):
     media = tmp_path / "media"
     media.mkdir()
-    clip = make_clip(media / "c.mp4", seconds=2, fps=2)
+    make_clip(media / "c.mp4", seconds=2, fps=2)
     (media / "bad.srt").write_text("SECRET_API_KEY=hunter2 --> nope\n")
     outside = tmp_path / "secret.srt"
     outside.write_text(srt_text([(0.0, 1.0, "SECRET_API_KEY=hunter2")]))
@@ -372,7 +372,7 @@ def test_resume_after_kill_continues_the_sampling_grid(serve_factory, tmp_path: 
     sid = create(c, memory="rekv", fps=1.0)["id"]
     assert c.post(f"/v1/sessions/{sid}/source", json=body).status_code == 202
     for at_least in (9, 22):
-        wait_for(lambda n=at_least: c.get(f"/v1/sessions/{sid}").json()["frames"] >= n, 240, 0.05)
+        wait_for(lambda n=at_least, c=c: c.get(f"/v1/sessions/{sid}").json()["frames"] >= n, 240, 0.05)
         c.close()
         server.restart()  # SIGKILL, then start on the same data dir: the source resumes
         c = server.client()
