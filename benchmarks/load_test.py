@@ -161,6 +161,8 @@ class ServerProcess:
         cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--token", self.token]
         cmd += ["--memory", cfg.memory, "--session-mb", str(cfg.session_mb)]
         cmd += ["--max-sessions", str(cfg.ingest_sessions + cfg.ask_sessions + 2), "--fps", str(cfg.fps)]
+        clip = Path(cfg.clip) if cfg.clip else _sample_clip()
+        cmd += ["--media-dir", str(clip.resolve().parent)]  # the sources name the clip by its server path
         self.command = cmd
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         with open(log_path, "ab") as log:

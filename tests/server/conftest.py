@@ -149,7 +149,8 @@ def srt_text(events: list[tuple[float, float, str]]) -> str:
 @pytest.fixture
 def serve_factory(tmp_path_factory) -> Iterator[Callable[..., ServerHandle]]:
     """Start servers: `serve_factory(token=TOKEN, memory="rekv", max_upload_mb=None, max_sessions=None,
-    session_mb=None, extra=[...])` returns a started ServerHandle; all are stopped after the test."""
+    session_mb=None, extra=[...], media=True)` returns a started ServerHandle; all are stopped after the
+    test."""
     handles: list[ServerHandle] = []
 
     def start(
@@ -159,8 +160,11 @@ def serve_factory(tmp_path_factory) -> Iterator[Callable[..., ServerHandle]]:
         max_sessions: int | None = None,
         session_mb: float | None = None,
         extra: list[str] | None = None,
+        media: bool = True,
     ) -> ServerHandle:
         args: list[str] = []
+        if media:  # server paths under the test's temp folders, and URL sources, are allowed
+            args += ["--media-dir", str(tmp_path_factory.getbasetemp()), "--allow-urls"]
         if memory:
             args += ["--memory", memory]
         if max_upload_mb is not None:
@@ -181,8 +185,10 @@ def serve_factory(tmp_path_factory) -> Iterator[Callable[..., ServerHandle]]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[ServerHandle]:
-    """One server per test module: tiny model, rekv memory, token TOKEN, default limits."""
-    handle = _make(tmp_path_factory.mktemp("serve"), TOKEN, ["--memory", "rekv"])
+    """One server per test module: tiny model, rekv memory, token TOKEN, default limits; server paths under
+    the test temp folders (--media-dir) and URL sources (--allow-urls) allowed."""
+    media = ["--media-dir", str(tmp_path_factory.getbasetemp()), "--allow-urls"]
+    handle = _make(tmp_path_factory.mktemp("serve"), TOKEN, ["--memory", "rekv", *media])
     handle.start()
     yield handle
     handle.stop()

@@ -158,3 +158,70 @@ def test_server_alive_after_fuzz(server, real_session) -> None:
         assert answer.json()["question"] == "Which way?"
         after = client.get(f"/v1/sessions/{sid}").raise_for_status().json()
         assert after["blocks"] >= before["blocks"]
+
+
+def _hostile_cases(sid: str) -> list[tuple[str, str, dict]]:
+    """(method, path, httpx request kwargs): long strings, big numbers, big images, chunked bodies, hostile
+    headers; each must be answered with a 4xx, never a 5xx, and leave the session as it was."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (6000, 6000)).save(buf, format="PNG")
+    big_png = base64.b64encode(buf.getvalue()).decode()
+    s = f"/v1/sessions/{sid}"
+    long = "x" * 200_000
+
+    def chunks(n: int):
+        yield b'{"question": "'
+        for _ in range(n):
+            yield b"a" * 65536
+        yield b'"}'
+
+    return [
+        ("POST", f"{s}/ask", {"json": {"question": long}}),
+        ("POST", f"{s}/ask", {"json": {"question": "q", "choices": [long, long]}}),
+        ("POST", f"{s}/ask", {"json": {"question": "q", "max_new_tokens": 10**30}}),
+        ("POST", f"{s}/text", {"json": {"events": [{"text": long}] * 3}}),
+        ("POST", f"{s}/text", {"json": {"events": [{"text": "t", "start": 1e308}]}}),
+        ("POST", f"{s}/text", {"json": {"events": [{"text": "t", "start": -1e308}]}}),
+        ("POST", f"{s}/frames", {"json": {"raw": "", "shape": [10**12, 10**12, 10**12, 3]}}),
+        ("POST", f"{s}/frames", {"json": {"raw": "", "shape": [1, 1, 1, 3], "timestamps": [1e250]}}),
+        ("POST", f"{s}/frames", {"json": {"images": [big_png]}}),
+        ("POST", "/v1/sessions", {"json": {"fps": 1e308, "name": long}}),
+        ("GET", f"{s}/thumbnail", {"params": {"t": "1e400"}}),
+        ("POST", f"{s}/ask", {"content": chunks(1200), "headers": {"Content-Type": "application/json"}}),
+        ("POST", f"{s}/ask", {"content": b"[" * 100_000, "headers": {"Content-Type": "application/json"}}),
+        ("POST", "/v1/sessions", {"content": b"memory=rekv", "headers": {"Content-Type": "text/plain"}}),
+        ("POST", "/v1/sessions", {"json": {}, "headers": {"Origin": "http://evil.example"}}),
+        ("GET", "/v1/health", {"headers": {"Host": "attacker.example"}}),
+        ("GET", "/v1/health", {"headers": {"Host": "x" * 8000}}),
+        (
+            "POST",
+            f"{s}/video",
+            {"content": b"--b\r\n" * 1000, "headers": {"Content-Type": "multipart/form-data"}},
+        ),
+    ]
+
+
+def test_hostile_requests_are_refused_without_a_5xx(server, real_session) -> None:
+    """Hand-written hostile requests (schemathesis keeps sizes small): all 4xx (or a closed connection for
+    a body refused while it streams), the real session's memory unchanged, the server alive."""
+    with server.client() as client:
+        sid = real_session.ensure()
+        before = client.get(f"/v1/sessions/{sid}").raise_for_status().json()
+        codes = []
+        for method, path, kwargs in _hostile_cases(sid):
+            headers = {**server.headers, **kwargs.pop("headers", {})}
+            try:
+                r = client.request(method, path, headers=headers, **kwargs)
+            except httpx.HTTPError:  # the server answered (413) and closed while the body still streamed
+                codes.append((path, "closed"))
+                continue
+            codes.append((path, r.status_code))
+            assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text[:300])
+        after = client.get(f"/v1/sessions/{sid}").raise_for_status().json()
+        for key in ("clock", "frames", "blocks", "memory_tokens", "memory_bytes", "state"):
+            assert after[key] == before[key], (key, codes)
+        assert server.proc.poll() is None and client.get("/v1/health").status_code == 200

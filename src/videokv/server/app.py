@@ -20,14 +20,17 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
 from videokv.api import VideoQA
 from videokv.errors import InputError, SubtitleError, VideoError, VideoKVError
 from videokv.presets import PRESETS
+from videokv.server import limits as L
 from videokv.server import schemas as S
-from videokv.server.live import chunked, merge_items
+from videokv.server.limits import GuardMiddleware, HostPolicy, Limits
+from videokv.server.live import chunked, is_url, merge_items
 from videokv.server.scheduler import SchedulerClosed
 from videokv.server.sessions import (
     BadRequest,
@@ -110,6 +113,35 @@ def _pick_fps(raw: str | None, default: float) -> float:
     return fps
 
 
+def _check_token(request: Request) -> None:
+    token = request.app.state.token
+    if token is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
+        raise _Unauthorized("this server needs its token: send the header 'Authorization: Bearer <token>'")
+
+
+class JSONRoute(APIRoute):
+    """A route whose JSON body is read under the size cap as it streams in (413 past it, after the token is
+    checked) and parsed in a worker thread, not on the event loop; forms and other types are refused (415)."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def capped(request: Request) -> Response:
+            _check_token(request)
+            body, parsed = await L.read_json_body(request, request.app.state.limits.max_json_bytes)
+            request._body = body
+            if parsed is not None:
+                request._json = parsed
+            return await handler(request)
+
+        return capped
+
+
 BEARER = HTTPBearer(auto_error=False, description="the server's token (--token or VIDEOKV_TOKEN)")
 
 
@@ -137,17 +169,33 @@ def create_app(
     default_memory: str = "rekv",
     chunk_frames: int = 8,
     model_name: str | None = None,
+    limits: Limits | None = None,
+    bound_host: str = "127.0.0.1",
 ) -> FastAPI:
     """The videokv service over `qa` (one model shared by every session), keeping sessions in `data_dir`.
 
     token: when set, every /v1 route needs `Authorization: Bearer <token>`. max_upload_bytes: the largest
     upload. max_sessions: sessions held at once. session_bytes: each session's budget of resident memory
     bytes (blocks over it spill to the session's folder; presets that cannot spill refuse ingest past it).
+    limits: the per-request limits and what requests may name (server paths, URLs); bound_host: the
+    address the server listens on (a Host name it answers besides loopback names and IP literals).
     Sessions already in `data_dir` are restored from their journals when the app starts.
     """
+    limits = limits or Limits()
+    limits.check()
     manager = SessionManager(
-        qa, data_dir, max_sessions=max_sessions, session_bytes=session_bytes, chunk_frames=chunk_frames
+        qa,
+        data_dir,
+        max_sessions=max_sessions,
+        session_bytes=session_bytes,
+        chunk_frames=chunk_frames,
+        limits=limits,
     )
+    roots = (str(Path(data_dir).resolve()), limits.media_dir)
+
+    def clean(message: str) -> str:
+        return L.scrub(message, *roots)
+
     model_label = model_name or qa.adapter.family
 
     @contextlib.asynccontextmanager
@@ -164,16 +212,18 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.manager = manager
+    app.state.limits = limits
+    app.add_middleware(GuardMiddleware, policy=HostPolicy(bound_host, limits.allowed_hosts))
 
     # ---- errors: always {"detail": "<what to do>"} -----------------------------------------------------
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        return JSONResponse({"detail": clean(str(exc))}, status_code=exc.status)
 
     @app.exception_handler(VideoKVError)
     async def _videokv_error(request: Request, exc: VideoKVError) -> JSONResponse:
         status = 400 if isinstance(exc, InputError) else 500
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        return JSONResponse({"detail": clean(str(exc))}, status_code=status)
 
     @app.exception_handler(SchedulerClosed)
     async def _closed(request: Request, exc: SchedulerClosed) -> JSONResponse:
@@ -194,10 +244,18 @@ def create_app(
     async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
-    api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=ERRORS)
+    api = APIRouter(
+        prefix="/v1", dependencies=[Depends(require_token)], responses=ERRORS, route_class=JSONRoute
+    )
 
     def status_of(m: Managed) -> dict:
-        return m.status()
+        st = m.status()
+        for key in ("error",):
+            if st.get(key):
+                st[key] = clean(st[key])
+        if st.get("source") and st["source"].get("error"):
+            st["source"] = {**st["source"], "error": clean(st["source"]["error"])}
+        return st
 
     # ---- service ---------------------------------------------------------------------------------------
     @api.get("/health", response_model=S.Health)
@@ -252,12 +310,20 @@ def create_app(
                 ) from e
             if info.duration <= 0 and info.frames <= 0:
                 raise NotAVideo(f"{name!r} has no frames; upload a video with at least one frame")
+            L.check_frame_pixels(limits, info.width, info.height, f"the frames of {name!r}")
             events = []
             if "subtitles" in upload.files:
                 events = await asyncio.to_thread(load_subtitles, upload.files["subtitles"])
+                L.check_text_events(limits, [e.text for e in events])
+                for i, e in enumerate(events):
+                    L.check_time(limits, e.start, m.session.clock, f"subtitle {i + 1}'s start")
+            dropped: list = []
 
             def make_chunks() -> Iterator[list]:  # the video's time 0 is where the stream is now
-                items = merge_items(iter_frames(video, fps=fps), events, m.session.clock)
+                frames = iter_frames(video, fps=fps)
+                items = merge_items(
+                    frames, events, m.session.clock, end=info.duration, interval=1.0 / fps, dropped=dropped
+                )
                 return chunked(items, manager.chunk_frames)
 
             try:
@@ -267,7 +333,13 @@ def create_app(
                     f"{name!r} could not be decoded to the end ({str(e).split(': ', 1)[-1]}); the file is "
                     "truncated or corrupt: upload it again whole. Nothing of it was ingested."
                 ) from e
-            return {"added": added, "status": status_of(m)}
+            warnings = []
+            if dropped:
+                warnings.append(
+                    f"{len(dropped)} subtitle event(s) start after the video's end ({info.duration:.3f} s) "
+                    "and were not ingested; ends past it were clipped"
+                )
+            return {"added": added, "status": status_of(m), "warnings": warnings}
         finally:
             upload.cleanup()
 
@@ -275,18 +347,28 @@ def create_app(
     async def start_source(sid: str, body: S.StartSource) -> dict:
         m = manager.get(sid)
         url = body.url.strip()
-        if "://" not in url or url.lower().startswith("file://"):
-            path = url[len("file://") :] if url.lower().startswith("file://") else url
+        if not is_url(url) or url.lower().startswith("file://"):
+            path = L.server_path(limits, url, "source")
             try:
-                await asyncio.to_thread(probe, Path(path).expanduser())
-            except VideoError as e:
-                raise BadRequest(f"cannot use {url!r} as a source: {e}") from e
+                info = await asyncio.to_thread(probe, path)
+            except VideoError:
+                raise BadRequest(
+                    f"cannot use {url!r} as a source: it is not a video FFmpeg can read"
+                ) from None
+            L.check_frame_pixels(limits, info.width, info.height, f"the frames of {url!r}")
+            url = str(path)
+        else:
+            L.check_url(limits, url)
+            url = await asyncio.to_thread(L.resolve_redirects, limits, url)
+        subtitles = None
         if body.subtitles is not None:
+            subtitles = str(L.server_path(limits, body.subtitles, "subtitles"))
             try:
-                await asyncio.to_thread(load_subtitles, body.subtitles)
-            except SubtitleError as e:
-                raise BadRequest(str(e)) from e
-        manager.start_source(m, url, fps=body.fps, realtime=body.realtime, subtitles=body.subtitles)
+                events = await asyncio.to_thread(load_subtitles, subtitles)
+            except SubtitleError:  # never echo a server file's contents
+                raise BadRequest(f"{body.subtitles!r} is not an SRT or WebVTT file") from None
+            L.check_text_events(limits, [e.text for e in events])
+        manager.start_source(m, url, fps=body.fps, realtime=body.realtime, subtitles=subtitles)
         return status_of(m)
 
     @api.delete("/sessions/{sid}/source", response_model=S.SessionStatus)
@@ -298,11 +380,26 @@ def create_app(
     @api.post("/sessions/{sid}/frames", response_model=S.Added)
     async def push_frames(sid: str, body: S.PushFrames) -> dict:
         m = manager.get(sid)
-        images = (
-            None if body.images is None else [_decode_b64(s, f"image {i}") for i, s in enumerate(body.images)]
-        )
-        raw = None if body.raw is None else _decode_b64(body.raw, "raw")
-        frames = await asyncio.to_thread(frames_from_request, images, raw, body.shape)
+        if body.shape is not None and len(body.shape) == 4:
+            t, h, w = (max(0, int(x)) for x in body.shape[:3])
+            L.check_frame_pixels(limits, w, h, "the raw frames")
+            if t * h * w > limits.max_request_pixels:
+                raise L.over(
+                    "max_request_pixels", limits, "the pixels of this request's frames", t * h * w, 413
+                )
+
+        def decode() -> object:
+            images = (
+                None
+                if body.images is None
+                else [_decode_b64(s, f"image {i}") for i, s in enumerate(body.images)]
+            )
+            if images is not None:
+                L.image_sizes(limits, images)  # from the headers: refused before anything is decoded
+            raw = None if body.raw is None else _decode_b64(body.raw, "raw")
+            return frames_from_request(images, raw, body.shape)
+
+        frames = await asyncio.to_thread(decode)
         added = await manager.ingest_chunks(m, lambda: manager.frame_chunks(m, frames, body.timestamps))
         return {"added": added, "status": status_of(m)}
 
@@ -310,6 +407,10 @@ def create_app(
     async def push_text(sid: str, body: S.PushText) -> dict:
         m = manager.get(sid)
         events = [e.model_dump() for e in body.events]
+        texts = [e["text"] for e in events]
+        L.check_text_events(limits, texts)
+        await L.check_tokens(limits, qa.adapter.tokenize, texts, "text events")
+        manager.text_items(m, events)  # times checked before the request waits for the session
         added = await manager.ingest_chunks(m, lambda: iter([list(manager.text_items(m, events))]))
         return {"added": added, "status": status_of(m)}
 
@@ -321,6 +422,8 @@ def create_app(
             raise BadRequest("the question is empty; ask something about the stream")
         if body.choices is not None and (len(body.choices) < 2 or any(not c.strip() for c in body.choices)):
             raise BadRequest("choices must be at least two non-empty strings (or null for a free answer)")
+        L.check_ask(limits, body.question, body.choices)
+        await L.check_tokens(limits, qa.adapter.tokenize, [body.question, *(body.choices or [])], "question")
         if not body.stream:
             return await manager.ask(m, body.question, body.choices, body.max_new_tokens)
         loop = asyncio.get_running_loop()

@@ -48,7 +48,12 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args: Callable) -> No
         default=None,
         help="each session's budget of resident KV memory in MiB; older blocks spill to disk (default: none)",
     )
+    _add_limit_args(serve)
     add_model_args(serve)
+    for action in serve._actions:  # the model options' --memory says "default: full"; the server's is rekv
+        if action.dest == "memory":
+            action.default = "rekv"
+            action.help = (action.help or "").replace("(default: full)", "(default: rekv)")
     serve.set_defaults(func=cmd_serve, memory="rekv")
 
     stream = sub.add_parser(
@@ -71,6 +76,73 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args: Callable) -> No
     stream.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     add_model_args(stream)
     stream.set_defaults(func=cmd_stream, memory="rekv")
+
+
+def _add_limit_args(serve: argparse.ArgumentParser) -> None:
+    """The per-request limits (videokv.server.limits.Limits; docs/SERVER.md has the table)."""
+    from videokv.server.limits import Limits
+
+    d = Limits()
+    g = serve.add_argument_group("limits (a request past one is refused with 413/422 naming the flag)")
+    helps = {
+        "max_question_chars": "characters of a question",
+        "max_choices": "choices of a multiple-choice question",
+        "max_choice_chars": "characters of one choice",
+        "max_text_chars": "characters of one text event (pushed or a subtitle)",
+        "max_text_events": "text events in one request (pushed, or an upload's subtitles)",
+        "max_request_tokens": "text tokens in one request (question + choices, or all pushed text)",
+        "max_frame_pixels": "width x height of one image or video frame, read from its header",
+        "max_request_pixels": "pixels of all frames pushed in one request",
+        "max_json_mb": "MiB of a JSON body, counted as it streams in",
+        "max_time_jump": "seconds an item may lie ahead of the stream clock (or of the item before it)",
+        "max_late_text": "seconds before the clock that pushed text is still placed at the clock",
+    }
+    for name, text in helps.items():
+        default = getattr(d, name)
+        g.add_argument(
+            Limits.flag(name), type=type(default), default=default, help=f"{text} (default: {default})"
+        )
+    a = serve.add_argument_group("what requests may reach")
+    a.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name (and page origin) to answer besides loopback names, IP addresses and --host "
+        "(repeatable; '*' for any: turns the DNS-rebinding guard off)",
+    )
+    a.add_argument(
+        "--media-dir",
+        default=None,
+        help="a folder whose files a source or subtitles path in a request may name (default: none; "
+        "requests can only upload files)",
+    )
+    a.add_argument(
+        "--allow-urls", action="store_true", help="allow URL sources (http, rtsp, ...) to any host"
+    )
+    a.add_argument(
+        "--allow-url-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="allow URL sources to this host only (repeatable; redirects are checked against the list)",
+    )
+
+
+def _limits(args: argparse.Namespace):
+    from videokv.server.limits import Limits
+
+    d = Limits()
+    values = {
+        name: getattr(args, name) for name in vars(d) if name.startswith("max_") and hasattr(args, name)
+    }
+    return Limits(
+        **values,
+        allowed_hosts=tuple(args.allowed_host),
+        media_dir=args.media_dir,
+        allow_urls=args.allow_urls,
+        url_hosts=tuple(args.allow_url_host),
+    )
 
 
 def _frame_tokens(args: argparse.Namespace) -> int:
@@ -107,6 +179,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("videokv serve: --session-mb must be > 0", file=sys.stderr)
         return 2
 
+    try:
+        limits = _limits(args)
+        limits.check()
+    except ValueError as e:
+        print(f"videokv serve: {e}", file=sys.stderr)
+        return 2
+    if limits.media_dir is not None and not os.path.isdir(limits.media_dir):
+        print(f"videokv serve: --media-dir {limits.media_dir} is not a folder", file=sys.stderr)
+        return 2
+
     import uvicorn
 
     from videokv.presets import get_preset
@@ -124,6 +206,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         default_memory=args.memory,
         chunk_frames=args.chunk_frames,
         model_name=args.model,
+        limits=limits,
+        bound_host=args.host,
     )
     where = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}"
     print(f"videokv serve: {args.model} on {where} (data in {args.data_dir})", file=sys.stderr, flush=True)

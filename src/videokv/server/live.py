@@ -7,7 +7,6 @@ blocks until it is done, so decoding never runs ahead of the model by more than 
 
 from __future__ import annotations
 
-import heapq
 import math
 import os
 import threading
@@ -21,7 +20,7 @@ import numpy as np
 
 from videokv.engine import Frame
 from videokv.errors import InputError, VideoError
-from videokv.video.decode import iter_frames
+from videokv.video.decode import iter_frames, probe
 from videokv.video.subtitles import TextEvent, load_subtitles
 
 Item = Frame | TextEvent
@@ -40,7 +39,9 @@ def is_live(source: str) -> bool:
     return is_url(source) and source.split("://", 1)[0].lower() in LIVE_SCHEMES
 
 
-def _iter_url(url: str, fps: float, start: float = 0.0) -> Iterator[tuple[float, np.ndarray]]:
+def _iter_url(
+    url: str, fps: float, start: float = 0.0, max_pixels: int | None = None
+) -> Iterator[tuple[float, np.ndarray]]:
     """Sample a stream PyAV opens (http(s), rtsp, ...) at `fps`; times in seconds from its first frame."""
     options = {"rtsp_transport": "tcp"} if url.lower().startswith("rtsp") else {}
     try:
@@ -51,6 +52,12 @@ def _iter_url(url: str, fps: float, start: float = 0.0) -> Iterator[tuple[float,
         if not container.streams.video:
             raise VideoError(f"{url!r} has no video stream")
         stream = container.streams.video[0]
+        width, height = int(stream.width or 0), int(stream.height or 0)
+        if max_pixels is not None and width * height > max_pixels:  # from the header, before decoding
+            raise VideoError(
+                f"the stream's frames are {width}x{height} pixels, over this server's limit of {max_pixels} "
+                "pixels per frame (--max-frame-pixels)"
+            )
         stream.thread_type = "AUTO"
         interval = 1.0 / fps
         first: float | None = None
@@ -73,27 +80,69 @@ def _iter_url(url: str, fps: float, start: float = 0.0) -> Iterator[tuple[float,
         container.close()
 
 
-def open_frames(source: str, fps: float, start: float = 0.0) -> Iterator[tuple[float, np.ndarray]]:
-    """(time, RGB frame) pairs of a local video file (seekable, checked for truncation) or a URL."""
+def open_frames(
+    source: str, fps: float, start: float = 0.0, max_pixels: int | None = None
+) -> Iterator[tuple[float, np.ndarray]]:
+    """(time, RGB frame) pairs of a local video file (seekable, checked for truncation) or a URL; frames over
+    `max_pixels` (width x height, read from the header) are refused before anything is decoded."""
     if not fps > 0 or not math.isfinite(fps):
         raise InputError(f"fps must be a positive number; got {fps}")
     if is_url(source) and not source.lower().startswith("file://"):
-        return _iter_url(source, fps, start)
-    path = source[len("file://") :] if source.lower().startswith("file://") else source
-    return iter_frames(os.path.expanduser(path), fps=fps, start=start)
+        return _iter_url(source, fps, start, max_pixels)
+    path = os.path.expanduser(source[len("file://") :] if source.lower().startswith("file://") else source)
+    if max_pixels is not None:
+        info = probe(path)
+        if info.width * info.height > max_pixels:
+            raise VideoError(
+                f"the video's frames are {info.width}x{info.height} pixels, over this server's limit of "
+                f"{max_pixels} pixels per frame (--max-frame-pixels)"
+            )
+    return iter_frames(path, fps=fps, start=start)
 
 
 def merge_items(
-    frames: Iterable[tuple[float, np.ndarray]], events: Iterable[TextEvent], offset: float = 0.0
+    frames: Iterable[tuple[float, np.ndarray]],
+    events: Iterable[TextEvent],
+    offset: float = 0.0,
+    end: float | None = None,
+    interval: float | None = None,
+    dropped: list[TextEvent] | None = None,
 ) -> Iterator[Item]:
-    """Frames and text events in stream order, shifted by `offset` seconds (text first at equal times)."""
-    shifted = sorted(
-        (TextEvent(e.start + offset, e.end + offset, e.text) for e in events), key=lambda e: e.start
-    )
-    keyed_frames = ((t + offset, 1, i, Frame(t + offset, img)) for i, (t, img) in enumerate(frames))
-    keyed_events = ((e.start, 0, i, e) for i, e in enumerate(shifted))
-    for *_, item in heapq.merge(keyed_events, keyed_frames):
-        yield item
+    """Frames and text events in stream order, shifted by `offset` seconds (text first at equal times).
+
+    Text past the video's end is not ingested: `end` is the video's length in its own seconds (from the
+    header) or, when it is not known, the last frame's time plus one `interval`. Events that start at or after
+    it are left out (appended to `dropped`), and ends past it are clipped to it. With neither `end` nor
+    `interval` every event is kept.
+    """
+    evs = sorted(events, key=lambda e: e.start)
+    if end is not None and end > 0:
+        keep = []
+        for e in evs:
+            if e.start < end:
+                keep.append(TextEvent(e.start, min(e.end, end), e.text))
+            elif dropped is not None:
+                dropped.append(e)
+        evs = keep
+    i = 0
+    last: float | None = None
+    for t, img in frames:
+        while i < len(evs) and evs[i].start <= t:
+            e = evs[i]
+            yield TextEvent(e.start + offset, e.end + offset, e.text)
+            i += 1
+        yield Frame(t + offset, img)
+        last = t
+    limit = None
+    if not (end is not None and end > 0) and interval is not None:
+        limit = (last + interval) if last is not None else 0.0
+    for e in evs[i:]:
+        if limit is not None and e.start >= limit:
+            if dropped is not None:
+                dropped.append(e)
+            continue
+        stop = e.end if limit is None else min(e.end, limit)
+        yield TextEvent(e.start + offset, stop + offset, e.text)
 
 
 def chunked(items: Iterable[Item], chunk_frames: int) -> Iterator[list[Item]]:
@@ -115,8 +164,11 @@ class LiveSource:
 
     state: "running", "done" (the source ended), "stopped" (by `stop`), "error" (`error` says why).
     Frame times are the source's own plus `offset` (where the stream clock was when the source started);
-    `start` skips the first seconds of the source (to resume a file where a previous run stopped).
-    realtime: frames are handed over no faster than the wall clock (as a camera would deliver them).
+    `start` skips the first seconds of the source (the sampling grid then starts there).
+    `resume_after` (a stream time) resumes a file or a non-live URL exactly: the source is read from its
+    start on the same sampling grid as the first run, and the frames (and text) at or before that time,
+    already committed, are skipped without model work, so the frame times are those of an uninterrupted
+    run. realtime: frames are handed over no faster than the wall clock (as a camera would deliver them).
     """
 
     def __init__(
@@ -130,6 +182,8 @@ class LiveSource:
         start: float = 0.0,
         chunk_frames: int = 8,
         on_end: Callable[[LiveSource], None] | None = None,
+        resume_after: float | None = None,
+        max_pixels: int | None = None,
     ):
         if chunk_frames < 1:
             raise InputError(f"chunk_frames must be >= 1; got {chunk_frames}")
@@ -140,6 +194,12 @@ class LiveSource:
         self.offset = float(offset)
         self.start_at = float(start)
         self.chunk_frames = chunk_frames
+        self.resume_after = None if resume_after is None else float(resume_after)
+        self.max_pixels = max_pixels
+        #: stream time of the last frame handed over and ingested (what a journal commit covers)
+        self.last_t: float | None = self.resume_after
+        self._handing: float | None = None  # the last frame time of the chunk being ingested right now
+        self.dropped_text = 0  # subtitle events past the end of the video, not ingested
         self._ingest = ingest
         self._on_end = on_end
         self._events = load_subtitles(subtitles) if subtitles else []
@@ -164,6 +224,8 @@ class LiveSource:
             "subtitles": self.subtitles,
             "offset": self.offset,
             "state": self.state,
+            # the last frame a commit covers: a commit made while a chunk is ingested includes that chunk
+            "last_t": self._handing if self._handing is not None else self.last_t,
         }
 
     def start(self) -> LiveSource:
@@ -186,10 +248,16 @@ class LiveSource:
 
     def _run(self) -> None:
         try:
-            frames = open_frames(self.url, self.fps, self.start_at)
-            events = [e for e in self._events if e.start >= self.start_at]
-            items = merge_items(frames, events, self.offset)
+            skip = self.resume_after
+            start = 0.0 if skip is not None else self.start_at  # an exact resume replays the grid from 0
+            frames = open_frames(self.url, self.fps, start, self.max_pixels)
+            events = [e for e in self._events if e.start >= start]
+            dropped: list[TextEvent] = []
+            items = merge_items(frames, events, self.offset, interval=1.0 / self.fps, dropped=dropped)
+            if skip is not None:
+                items = (it for it in items if _item_time(it) > skip + 1e-9)
             self._pump(items)
+            self.dropped_text = len(dropped)
             self.state = "stopped" if self._stop.is_set() else "done"
         except BaseException as e:  # report any failure in the source's state
             if self._stop.is_set():
@@ -226,6 +294,16 @@ class LiveSource:
             self._hand_over(chunk, n)
 
     def _hand_over(self, chunk: list[Item], n_frames: int) -> None:
-        self._ingest(chunk)
+        times = [it.t for it in chunk if isinstance(it, Frame)]
+        self._handing = times[-1] if times else self.last_t
+        try:
+            self._ingest(chunk)
+        finally:
+            handed, self._handing = self._handing, None
+        self.last_t = handed
         self.frames += n_frames
         self.chunks += 1
+
+
+def _item_time(item: Item) -> float:
+    return item.t if isinstance(item, Frame) else item.start

@@ -68,6 +68,10 @@ class SessionStatus(BaseModel):
 class Added(BaseModel):
     added: int = Field(description="pieces (frames and text events) added to the stream")
     status: SessionStatus
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what was not ingested as sent (e.g. subtitles past the video's end)",
+    )
 
 
 class StartSource(BaseModel):

@@ -227,6 +227,15 @@ def check_frame_size(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
+def _hide_reserved(message: str) -> str:
+    """A config error without the server's own keys in its list of valid ones."""
+    for key in RESERVED_MEMORY_KEYS:
+        message = re.sub(
+            rf"(, )?\b{key}\b(, )?", lambda m: ", " if m.group(1) and m.group(2) else "", message
+        )
+    return message
+
+
 # ---- the manager --------------------------------------------------------------------------------------
 class SessionManager:
     """All sessions of the service, on one VideoQA, with their model work on one fair scheduler."""
@@ -239,7 +248,10 @@ class SessionManager:
         max_sessions: int = 16,
         session_bytes: int | None = None,
         chunk_frames: int = 8,
+        limits=None,
     ):
+        from videokv.server.limits import Limits, clean_stale
+
         if session_bytes is not None and session_bytes < 1:
             raise ConfigError(f"session_bytes must be a positive number of bytes; got {session_bytes}")
         self.qa = qa
@@ -248,6 +260,9 @@ class SessionManager:
         self.snapshots_dir = self.data_dir / "snapshots"
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         self.snapshots_dir.mkdir(parents=True, exist_ok=True)
+        self.limits = limits or Limits()
+        for stale in clean_stale(self.snapshots_dir):  # a save a kill interrupted
+            log.warning("videokv: removed the unfinished save %s", stale.name)
         self.scheduler = scheduler or Scheduler()
         self.max_sessions = max_sessions
         self.session_bytes = session_bytes
@@ -268,8 +283,8 @@ class SessionManager:
             return self._budgeted(config, folder)
         except (TypeError, ValueError) as e:
             if isinstance(e, InputError):
-                raise
-            raise BadRequest(f"bad memory_set {memory_set}: {e}") from e
+                raise BadRequest(_hide_reserved(str(e))) from e
+            raise BadRequest(_hide_reserved(f"bad memory_set {memory_set}: {e}")) from e
 
     def _budgeted(self, config: MemoryConfig, folder: Path) -> MemoryConfig:
         """The config with the session's byte budget on its resident tiers and spill folder in `folder`."""
@@ -499,24 +514,54 @@ class SessionManager:
         self, m: Managed, frames: np.ndarray, timestamps: list[float] | None
     ) -> Iterator[list[Item]]:
         """Pushed frames as chunks, timestamps checked (default: the stream clock + 1/fps steps)."""
+        from videokv.server.limits import check_time
         from videokv.video.frames import validate_frames
 
         engine = m.session.engine
-        start = m.session.clock if engine.frames_ingested else 0.0
+        clock = m.session.clock
+        if timestamps is not None:
+            prev = clock
+            for i, t in enumerate(timestamps):  # finite, and no jump past the limit (before any work)
+                check_time(self.limits, float(t), prev, f"timestamps[{i}]")
+                prev = max(prev, float(t))
+        start = clock if engine.frames_ingested else 0.0
         arr, ts = validate_frames(frames, timestamps, fps=m.fps, start=start)
-        if len(ts) and engine.frames_ingested and ts[0] < m.session.clock - 1e-9:
+        if len(ts) and engine.frames_ingested and ts[0] < clock - 1e-9:
             raise BadRequest(
-                f"frame timestamps go back in time: the stream clock is at {m.session.clock:.3f}s, the "
+                f"frame timestamps go back in time: the stream clock is at {clock:.3f}s, the "
                 f"first new frame is at {ts[0]:.3f}s; send timestamps >= the clock or omit them"
+            )
+        if len(ts):
+            check_time(
+                self.limits, float(ts[-1]), clock + len(ts) * self.limits.max_time_jump, "the last frame"
             )
         return chunked((Frame(float(t), img) for t, img in zip(ts, arr)), self.chunk_frames)
 
     def text_items(self, m: Managed, events: list[dict]) -> list[TextEvent]:
+        """Text events at their times: the clock by default. The rule for late text: an event timed up to
+        `max_late_text` seconds before the clock is placed at the clock (its end kept if later); earlier
+        than that it is refused (422). Times must be finite and within `max_time_jump` of the clock."""
+        from videokv.server.limits import Unprocessable, check_time
+
         clock = m.session.clock
+        limits = self.limits
         out = []
-        for e in events:
+        for i, e in enumerate(events):
             start = clock if e.get("start") is None else float(e["start"])
             end = start if e.get("end") is None else float(e["end"])
+            check_time(limits, start, clock, f"events[{i}].start")
+            check_time(limits, end, max(start, clock), f"events[{i}].end")
+            if end < start:
+                raise Unprocessable(f"events[{i}] ends ({end:.3f} s) before it starts ({start:.3f} s)")
+            if start < clock - 1e-9:
+                if clock - start > limits.max_late_text:
+                    raise Unprocessable(
+                        f"events[{i}] starts at {start:.3f} s, {clock - start:.3f} s before the stream clock "
+                        f"({clock:.3f} s): late text is placed at the clock only up to "
+                        f"{limits.max_late_text:g} s late (--max-late-text); omit start"
+                        " to place it at the clock"
+                    )
+                start, end = clock, max(end, clock)
             out.append(TextEvent(start, end, e["text"]))
         return sorted(out, key=lambda e: e.start)
 
@@ -530,6 +575,7 @@ class SessionManager:
         subtitles: str | None = None,
         offset: float | None = None,
         start: float = 0.0,
+        resume_after: float | None = None,
     ) -> LiveSource:
         if m.source is not None and m.source.running:
             raise Conflict(
@@ -561,6 +607,8 @@ class SessionManager:
             start=start,
             chunk_frames=self.chunk_frames,
             on_end=on_end,
+            resume_after=resume_after,
+            max_pixels=self.limits.max_frame_pixels,
         )
         m.source = source
         m.error = None
@@ -737,10 +785,15 @@ class SessionManager:
     def _resume(self, m: Managed, spec: dict) -> None:
         url = spec["url"]
         clock = m.session.clock
+        resume_after = None
         if is_live(url):
             offset, start = clock, 0.0
         else:
-            offset, start = float(spec.get("offset", 0.0)), max(0.0, clock - float(spec.get("offset", 0.0)))
+            offset = float(spec.get("offset", 0.0))
+            start = max(0.0, clock - offset)
+            if "last_t" in spec:  # exact: the original sampling grid, past the last committed frame
+                start = 0.0
+                resume_after = offset - 1.0 if spec["last_t"] is None else float(spec["last_t"])
         try:
             self.start_source(
                 m,
@@ -750,6 +803,7 @@ class SessionManager:
                 subtitles=spec.get("subtitles"),
                 offset=offset,
                 start=start,
+                resume_after=resume_after,
             )
             log.info("videokv: session %s resumes its source %s at %.2fs", m.id, url, start)
         except VideoKVError as e:

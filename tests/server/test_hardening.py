@@ -1,0 +1,394 @@
+"""Issue 12: bounded cost per request, no cross-site access, validated time, server files, exact resume.
+
+Every test talks to a real `videokv serve` subprocess (tiny model) on loopback, as an attacker or a careless
+client would; each refused request must leave the session's memory exactly as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.server.conftest import TOKEN, ServerHandle, make_clip, srt_text
+from tests.server.test_api import answer_of, create, memory_of, raw_body, upload, wait_for
+
+QUESTION = "what colour is the umbrella?"
+FAST_S = 10.0  # a refusal is decided before any model work: well under this on the loaded CI machine
+
+STRICT = [
+    "--max-request-tokens", "64",
+    "--max-request-pixels", "200000",
+    "--max-json-mb", "1",
+    "--allowed-host", "videokv.local",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory) -> ServerHandle:
+    """A server with a token, no media folder, no URL sources, and a few small limits."""
+    from tests.server.conftest import _make
+
+    handle = _make(tmp_path_factory.mktemp("strict"), TOKEN, ["--memory", "rekv", *STRICT])
+    handle.start()
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def sc(strict: ServerHandle):
+    with strict.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def filled(sc: httpx.Client, tmp_path_factory) -> str:
+    """A session with 4 s of video in it."""
+    clip = make_clip(tmp_path_factory.mktemp("clips") / "c.mp4", seconds=4, fps=4)
+    sid = create(sc, memory="rekv", fps=1.0)["id"]
+    assert upload(sc, sid, clip).status_code == 200
+    return sid
+
+
+def rss_mib(server: ServerHandle) -> float:
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def refused(r: httpx.Response, status: int, *needles: str) -> None:
+    assert r.status_code == status, (r.status_code, r.text[:500])
+    for n in needles:
+        assert n in r.json()["detail"], (n, r.json()["detail"])
+
+
+# ---- 1. bounded cost ------------------------------------------------------------------------------------
+def test_long_question_choices_and_text_are_refused_before_work(sc: httpx.Client, filled: str):
+    before = memory_of(sc, filled)
+    cases = [
+        ("/ask", {"question": "why " * 5000}, "--max-question-chars"),  # 20,000 characters
+        ("/ask", {"question": QUESTION, "choices": ["a" * 50_000, "b" * 50_000]}, "--max-choice-chars"),
+        ("/ask", {"question": "the umbrella " * 100}, "--max-request-tokens"),  # 1300 chars, > 64 tokens
+        ("/text", {"events": [{"text": "x" * 20_000}] * 3}, "--max-text-chars"),
+        ("/text", {"events": [{"text": "hi"}] * 300}, "--max-text-events"),
+        ("/text", {"events": [{"text": "the red umbrella " * 60}]}, "--max-request-tokens"),
+    ]
+    for path, body, flag in cases:
+        t0 = time.monotonic()
+        r = sc.post(f"/v1/sessions/{filled}{path}", json=body)
+        refused(r, 422, flag, "limit")
+        assert time.monotonic() - t0 < FAST_S, (path, flag)
+    assert memory_of(sc, filled) == before
+    assert sc.get(f"/v1/sessions/{filled}").json()["state"] == "idle"
+    ok = sc.post(f"/v1/sessions/{filled}/ask", json={"question": QUESTION, "max_new_tokens": 2})
+    assert ok.status_code == 200
+
+
+def _png(width: int, height: int) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buf, format="PNG")  # a few hundred KB for millions of pixels
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_pixels_are_checked_from_headers_before_decoding(
+    strict: ServerHandle, sc: httpx.Client, filled: str, tmp_path: Path
+):
+    before = memory_of(sc, filled)
+    r = sc.post(f"/v1/sessions/{filled}/frames", json={"images": [_png(4000, 2500)]})  # 10 Mpx > 8.3 Mpx
+    refused(r, 413, "--max-frame-pixels", "4000x2500")
+    r = sc.post(f"/v1/sessions/{filled}/frames", json={"images": [_png(300, 300)] * 3})  # 270,000 > 200,000
+    refused(r, 413, "--max-request-pixels")
+    r = sc.post(f"/v1/sessions/{filled}/frames", json={"raw": "", "shape": [1, 4096, 4096, 3]})
+    refused(r, 413, "--max-frame-pixels")
+    big = make_clip(tmp_path / "big.mp4", seconds=0.5, fps=2, size=(2304, 4096))  # 9.4 Mpx frames
+    r = upload(sc, filled, big)
+    refused(r, 413, "--max-frame-pixels", "4096x2304")
+    assert memory_of(sc, filled) == before
+    assert not any((strict.data_dir / "sessions" / filled / "uploads").glob("*"))
+    ok = sc.post(f"/v1/sessions/{filled}/frames", json={"images": [_png(84, 56)] * 2})
+    assert ok.status_code == 200, ok.text
+
+
+def test_json_body_is_capped_while_it_streams(strict: ServerHandle, sc: httpx.Client, filled: str):
+    before = memory_of(sc, filled)
+    sent = {"bytes": 0}
+    total = 200 * 2**20
+
+    def body():  # a chunked body (no Content-Length): the cap must hold while it streams in
+        yield b'{"raw": "'
+        chunk = b"A" * 2**16
+        while sent["bytes"] < total:
+            sent["bytes"] += len(chunk)
+            yield chunk
+        yield b'", "shape": [1, 1, 1, 3]}'
+
+    headers = {**strict.headers, "Content-Type": "application/json"}
+    rss0 = rss_mib(strict)
+    watch = {"rss": rss0, "health_s": 0.0, "stop": False}
+
+    def watcher() -> None:  # the server's memory, and how long /v1/health takes, while the body streams in
+        while not watch["stop"]:
+            watch["rss"] = max(watch["rss"], rss_mib(strict))
+            t = time.monotonic()
+            httpx.get(f"{strict.url}/v1/health", headers=strict.headers, timeout=30)
+            watch["health_s"] = max(watch["health_s"], time.monotonic() - t)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watcher)
+    thread.start()
+    try:
+        r = httpx.post(
+            f"{strict.url}/v1/sessions/{filled}/frames", content=body(), headers=headers, timeout=120
+        )
+        refused(r, 413, "--max-json-mb")
+    except httpx.HTTPError:  # the server answered 413 and closed the connection while we were still sending
+        pass
+    finally:
+        watch["stop"] = True
+        thread.join()
+    assert watch["rss"] - rss0 < 64, watch  # 200 MiB sent; the server held at most about the cap
+    assert watch["health_s"] < 3.0, watch
+    # a declared Content-Length over the cap: refused from the header
+    r = sc.post(f"/v1/sessions/{filled}/frames", content=b"{" + b" " * (2 * 2**20) + b"}", headers=headers)
+    refused(r, 413, "--max-json-mb")
+    # forms and text/plain are not JSON (a cross-site <form> could send them)
+    r = sc.post("/v1/sessions", content=b"", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    refused(r, 415, "application/json")
+    r = sc.post("/v1/sessions", content=b'{"memory": "rekv"}', headers={"Content-Type": "text/plain"})
+    refused(r, 415)
+    r = sc.post(f"/v1/sessions/{filled}/text", content=b'{"events": [', headers=headers)
+    refused(r, 400, "JSON")
+    assert sc.get("/v1/health").status_code == 200
+    assert memory_of(sc, filled) == before
+
+
+# ---- 2. no cross-site access ------------------------------------------------------------------------------
+def test_dns_rebinding_and_cross_site_requests_are_refused(serve_factory, tmp_path: Path):
+    server = serve_factory(token=None, media=False)  # the default: loopback, no token
+    clip = make_clip(tmp_path / "c.mp4", seconds=2, fps=2)
+    url = server.url
+    for path in ("/", "/v1/health", "/openapi.json", "/static/app.js", "/v1/sessions"):
+        r = httpx.get(f"{url}{path}", headers={"Host": "attacker.example"})
+        refused(r, 403, "attacker.example", "--allowed-host")
+    r = httpx.post(f"{url}/v1/sessions", json={}, headers={"Host": "attacker.example:8000"})
+    refused(r, 403)
+    evil = {"Origin": "http://evil.example"}
+    r = httpx.post(f"{url}/v1/sessions", headers=evil)  # the empty cross-site form post of the issue
+    refused(r, 403, "cross-site")
+    r = httpx.post(f"{url}/v1/sessions", content=b"", headers={**evil, "Content-Type": "text/plain"})
+    refused(r, 403)
+    # another port on loopback is another origin too; "null" (sandboxed frames, file://) as well
+    for origin in ("http://127.0.0.1:1", "null"):
+        refused(httpx.post(f"{url}/v1/sessions", json={}, headers={"Origin": origin}), 403)
+    assert httpx.get(f"{url}/v1/sessions").json() == []  # nothing was created
+    with httpx.Client(base_url=url, timeout=300) as c:
+        sid = create(c)["id"]
+        files = {"file": (clip.name, clip.read_bytes(), "video/mp4")}
+        refused(c.post(f"/v1/sessions/{sid}/video", files=files, headers=evil), 403)
+        assert c.get(f"/v1/sessions/{sid}").json()["frames"] == 0
+        # the page's own requests: same origin, names of loopback and IP literals
+        same = {"Origin": url}
+        assert c.post(f"/v1/sessions/{sid}/video", files=files, headers=same).status_code == 200
+        assert c.get("/", headers={"Host": f"localhost:{server.port}"}).status_code == 200
+        assert c.get("/v1/health", headers={"Host": f"[::1]:{server.port}"}).status_code == 200
+        assert c.get("/", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+
+
+def test_allowed_host_and_the_page_with_a_token(strict: ServerHandle):
+    """--allowed-host adds a name (Host and the page's Origin); with --token the page and its calls work."""
+    host = {"Host": f"videokv.local:{strict.port}"}
+    assert httpx.get(f"{strict.url}/", headers=host).status_code == 200
+    page_origin = {**host, "Origin": f"http://videokv.local:{strict.port}", **strict.headers}
+    r = httpx.post(f"{strict.url}/v1/sessions", json={}, headers=page_origin)
+    assert r.status_code == 201, r.text
+    httpx.delete(f"{strict.url}/v1/sessions/{r.json()['id']}", headers=strict.headers)
+    refused(httpx.get(f"{strict.url}/v1/health", headers={"Host": "other.example"}), 403)
+    # the token is still needed, and the guard answers before the token check
+    refused(httpx.get(f"{strict.url}/v1/health", headers={"Origin": strict.url}), 401)
+
+
+# ---- 3. time ----------------------------------------------------------------------------------------------
+def test_times_are_finite_bounded_and_monotonic(sc: httpx.Client, tmp_path: Path):
+    sid = create(sc, memory="rekv", fps=1.0)["id"]
+    frames = np.zeros((1, 56, 84, 3), np.uint8)
+    assert sc.post(f"/v1/sessions/{sid}/frames", json=raw_body(np.repeat(frames, 2, 0))).status_code == 200
+    before = memory_of(sc, sid)
+    clock = before["clock"]
+    for t in (1e250, clock + 10_000):
+        r = sc.post(f"/v1/sessions/{sid}/frames", json={**raw_body(frames), "timestamps": [t]})
+        refused(r, 422, "--max-time-jump")
+    r = sc.post(
+        f"/v1/sessions/{sid}/frames",
+        content=json.dumps({**raw_body(frames), "timestamps": [float("nan")]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    refused(r, 422, "finite")
+    for start in (1e12, 3.6e11):
+        r = sc.post(f"/v1/sessions/{sid}/text", json={"events": [{"text": "late", "start": start}]})
+        refused(r, 422, "--max-time-jump")
+    r = sc.post(f"/v1/sessions/{sid}/text", json={"events": [{"text": "long ago", "start": 0, "end": 0}]})
+    assert r.status_code == 200  # 2 s late: placed at the clock (the late-text rule)
+    r = sc.post(f"/v1/sessions/{sid}/text", json={"events": [{"text": "x", "start": 5.0, "end": 4.0}]})
+    refused(r, 422, "ends")
+    st = sc.get(f"/v1/sessions/{sid}").json()
+    assert st["state"] == "idle" and st["clock"] == clock
+    spans = sc.get(f"/v1/sessions/{sid}/timeline").json()["spans"]
+    assert [s for s in spans if s["kind"] == "text"][0]["t0"] == clock
+    # text more than --max-late-text (60 s) behind the clock is refused
+    sc.post(f"/v1/sessions/{sid}/frames", json={**raw_body(frames), "timestamps": [clock + 100]})
+    r = sc.post(f"/v1/sessions/{sid}/text", json={"events": [{"text": "old", "start": 1.0}]})
+    refused(r, 422, "--max-late-text")
+
+    # subtitles: a cue 99,999,999 h in is refused; cues after the video's end are left out, with a warning
+    clip = make_clip(tmp_path / "c.mp4", seconds=4, fps=4)
+    s2 = create(sc, memory="rekv", fps=1.0)["id"]
+    r = upload(
+        sc,
+        s2,
+        clip,
+        subtitles=srt_text([(1.0, 2.0, "ok"), (99_999_999 * 3600.0, 99_999_999 * 3600.0 + 1, "x")]),
+    )
+    refused(r, 422, "--max-time-jump")
+    assert sc.get(f"/v1/sessions/{s2}").json()["blocks"] == 0
+    r = upload(
+        sc, s2, clip, subtitles=srt_text([(1.0, 2.0, "in"), (3.5, 9.0, "clipped"), (20.0, 21.0, "past")])
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["added"] == 4 + 2 and "1 subtitle event" in r.json()["warnings"][0]
+    assert r.json()["status"]["clock"] == pytest.approx(4.0)
+    spans = sc.get(f"/v1/sessions/{s2}/timeline").json()["spans"]
+    assert max(s["t1"] for s in spans) <= 4.0 + 1e-6
+    for x in (sid, s2):
+        sc.delete(f"/v1/sessions/{x}")
+
+
+# ---- 4. server files and URLs ----------------------------------------------------------------------------
+def test_requests_cannot_read_server_files(strict: ServerHandle, sc: httpx.Client, tmp_path: Path):
+    secret = tmp_path / "secret.env"
+    secret.write_text("00:00:01,000 --> 00:00:02,000\nSECRET_API_KEY=hunter2\n")
+    clip = make_clip(tmp_path / "c.mp4", seconds=2, fps=2)
+    sid = create(sc)["id"]
+    r = sc.post(f"/v1/sessions/{sid}/source", json={"url": str(clip)})
+    refused(r, 403, "--media-dir")
+    r = sc.post(f"/v1/sessions/{sid}/source", json={"url": f"file://{clip}"})
+    refused(r, 403, "--media-dir")
+    r = sc.post(f"/v1/sessions/{sid}/source", json={"url": "http://127.0.0.1:1/x.mp4"})
+    refused(r, 403, "--allow-urls")
+    r = sc.post(f"/v1/sessions/{sid}/source", json={"url": "concat:/etc/passwd"})
+    assert r.status_code in (400, 403)
+    # an uploaded non-video: the error names the upload, not the server's folder
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("not a video\n" * 50)
+    r = upload(sc, sid, junk)
+    assert r.status_code == 415 and str(strict.data_dir) not in r.text and "/uploads/" not in r.text
+    # memory_set errors do not list the server's own keys
+    r = sc.post("/v1/sessions", json={"memory_set": ["no_such_key=1"]})
+    assert r.status_code == 400 and "no_such_key" in r.text
+    assert not any(k in r.text for k in ("spill_dir", "host_bytes", "device_bytes")), r.text
+    sc.delete(f"/v1/sessions/{sid}")
+
+
+def test_media_dir_url_allowlist_redirects_and_stale_saves(serve_factory, tmp_path: Path):
+    media = tmp_path / "media"
+    media.mkdir()
+    make_clip(media / "c.mp4", seconds=2, fps=2)
+    (media / "bad.srt").write_text("SECRET_API_KEY=hunter2 --> nope\n")
+    outside = tmp_path / "secret.srt"
+    outside.write_text(srt_text([(0.0, 1.0, "SECRET_API_KEY=hunter2")]))
+    (media / "link.srt").symlink_to(outside)
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{other_port}/c.mp4")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    redirector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    other_port = redirector.server_address[1] + 1
+    threading.Thread(target=redirector.serve_forever, daemon=True).start()
+    allowed = f"127.0.0.1:{redirector.server_address[1]}"
+    server = serve_factory(media=False, extra=["--media-dir", str(media), "--allow-url-host", allowed])
+    try:
+        with server.client() as c:
+            sid = create(c)["id"]
+            for subs in (str(outside), str(media / "link.srt"), "../secret.srt"):
+                r = c.post(f"/v1/sessions/{sid}/source", json={"url": "c.mp4", "subtitles": subs})
+                refused(r, 403, "media folder")
+                assert "hunter2" not in r.text
+            r = c.post(f"/v1/sessions/{sid}/source", json={"url": "c.mp4", "subtitles": "bad.srt"})
+            assert r.status_code == 400 and "hunter2" not in r.text and str(media) not in r.text
+            r = c.post(f"/v1/sessions/{sid}/source", json={"url": "http://example.com/c.mp4"})
+            refused(r, 403, "--allow-url-host")
+            r = c.post(f"/v1/sessions/{sid}/source", json={"url": f"http://{allowed}/c.mp4"})
+            refused(r, 403, "redirects")
+            r = c.post(f"/v1/sessions/{sid}/source", json={"url": "c.mp4", "realtime": False})
+            assert r.status_code == 202, r.text
+            wait_for(lambda: c.get(f"/v1/sessions/{sid}").json()["source"]["state"] == "done", 120)
+            assert c.get(f"/v1/sessions/{sid}").json()["frames"] == 2
+        # a save a kill interrupted leaves .<name>.saving-<pid>: removed at the next start
+        server.stop()
+        stale = server.data_dir / "snapshots" / ".snap.saving-12345"
+        stale.mkdir(parents=True)
+        (stale / "blocks.bin").write_bytes(b"x" * 100)
+        server.start()
+        assert not stale.exists()
+    finally:
+        redirector.shutdown()
+
+
+def test_serve_help_states_the_real_default_memory():
+    out = subprocess.run(
+        [sys.executable, "-m", "videokv.server", "--help"], capture_output=True, text=True, timeout=120
+    ).stdout
+    flat = " ".join(out.split())
+    assert "(default: rekv)" in flat and "(default: full)" not in flat
+    for flag in ("--max-question-chars", "--max-json-mb", "--allowed-host", "--media-dir", "--allow-urls"):
+        assert flag in flat
+
+
+# ---- 5. exact resume ------------------------------------------------------------------------------------
+def test_resume_after_kill_continues_the_sampling_grid(serve_factory, tmp_path: Path):
+    """A 5 fps clip sampled at 2 fps, killed mid-source twice: the same frame times, blocks and answers
+    as an uninterrupted run of the same source."""
+    clip = make_clip(tmp_path / "five.mp4", seconds=24, fps=5)
+    server = serve_factory(extra=["--chunk-frames", "4"])
+    body = {"url": str(clip), "fps": 2.0, "realtime": False}
+    c = server.client()
+    sid = create(c, memory="rekv", fps=1.0)["id"]
+    assert c.post(f"/v1/sessions/{sid}/source", json=body).status_code == 202
+    for at_least in (9, 22):
+        wait_for(lambda n=at_least, c=c: c.get(f"/v1/sessions/{sid}").json()["frames"] >= n, 240, 0.05)
+        c.close()
+        server.restart()  # SIGKILL, then start on the same data dir: the source resumes
+        c = server.client()
+    done = wait_for(
+        lambda: (s := c.get(f"/v1/sessions/{sid}").json())["source"] and s["source"]["state"] == "done" and s
+    )
+    ref = create(c, memory="rekv", fps=1.0)["id"]
+    assert c.post(f"/v1/sessions/{ref}/source", json=body).status_code == 202
+    whole = wait_for(lambda: (s := c.get(f"/v1/sessions/{ref}").json())["source"]["state"] == "done" and s)
+    times = c.get(f"/v1/sessions/{sid}/timeline").json()["thumbnails"]
+    ref_times = c.get(f"/v1/sessions/{ref}/timeline").json()["thumbnails"]
+    assert times == ref_times and len(times) == whole["frames"] == 48
+    assert (done["frames"], done["blocks"], done["clock"]) == (
+        whole["frames"],
+        whole["blocks"],
+        whole["clock"],
+    )
+    assert answer_of(c, sid) == answer_of(c, ref)
+    c.close()
