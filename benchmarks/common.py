@@ -368,6 +368,16 @@ def random_model(arch: str, scaled: bool = False, dtype: torch.dtype = torch.flo
         cls = LlavaOnevisionForConditionalGeneration
     with torch.device(device):
         model = cls._from_config(config, dtype=dtype)
+    # the real checkpoint's chat template and video-processor settings (frames at the vision tower's size)
+    from videokv.models.checkpoints import CHAT_TEMPLATES, VIDEO_PROCESSOR_CONFIGS
+
+    family = "qwen2_5_vl" if arch == "qwen2_5_vl-7b" else "llava_onevision"
+    tokenizer.chat_template = CHAT_TEMPLATES[family]
+    processor = dict(VIDEO_PROCESSOR_CONFIGS[family])
+    if family == "llava_onevision":
+        side = int(config.vision_config.image_size)
+        processor["size"] = {"height": side, "width": side}
+    tokenizer.videokv_video_processor = processor
     return model.eval(), tokenizer
 
 

@@ -39,7 +39,7 @@ import common  # noqa: E402
 
 from videokv.engine import format_event  # noqa: E402
 from videokv.errors import InputError  # noqa: E402
-from videokv.qa import split_template  # noqa: E402
+from videokv.qa import prompt_layout  # noqa: E402
 from videokv.video.subtitles import events_from_pairs  # noqa: E402
 
 
@@ -89,14 +89,15 @@ class BarePath:
         a.language_model(
             inputs_embeds=embeds.unsqueeze(0).to(a.dtype),
             position_ids=pos,
-            past_key_values=self.cache,
             use_cache=True,
+            **{self.adapter.cache_argument: self.cache},
         )
 
     def prepare(self) -> None:
         """The header prompt, untimed (videokv prefills it when the session opens)."""
         a = self.adapter
-        header, _ = split_template(a.tokenizer, self.system)
+        header = prompt_layout(a.tokenizer, a.placeholder, self.system).header
+        self.video = None
         self.cache = DynamicCache(config=a.text_config)
         with sdpa_attention(a.model), torch.no_grad():
             piece = a.text_piece(header, 0, kind="prompt")
@@ -107,12 +108,19 @@ class BarePath:
         a = self.adapter
         with sdpa_attention(a.model), torch.no_grad():
             for step in steps:
-                if step.frames is not None:
-                    pieces = a.frame_pieces(step.frames, step.times, self.cursor, 1.0 / self.fps)
-                else:
+                if step.frames is not None:  # the chunk continues the open video (videokv's layout)
+                    pieces, self.video, self.cursor = a.video_pieces(
+                        step.frames, step.times, 1.0 / self.fps, self.video, self.cursor
+                    )
+                else:  # a subtitle closes the video
                     (event,) = events_from_pairs([(step.t, step.text)])
-                    pieces = [a.text_piece(format_event(event), self.cursor, "text", event.start, event.end)]
-                self.cursor = a.next_cursor(pieces[-1])
+                    pieces = []
+                    if self.video is not None:
+                        pieces.append(a.close_video(self.video, self.cursor))
+                        self.cursor = a.next_cursor(pieces[-1])
+                        self.video = None
+                    pieces.append(a.text_piece(format_event(event), self.cursor, "text", event.start, event.end))
+                    self.cursor = a.next_cursor(pieces[-1])
                 self._forward(
                     torch.cat([p.embeds for p in pieces]), torch.cat([p.positions for p in pieces], 1)
                 )
@@ -153,6 +161,11 @@ def main(argv: list[str] | None = None) -> dict:
     presets = ["full"] + [x.strip() for x in args.presets.split(",") if x.strip() and x.strip() != "full"]
 
     qa = common.load_qa(args, frame_tokens=args.frame_tokens)
+    if args.chunk_frames % qa.adapter.frames_per_piece:
+        raise InputError(
+            f"--chunk-frames must be a multiple of {qa.adapter.frames_per_piece} (the model's temporal patch), "
+            f"so both paths see the same tokens"
+        )
     side = common.frame_side(args.frame_tokens)
     steps = make_stream(args.chunks, args.chunk_frames, side, args.fps, args.seed)
     n_frames = args.chunks * args.chunk_frames

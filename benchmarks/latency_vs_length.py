@@ -104,7 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
     # tokens of one frame on this model (LLaVA-OV's are fixed by its vision tower): one frame through it
     probe = common.random_frames(1, side, args.seed)
     with torch.no_grad():
-        frame_size = qa.adapter.frame_pieces(probe, np.zeros(1), 0, 1.0 / args.fps)[0].n_tokens
+        # tokens per frame: a temporal patch's visual tokens over its frames (Qwen2-VL pairs two frames)
+        fpp = qa.adapter.frames_per_piece
+        patch = qa.adapter.video_pieces(np.repeat(probe, fpp, 0), np.zeros(fpp), 1.0 / args.fps, None, 0)[0]
+        frame_size = patch[-1].n_tokens / fpp
     sessions = {name: qa.session(memory=name, fps=args.fps) for name in presets}
     # the same stream stopped at the first checkpoint, kept and asked beside the growing one at every later
     # checkpoint: the ratio of each length to the first is measured side by side, under the same load

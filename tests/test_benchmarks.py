@@ -127,7 +127,7 @@ def test_latency_full_stops_at_context(tmp_path):
         "--minutes",
         "0.2,3",
         "--fps",
-        "1",
+        "2",
         "--frame-tokens",
         "16",
     )

@@ -27,7 +27,7 @@ import pytest
 from videokv.video.decode import write_video
 
 TOKEN = "test-token-videokv"
-MODEL = "tiny-qwen2_vl"
+MODEL = "tiny-llava_onevision"  # one frame piece per frame: block counts per frame
 START_TIMEOUT_S = 180.0
 
 

@@ -102,7 +102,7 @@ def clip(tmp_path_factory) -> Path:
 # ---- the life cycle --------------------------------------------------------------------------------------
 def test_session_life_cycle(server: ServerHandle, client: httpx.Client, clip: Path):
     health = client.get("/v1/health").json()
-    assert health["status"] == "ok" and health["model"] == "tiny-qwen2_vl"
+    assert health["status"] == "ok" and health["model"] == "tiny-llava_onevision"
     assert {"rekv", "full", "window"} <= {p["name"] for p in client.get("/v1/presets").json()}
 
     s = create(client, memory="rekv", fps=1.0, name="life")
@@ -144,6 +144,15 @@ def test_session_life_cycle(server: ServerHandle, client: httpx.Client, clip: Pa
     assert answer["question"] == QUESTION and isinstance(answer["answer"], str)
     assert answer["evidence"] and all(e["t0"] <= e["t1"] <= 11.0 + 1e-6 for e in answer["evidence"])
     assert answer["stats"]["blocks"] == r.json()["status"]["blocks"]
+    scored = client.post(
+        f"/v1/sessions/{sid}/ask", json={"question": QUESTION, "max_new_tokens": 8, "logprobs": 3}
+    ).json()
+    assert scored["answer"] == answer["answer"]  # greedy either way
+    steps = scored["logprobs"]
+    assert 1 <= len(steps) <= 8 and all(len(step["top"]) == 3 for step in steps)
+    assert all(step["token_id"] == step["top"][0]["token_id"] for step in steps)  # greedy picks the top-1
+    bad = client.post(f"/v1/sessions/{sid}/ask", json={"question": QUESTION, "logprobs": 99})
+    assert bad.status_code == 422
     pick = client.post(
         f"/v1/sessions/{sid}/ask", json={"question": QUESTION, "choices": ["red", "blue", "green"]}
     ).json()
@@ -326,7 +335,7 @@ def test_auth(server: ServerHandle):
 
 def test_serve_refuses_a_public_bind_without_token(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k != "VIDEOKV_TOKEN"}
-    cmd = [sys.executable, "-m", "videokv.server", "--model", "tiny-qwen2_vl", "--host", "0.0.0.0"]
+    cmd = [sys.executable, "-m", "videokv.server", "--model", "tiny-llava_onevision", "--host", "0.0.0.0"]
     cmd += ["--port", str(free_port()), "--data-dir", str(tmp_path / "d")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2
@@ -354,11 +363,11 @@ def test_limits(serve_factory, tmp_path: Path):
         assert client.get(f"/v1/sessions/{third['id']}").json()["frames"] == 0
 
         # a preset with retrieval stays under the budget by spilling old blocks to disk
-        frames = np.random.default_rng(0).integers(0, 256, (48, 56, 84, 3), dtype=np.uint8)
+        frames = np.random.default_rng(0).integers(0, 256, (96, 56, 84, 3), dtype=np.uint8)
         r = client.post(f"/v1/sessions/{rekv['id']}/frames", json=raw_body(frames))
         assert r.status_code == 200, r.text
         st = r.json()["status"]
-        assert st["budget_bytes"] == budget and st["frames"] == 48
+        assert st["budget_bytes"] == budget and st["frames"] == 96
         assert 0 < st["memory_bytes"] <= budget and st["offloaded_bytes"] > 0
         assert st["bytes_by_tier"]["disk"] == st["offloaded_bytes"]
         ans = client.post(f"/v1/sessions/{rekv['id']}/ask", json={"question": QUESTION, "max_new_tokens": 4})

@@ -24,7 +24,7 @@ CHOICES = ["red", "blue", "green"]
 
 @pytest.fixture(scope="module")
 def qa() -> VideoQA:
-    return VideoQA.from_pretrained("tiny-qwen2_vl")
+    return VideoQA.from_pretrained("tiny-llava_onevision")
 
 
 def same_memory(a, b) -> None:

@@ -29,7 +29,7 @@ def load_test():
 def test_bounded_load_all_answers_arrive_and_budgets_hold(load_test, tmp_path: Path) -> None:
     budget_mb = 0.25  # small enough that the live streams spill blocks to disk within the run
     cfg = load_test.LoadConfig(
-        model="tiny-qwen2_vl",
+        model="tiny-llava_onevision",
         duration=30.0,
         ingest_sessions=2,
         ask_sessions=1,

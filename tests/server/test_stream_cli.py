@@ -32,7 +32,7 @@ def test_stream_a_real_clip_and_answer_piped_questions(tmp_path: Path):
     proc = stream(
         str(clip),
         "--model",
-        "tiny-qwen2_vl",
+        "tiny-llava_onevision",
         "--subtitles",
         str(subs),
         "--no-realtime",
@@ -55,7 +55,9 @@ def test_stream_a_real_clip_and_answer_piped_questions(tmp_path: Path):
 
 def test_stream_realtime_questions_while_it_streams(tmp_path: Path):
     clip = make_clip(tmp_path / "cam.mp4", seconds=4, fps=4)
-    proc = stream(str(clip), "--model", "tiny-qwen2_vl", "--fps", "2", "--json", stdin="what is there?\n")
+    proc = stream(
+        str(clip), "--model", "tiny-llava_onevision", "--fps", "2", "--json", stdin="what is there?\n"
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(lines) == 1 and lines[0]["question"] == "what is there?"
@@ -66,6 +68,6 @@ def test_stream_realtime_questions_while_it_streams(tmp_path: Path):
 @pytest.mark.parametrize("source", ["missing.mp4", "notes.txt"])
 def test_stream_bad_source(tmp_path: Path, source: str):
     (tmp_path / "notes.txt").write_text("not a video")
-    proc = stream(str(tmp_path / source), "--model", "tiny-qwen2_vl", stdin="q\n", timeout=120)
+    proc = stream(str(tmp_path / source), "--model", "tiny-llava_onevision", stdin="q\n", timeout=120)
     assert proc.returncode == 2
     assert "videokv: error:" in proc.stderr and source in proc.stderr

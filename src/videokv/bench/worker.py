@@ -63,7 +63,12 @@ def run_job(job: dict, emit: Callable[[dict], None], qa: VideoQA | None = None) 
 
     entry = next(e for e in load_dataset(job["dataset"]) if e.video_id == job["video_id"])
     if qa is None:
-        qa = VideoQA.from_pretrained(job["model"], device=job.get("device"), frame_tokens=job["frame_tokens"])
+        # the benchmark's streams carry their facts in subtitles: the system prompt says so (as in RESULTS.md)
+        from videokv.qa import STREAM_SYSTEM
+
+        qa = VideoQA.from_pretrained(
+            job["model"], device=job.get("device"), frame_tokens=job["frame_tokens"], system=STREAM_SYSTEM
+        )
     session = qa.session(memory=job["preset"], memory_set=job.get("memory_set") or None, fps=job["fps"])
     engine = session.engine
     max_tokens = int(getattr(qa.adapter.model.config.get_text_config(), "max_position_embeddings", 0) or 0)

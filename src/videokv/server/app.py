@@ -425,7 +425,9 @@ def create_app(
         L.check_ask(limits, body.question, body.choices)
         await L.check_tokens(limits, qa.adapter.tokenize, [body.question, *(body.choices or [])], "question")
         if not body.stream:
-            return await manager.ask(m, body.question, body.choices, body.max_new_tokens)
+            return await manager.ask(
+                m, body.question, body.choices, body.max_new_tokens, logprobs=body.logprobs
+            )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -433,7 +435,7 @@ def create_app(
             loop.call_soon_threadsafe(queue.put_nowait, ("token", text))
 
         task = asyncio.ensure_future(
-            manager.ask(m, body.question, body.choices, body.max_new_tokens, on_token)
+            manager.ask(m, body.question, body.choices, body.max_new_tokens, on_token, body.logprobs)
         )
         task.add_done_callback(lambda _: queue.put_nowait(("done", None)))
 

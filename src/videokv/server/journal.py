@@ -45,13 +45,14 @@ from videokv.persist import (
     encode_config,
     load_config,
     model_identity,
+    pending_tensors,
     restore_engine,
     stream_state,
 )
 from videokv.qa import DEFAULT_SYSTEM
 
 FORMAT = "videokv-journal"
-VERSION = 2
+VERSION = 3  # 3: the official token layout; pending frames in the state file
 STATE = "state.safetensors"
 BASE = "base.safetensors"
 BLOCKS = "blocks"
@@ -123,7 +124,8 @@ class Journal:
         }
         sinks, segments = self._write_context(engine)
         header["context"] = {"segments": segments, "serial": self.serial}
-        write_atomic(self.folder / STATE, save(sinks, metadata={"journal": json.dumps(header)}))
+        state = {**sinks, **pending_tensors(engine)}  # frames waiting for their temporal partner
+        write_atomic(self.folder / STATE, save(state, metadata={"journal": json.dumps(header)}))
         _fsync_dir(self.folder)
         if n < self.count:
             self._drop_from(n)
@@ -282,7 +284,9 @@ class Journal:
             covered = b
         if covered != int(header["state"]["non_sink_tokens"]):
             raise SaveError(f"the journal at {self.folder} has context up to token {covered} only")
-        return {f"ctx.{key}": torch.cat([sinks[f"sink.{key}"], *parts[key]], dim=2) for key in parts}
+        tensors = {f"ctx.{key}": torch.cat([sinks[f"sink.{key}"], *parts[key]], dim=2) for key in parts}
+        tensors.update({key: t for key, t in sinks.items() if key.startswith("pending.")})
+        return tensors
 
     def load(self, qa: VideoQA, **config_overrides: object) -> Session:
         """The session the journal holds, on `qa`'s model (which must be the one it was written with).

@@ -116,6 +116,9 @@ class Ask(BaseModel):
     choices: list[str] | None = Field(None, max_length=26)
     max_new_tokens: int = Field(48, ge=1, le=1024)
     stream: bool = Field(False, description="answer as server-sent events: token..., then answer")
+    logprobs: int = Field(
+        0, ge=0, le=20, description="per answer token, its log-probability and the N most likely alternatives"
+    )
 
 
 class EvidenceSpan(BaseModel):
@@ -132,6 +135,7 @@ class AnswerOut(BaseModel):
     stats: dict
     choice: int | None = None
     choice_scores: list[float] | None = None
+    logprobs: list[dict] | None = None
 
 
 class Timeline(BaseModel):

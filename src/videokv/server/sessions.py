@@ -631,6 +631,7 @@ class SessionManager:
         choices: list[str] | None = None,
         max_new_tokens: int = 48,
         on_token: Callable[[str], None] | None = None,
+        logprobs: int = 0,
     ) -> dict:
         if not question.strip():
             raise BadRequest("the question is empty; ask something about the stream")
@@ -641,7 +642,7 @@ class SessionManager:
             if m.deleted:
                 raise SessionGone(f"session {m.id} was deleted")
             return m.session.ask(
-                question, choices, max_new_tokens=max_new_tokens, on_token=on_token
+                question, choices, max_new_tokens=max_new_tokens, on_token=on_token, logprobs=logprobs
             ).to_dict()
 
         return await self.scheduler.run(m.id, run)
