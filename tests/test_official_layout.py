@@ -108,3 +108,26 @@ def test_checkpoint_without_processor_config_names_the_files(tmp_path):
         (folder / name).unlink(missing_ok=True)
     with pytest.raises(ConfigError, match="preprocessor_config.json"):
         VideoQA.from_pretrained(str(folder))
+
+
+@pytest.mark.parametrize("family,case", CASES)
+def test_stream_equals_the_live_official_processor(family, case):
+    """Where torchvision is importable (every GPU user's setup; the reference environment here), the same
+    comparison against the official processor itself, loaded from the checkpoint folder."""
+    pytest.importorskip("torchvision")
+    from transformers import AutoProcessor
+
+    meta, _, videos, _ = _case(family, case)
+    folder = FIXTURES / family / "checkpoint"
+    processor = AutoProcessor.from_pretrained(str(folder))
+    prompt = processor.apply_chat_template(meta["messages"], tokenize=False, add_generation_prompt=True)
+    official = processor(
+        text=[prompt], videos=list(videos), return_tensors="pt", **meta["processor_call_kwargs"]
+    )
+    session = qa_for(family).session(fps=meta["fps"])
+    eng = session.engine
+    eng.trace = []
+    items, question = stream_of(meta, videos)
+    session.add_items(items, chunk_frames=2)
+    pieces = eng.trace + eng.question_pieces(question)
+    assert eng.header_ids + [i for p in pieces for i in p.token_ids] == official["input_ids"][0].tolist()

@@ -22,17 +22,11 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
-    LlavaOnevisionConfig,
-    LlavaOnevisionForConditionalGeneration,
     PreTrainedModel,
     PreTrainedTokenizerFast,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
 )
 
-from videokv.models.tiny import _CORPUS, VOCAB_SIZE, _text_config
+from videokv.models.tiny import _CORPUS, VOCAB_SIZE, build_tiny_model
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
 
@@ -298,59 +292,26 @@ def qwen2_style_tokenizer(family: str) -> PreTrainedTokenizerFast:
 
 
 def _build_model(family: str, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
-    ids = tokenizer.convert_tokens_to_ids
-    if family in ("qwen2_vl", "qwen2_5_vl"):
-        vision = dict(
-            depth=2,
-            embed_dim=32,
-            hidden_size=64,
-            num_heads=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            in_channels=3,
-        )
-        common = dict(
-            text_config=_text_config(tokenizer, mrope=True),
-            image_token_id=ids("<|image_pad|>"),
-            video_token_id=ids("<|video_pad|>"),
-            vision_start_token_id=ids("<|vision_start|>"),
-            vision_end_token_id=ids("<|vision_end|>"),
-        )
-        if family == "qwen2_vl":
-            return Qwen2VLForConditionalGeneration(
-                Qwen2VLConfig(vision_config=dict(vision, mlp_ratio=2), **common)
-            )
-        vision = dict(
-            vision,
-            out_hidden_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            window_size=QWEN2_5_VL_WINDOW_SIZE,
-            fullatt_block_indexes=[1],
-            tokens_per_second=QWEN2_5_VL_TOKENS_PER_SECOND,
-        )
-        return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(vision_config=vision, **common))
-    config = LlavaOnevisionConfig(
-        text_config=dict(_text_config(tokenizer, mrope=False), model_type="qwen2"),
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=LLAVA_ONEVISION_LAYOUT["image_size"],
-            patch_size=LLAVA_ONEVISION_LAYOUT["patch_size"],
-            vision_use_head=False,
-        ),
-        image_token_index=ids("<image>"),
-        video_token_index=ids("<video>"),
+    """The tiny model with the layout-relevant settings of the real checkpoint."""
+    if family == "qwen2_vl":
+        return build_tiny_model(family, tokenizer)
+    if family == "qwen2_5_vl":
+        vision = {"window_size": QWEN2_5_VL_WINDOW_SIZE, "tokens_per_second": QWEN2_5_VL_TOKENS_PER_SECOND}
+        return build_tiny_model(family, tokenizer, vision)
+    vision = {
+        "image_size": LLAVA_ONEVISION_LAYOUT["image_size"],
+        "patch_size": LLAVA_ONEVISION_LAYOUT["patch_size"],
+        "vision_use_head": False,
+    }
+    return build_tiny_model(
+        family,
+        tokenizer,
+        vision,
         vision_feature_select_strategy=LLAVA_ONEVISION_LAYOUT["vision_feature_select_strategy"],
         vision_feature_layer=LLAVA_ONEVISION_LAYOUT["vision_feature_layer"],
         image_grid_pinpoints=LLAVA_ONEVISION_GRID_PINPOINTS,
         use_image_newline_parameter=True,
     )
-    return LlavaOnevisionForConditionalGeneration(config)
 
 
 def tiny_checkpoint(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, dict]:

@@ -114,19 +114,17 @@ def tiny_video_processor(family: str) -> dict:
     return config
 
 
-def tiny_model(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """Build a tiny random model of `family` (one of TINY_FAMILIES) and its tokenizer, in fp32, eval mode."""
-    from videokv.models.checkpoints import CHAT_TEMPLATES
-
-    if family not in TINY_FAMILIES:
-        raise ValueError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
-    tokenizer = tiny_tokenizer()
-    tokenizer.chat_template = CHAT_TEMPLATES[family]
-    tokenizer.videokv_video_processor = tiny_video_processor(family)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    torch.manual_seed(seed)
+def build_tiny_model(
+    family: str, tokenizer: PreTrainedTokenizerFast, vision: dict | None = None, **config: object
+) -> PreTrainedModel:
+    """A tiny random model of `family` (the real transformers class) around `tokenizer`'s special tokens:
+    text hidden 64, 2 layers, 4 heads / 2 KV heads; vision depth 2, width 32, patch 14. `vision` and
+    `config` override vision-config and model-config fields (image size, window, tokens per second, ...).
+    Seed torch before calling for reproducible weights."""
+    ids = tokenizer.convert_tokens_to_ids
+    vision = vision or {}
     if family in ("qwen2_vl", "qwen2_5_vl"):
-        vision = dict(
+        base = dict(
             depth=2,
             embed_dim=32,
             hidden_size=64,
@@ -138,45 +136,54 @@ def tiny_model(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedT
         )
         common = dict(
             text_config=_text_config(tokenizer, mrope=True),
-            image_token_id=ids["<|image_pad|>"],
-            video_token_id=ids["<|video_pad|>"],
-            vision_start_token_id=ids["<|vision_start|>"],
-            vision_end_token_id=ids["<|vision_end|>"],
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"),
+            **config,
         )
         if family == "qwen2_vl":
-            config = Qwen2VLConfig(vision_config=dict(vision, mlp_ratio=2), **common)
-            model = Qwen2VLForConditionalGeneration(config)
-        else:
-            vision = dict(
-                vision,
-                out_hidden_size=64,
-                hidden_size=32,
-                intermediate_size=64,
-                window_size=56,
-                fullatt_block_indexes=[1],
-                tokens_per_second=2,
+            return Qwen2VLForConditionalGeneration(
+                Qwen2VLConfig(vision_config=dict(base, mlp_ratio=2), **common)
             )
-            config = Qwen2_5_VLConfig(vision_config=vision, **common)
-            model = Qwen2_5_VLForConditionalGeneration(config)
-    elif family == "llava_onevision":
-        config = LlavaOnevisionConfig(
-            text_config=dict(_text_config(tokenizer, mrope=False), model_type="qwen2"),
-            vision_config=dict(
-                model_type="siglip_vision_model",
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                image_size=TINY_LLAVA_SIZE,
-                patch_size=14,
-            ),
-            image_token_index=ids["<image>"],
-            video_token_index=ids["<video>"],
-            vision_feature_select_strategy="full",
-            vision_feature_layer=-1,
+        base.update(out_hidden_size=64, hidden_size=32, intermediate_size=64, fullatt_block_indexes=[1])
+        return Qwen2_5_VLForConditionalGeneration(
+            Qwen2_5_VLConfig(vision_config={**base, **vision}, **common)
         )
-        model = LlavaOnevisionForConditionalGeneration(config)
-    else:
+    if family == "llava_onevision":
+        base = dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            patch_size=14,
+        )
+        return LlavaOnevisionForConditionalGeneration(
+            LlavaOnevisionConfig(
+                text_config=dict(_text_config(tokenizer, mrope=False), model_type="qwen2"),
+                vision_config={**base, **vision},
+                image_token_index=ids("<image>"),
+                video_token_index=ids("<video>"),
+                **{"vision_feature_select_strategy": "full", "vision_feature_layer": -1, **config},
+            )
+        )
+    raise ValueError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+
+
+def tiny_model(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Build a tiny random model of `family` (one of TINY_FAMILIES) and its tokenizer, in fp32, eval mode."""
+    from videokv.models.checkpoints import CHAT_TEMPLATES
+
+    if family not in TINY_FAMILIES:
         raise ValueError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATES[family]
+    tokenizer.videokv_video_processor = tiny_video_processor(family)
+    torch.manual_seed(seed)
+    if family == "llava_onevision":
+        model = build_tiny_model(family, tokenizer, vision={"image_size": TINY_LLAVA_SIZE})
+    else:
+        model = build_tiny_model(family, tokenizer, vision={"window_size": 56, "tokens_per_second": 2})
     model.eval()
     return model, tokenizer
