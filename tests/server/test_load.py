@@ -27,7 +27,7 @@ def load_test():
 
 
 def test_bounded_load_all_answers_arrive_and_budgets_hold(load_test, tmp_path: Path) -> None:
-    budget_mb = 0.25  # small enough that the live streams spill blocks to disk within the run
+    budget_mb = 0.08  # small enough that the live streams spill blocks to disk within the run
     cfg = load_test.LoadConfig(
         model="tiny-llava_onevision",
         duration=30.0,

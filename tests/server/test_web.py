@@ -261,13 +261,17 @@ def test_page_reports_server_errors(server, browser, tmp_path: Path) -> None:
     assert not browser.find_element("id", "upload").get_attribute("disabled")
 
 
-def test_page_live_source(server, browser) -> None:
-    """Start a live source from the page (a file path on the server, at stream pace), watch the stream
-    clock advance in the status panel, stop it."""
+def test_page_live_source(server, browser, tmp_path: Path) -> None:
+    """Start a live source from the page (a file path on the server, under its --media-dir, at stream
+    pace), watch the stream clock advance in the status panel, stop it."""
+    import shutil
+
+    clip = tmp_path / "bikes.mp4"  # the test server's media folder holds the tests' temp folders
+    shutil.copy(find_sample_clip("bikes.mp4"), clip)
     _open_page(browser, server, server.token)
     sid = _create_session(browser, "live")
     url = browser.find_element("id", "source-url")
-    url.send_keys(str(find_sample_clip("bikes.mp4")))
+    url.send_keys(str(clip))
     browser.find_element("id", "source-start").click()
     _wait(
         browser,
