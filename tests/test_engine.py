@@ -285,3 +285,33 @@ def test_streamkv_summary_is_a_whole_block_retrieved_like_the_others(family):
     assert not eng.index.catalog().pinned.any()
     answer = s.ask("what colour is the umbrella?", max_new_tokens=1)
     assert len(answer.evidence) == 1  # the one block TopK(k=1) picked, no summary besides it
+
+
+def test_questions_never_reshape_memory(family):
+    """Issue 11.5: a question asked mid-unit sees the open unit transiently (its frames are evidence), and
+    units end where they would have without the question: same unit sizes, same blocks, same keys."""
+    from videokv import get_preset
+
+    model, tok = get_tiny(family)
+    qa = VideoQA.from_model(model, tok, memory=get_preset("mukv"))  # 4-frame units
+    frames = random_frames(16)
+
+    def run(ask_at: int | None):
+        s = qa.session()
+        s.add_frames(frames[: ask_at or 16], timestamps=range(ask_at or 16), chunk_frames=1)
+        answer = None
+        if ask_at:
+            answer = s.ask("what is there?", max_new_tokens=2)
+            s.add_frames(frames[ask_at:], timestamps=range(ask_at, 16), chunk_frames=1)
+        s.engine.flush()
+        return s.engine, answer
+
+    plain, _ = run(None)
+    asked, answer = run(6)  # mid-unit: 4 frames closed a unit, 2 are open (Qwen2-VL: 1 patch closed, 2 open)
+    assert asked.unit_tokens == plain.unit_tokens
+    assert len(asked.store) == len(plain.store)
+    for r in range(len(plain.store)):
+        a, b = asked.store.get(r), plain.store.get(r)
+        assert (a.kind, a.t0, a.t1) == (b.kind, b.t0, b.t1)
+        assert all(torch.equal(ka, kb) for ka, kb in zip(a.keys, b.keys))
+    assert max(e.t1 for e in answer.evidence) == pytest.approx(6.0)  # the open frames were seen

@@ -284,11 +284,14 @@ class Engine:
         return pieces
 
     def _lead(self) -> list[Piece]:
-        """What a question sees after the memory that is not in it: the pending frame padded into a patch,
-        the deferred text, and the open video's closing token. The stream state is left as it was."""
+        """What a question sees after the memory that is not in it: the open memory unit's pieces (memory
+        mode: the unit stays open, so a question never moves where units end), the pending frame padded
+        into a patch, the deferred text, and the open video's closing token. The stream state is left as
+        it was."""
         saved = (self.video, self.cursor)
         try:
-            pieces = self._video(self.pending, self.last_interval, pad=True) + self._texts(self.deferred)
+            pieces = list(self.segmenter.open) if self.memory_mode else []
+            pieces += self._video(self.pending, self.last_interval, pad=True) + self._texts(self.deferred)
             close = self._close()
             return pieces + ([close] if close is not None else [])
         finally:
@@ -535,7 +538,7 @@ class Engine:
         self.index.add(block)
 
     def flush(self) -> None:
-        """Memory mode: close the open unit (a question is about to be asked, or the stream ended)."""
+        """Memory mode: close the open unit (the stream ended, or it is saved)."""
         if not self.memory_mode:
             return
         with self.transaction(), torch.no_grad():
@@ -551,7 +554,8 @@ class Engine:
         on_token: Callable[[str], None] | None = None,
         logprobs: int = 0,
     ) -> Answer:
-        """Answer `question` from memory; the stream's memory is left as it was (an open unit is closed).
+        """Answer `question` from memory; the stream's memory is left exactly as it was (an open memory
+        unit is seen transiently and stays open).
         `logprobs` > 0: the answer lists, per generated token, its log-probability and the `logprobs` most
         likely alternatives (`Answer.logprobs`)."""
         if not isinstance(question, str) or not question.strip():
@@ -564,7 +568,6 @@ class Engine:
         if not isinstance(logprobs, int) or not 0 <= logprobs <= 20:
             raise InputError(f"logprobs must be an int from 0 to 20; got {logprobs!r}")
         prompt = question_text(question, choices)
-        self.flush()
         t_start = time.perf_counter()
         with torch.no_grad():
             lead = self._lead()
