@@ -2,7 +2,11 @@
 
 Every piece of model work (a chunk of ingest, a question) is one job. Jobs of one session run in the order
 they were submitted; sessions with pending jobs take turns, one job each. A long ingest is submitted chunk
-by chunk, so a question on another session waits for at most about one chunk of it.
+by chunk, so a question on another session waits for at most about one chunk of it. A job that returns a
+generator (a question: `Session.ask_steps` yields between decoding steps) runs in slices of `slice_s`
+seconds: after each slice it waits at the head of its session's queue while every other session with
+pending jobs takes its turn, so a long answer (1024 tokens) holds the model for a slice, not for its
+whole length.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import inspect
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,10 +25,28 @@ class SchedulerClosed(RuntimeError):
     """The scheduler was shut down; no more jobs run."""
 
 
+class _Resume:
+    """A sliced job's generator, queued again after a slice."""
+
+    def __init__(self, steps) -> None:
+        self.steps = steps
+
+
+def _drop(job: tuple, why: str) -> None:
+    """Cancel a waiting job; a sliced one (already running) ends with SchedulerClosed."""
+    future, fn = job[0], job[1]
+    if isinstance(fn, _Resume):
+        fn.steps.close()
+        future.set_exception(SchedulerClosed(why))
+    else:
+        future.cancel()
+
+
 class Scheduler:
     """Runs callables on a single worker thread, fairly across keys (session ids)."""
 
-    def __init__(self, name: str = "videokv-model") -> None:
+    def __init__(self, name: str = "videokv-model", slice_s: float = 0.5) -> None:
+        self.slice_s = slice_s
         self._queues: dict[str, collections.deque] = {}
         self._ring: collections.deque[str] = collections.deque()  # keys with pending jobs, in turn order
         self._cond = threading.Condition()
@@ -72,8 +96,8 @@ class Scheduler:
             queue = self._queues.pop(key, None)
             if key in self._ring:
                 self._ring.remove(key)
-        for future, *_ in queue or ():
-            future.cancel()
+        for job in queue or ():
+            _drop(job, "the session is gone")
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop taking jobs, cancel waiting ones, and let the running one finish."""
@@ -84,8 +108,8 @@ class Scheduler:
             self._ring.clear()
             self._cond.notify_all()
         for queue in queues:
-            for future, *_ in queue:
-                future.cancel()
+            for job in queue:
+                _drop(job, "the model scheduler is shut down")
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
@@ -103,21 +127,46 @@ class Scheduler:
                 self._ring.append(key)  # its next job waits for every other session's turn
             else:
                 del self._queues[key]
-            return job
+            return key, *job
+
+    def _requeue(self, key: str, future: concurrent.futures.Future, steps) -> None:
+        """A sliced job goes back to the head of its session's queue; the session to the back of the ring."""
+        with self._cond:
+            if self._closed:
+                steps.close()
+                future.set_exception(SchedulerClosed("the model scheduler is shut down"))
+                return
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = collections.deque()
+            if not queue:
+                self._ring.append(key)
+            queue.appendleft((future, _Resume(steps), (), {}))
+            self._cond.notify()
 
     def _work(self) -> None:
         while True:
             job = self._next()
             if job is None:
                 return
-            future, fn, args, kwargs = job
-            if not future.set_running_or_notify_cancel():
+            key, future, fn, args, kwargs = job
+            if not isinstance(fn, _Resume) and not future.set_running_or_notify_cancel():
                 continue
             try:
-                result = fn(*args, **kwargs)
+                if isinstance(fn, _Resume):
+                    steps = fn.steps
+                else:
+                    steps = fn(*args, **kwargs)
+                    if not inspect.isgenerator(steps):
+                        future.set_result(steps)
+                        continue
+                until = time.monotonic() + self.slice_s
+                while time.monotonic() < until:
+                    next(steps)
+                self._requeue(key, future, steps)
+            except StopIteration as stop:
+                future.set_result(stop.value)
             except BaseException as e:  # the job's error belongs to whoever waits on it
                 future.set_exception(e)
-            else:
-                future.set_result(result)
             finally:
                 self.jobs_run += 1
