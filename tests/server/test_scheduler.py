@@ -38,7 +38,7 @@ def test_a_long_answer_holds_the_model_for_a_slice_not_for_its_length():
         waited = time.monotonic() - t0
         assert long.result(5) == "long done"
         at = log.index(("short",))
-        assert 0 < at < 20, at  # it ran between two slices of the long answer, not after its 40 steps
+        assert 0 < at <= 10, at  # after a slice or two of the long answer, not after its 40 steps
         assert waited < 0.3, waited
         # one session's jobs keep their order: a job queued behind a sliced one runs after it
         log.clear()
