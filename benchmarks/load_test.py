@@ -10,14 +10,15 @@ real-weights model; or `--url` for a server that is already running). The load, 
 - `--askers` threads ask questions in turn on every session (ingesting ones included), half of them as
   streamed answers (server-sent events), the other half as plain JSON.
 
-`--hostile N` adds N hostile clients beside the honest ones, each on a session of its own, sending requests
-at the server's limits in turn: the longest allowed question with the most answer tokens, the most and
-longest choices, the longest text events, a JSON body just under the `--max-json-mb` cap and a chunked one
-over it, images over `--max-frame-pixels` (they must be refused, 413), and bursts of concurrent long
-questions. The run is then made twice in one invocation, on a fresh server each: without the hostile
-clients (the baseline) and with them; the report sets the honest sessions' answer latency side by side and
-gives the p95 ratio (the target: at most `--max-p95-ratio`, 1.5). Hostile requests never count in the
-honest latencies; a hostile request answered 5xx, or accepted where it must be refused, is an error.
+`--hostile N` adds N hostile clients beside the honest ones, each on a session of its own, sending requests at
+the server's limits, each kind in a loop of its own, all at once: the longest allowed question with the most
+answer tokens, the most and longest choices, the longest text events, a JSON body just under the
+`--max-json-mb` cap and a chunked one over it, images over `--max-frame-pixels` (they must be refused, 413),
+and bursts of concurrent long questions. The run is then made twice in one invocation, on a fresh server each:
+without the hostile clients (the baseline) and with them; the report sets the honest sessions' answer latency
+side by side and gives the p95 ratio (the target: at most `--max-p95-ratio`, 1.5). Hostile requests never
+count in the honest latencies; a hostile request answered 5xx, or accepted where it must be refused, is an
+error.
 
 Every answer asked for must arrive (questions still in flight at the deadline are awaited), and every
 session's resident memory must stay under the server's `--session-mb` budget (older blocks spill to disk).
@@ -415,16 +416,23 @@ class LoadRun:
             self.error(f"hostile {action} on {sid}: HTTP {status}, expected {expect}: {detail}")
 
     def _hostile_client(self, worker: int, sid: str, deadline: float) -> None:
-        requests = self._hostile_requests()
-        with self.client() as client:
-            for n in itertools.count():
-                if time.monotonic() >= deadline:
-                    return
-                if n % (len(requests) + 1) == len(requests):  # a burst of concurrent long questions
-                    action, route, body, expect = requests[0]
+        """One hostile client: every kind of request in a loop of its own, all at once (a refused request
+        does not wait for a long answer), and bursts of `burst` concurrent longest questions."""
+
+        def loop(request) -> None:
+            with self.client() as client:
+                while time.monotonic() < deadline and not self.stop.is_set():
+                    self._hostile_one(client, sid, *request)
+
+        def bursts() -> None:
+            action, route, body, expect = requests[0]
+            with self.client() as client:
+                while time.monotonic() < deadline and not self.stop.is_set():
                     burst = [
                         threading.Thread(
-                            target=self._hostile_one, args=(client, sid, "burst", route, body, expect)
+                            target=self._hostile_one,
+                            args=(client, sid, "burst", route, body, expect),
+                            daemon=True,
                         )
                         for _ in range(self.cfg.burst)
                     ]
@@ -432,8 +440,14 @@ class LoadRun:
                         t.start()
                     for t in burst:
                         t.join()
-                else:
-                    self._hostile_one(client, sid, *requests[n % (len(requests) + 1)])
+
+        requests = self._hostile_requests()
+        loops = [threading.Thread(target=loop, args=(r,), daemon=True) for r in requests]
+        loops.append(threading.Thread(target=bursts, daemon=True))
+        for t in loops:
+            t.start()
+        for t in loops:
+            t.join()
 
     def _uploader(self, sid: str, deadline: float) -> None:
         with self.client() as client:
