@@ -57,8 +57,6 @@ from typing import Any
 
 import httpx
 
-from videokv.server.limits import Limits
-
 QUESTIONS = [
     "What is happening in the video right now?",
     "How many bikes have passed so far?",
@@ -241,7 +239,7 @@ class LoadRun:
         self.tracks: dict[str, SessionTrack] = {}
         self.asks: list[AskRecord] = []
         self.hostile: list[HostileRecord] = []
-        self.limits = Limits()  # the server's defaults (the load server runs with them)
+        self.limits = None  # the server's default limits (the load server runs with them), when hostile
         self.errors: list[str] = []
         self.requested = 0
         self.lock = threading.Lock()
@@ -361,7 +359,9 @@ class LoadRun:
 
     def _hostile_requests(self) -> list[tuple[str, str, dict | bytes, tuple[int, ...]]]:
         """(action, route under the session, JSON body or raw bytes, the statuses it may get)."""
-        lim = self.limits
+        from videokv.server.limits import Limits
+
+        lim = self.limits = Limits()
         words = itertools.cycle("the quick brown fox jumps over a lazy dog near seven red bikes".split())
 
         def text(n: int) -> str:
