@@ -10,6 +10,16 @@ real-weights model; or `--url` for a server that is already running). The load, 
 - `--askers` threads ask questions in turn on every session (ingesting ones included), half of them as
   streamed answers (server-sent events), the other half as plain JSON.
 
+`--hostile N` adds N hostile clients beside the honest ones, each on a session of its own, sending requests at
+the server's limits, each kind in a loop of its own, all at once: the longest allowed question with the most
+answer tokens, the most and longest choices, the longest text events, a JSON body just under the
+`--max-json-mb` cap and a chunked one over it, images over `--max-frame-pixels` (they must be refused, 413),
+and bursts of concurrent long questions. The run is then made twice in one invocation, on a fresh server each:
+without the hostile clients (the baseline) and with them; the report sets the honest sessions' answer latency
+side by side and gives the p95 ratio (the target: at most `--max-p95-ratio`, 1.5). Hostile requests never
+count in the honest latencies; a hostile request answered 5xx, or accepted where it must be refused, is an
+error.
+
 Every answer asked for must arrive (questions still in flight at the deadline are awaited), and every
 session's resident memory must stay under the server's `--session-mb` budget (older blocks spill to disk).
 It reports answers requested and received, answer latency (p50, p95, max; time to first token for
@@ -21,12 +31,14 @@ every budget held and nothing failed.
     python benchmarks/load_test.py                                   # tiny model, 2 minutes
     python benchmarks/load_test.py --model offline --out load.json   # the offline real-weights model
     python benchmarks/load_test.py --duration 30 --ingest-sessions 2 --ask-sessions 1
+    python benchmarks/load_test.py --duration 60 --hostile 1     # baseline, then with a hostile client
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -91,6 +103,19 @@ class LoadConfig:
     startup_timeout: float = 600.0
     request_timeout: float = 600.0
     out: str | None = None
+    hostile: int = 0  # hostile clients beside the honest ones
+    burst: int = 8  # concurrent long questions in one hostile burst
+    max_p95_ratio: float = 1.5  # honest p95 with the hostile clients / without: the target
+    compare: bool = True  # with --hostile: run the baseline (no hostile client) first
+
+
+@dataclass
+class HostileRecord:
+    action: str
+    status: int | None  # HTTP status (None: the request failed)
+    seconds: float
+    ok: bool  # answered as it must be (refused where it must be, no 5xx)
+    detail: str = ""
 
 
 @dataclass
@@ -160,7 +185,8 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "videokv.server", "--model", cfg.model, "--data-dir", str(data_dir)]
         cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--token", self.token]
         cmd += ["--memory", cfg.memory, "--session-mb", str(cfg.session_mb)]
-        cmd += ["--max-sessions", str(cfg.ingest_sessions + cfg.ask_sessions + 2), "--fps", str(cfg.fps)]
+        n_sessions = cfg.ingest_sessions + cfg.ask_sessions + cfg.hostile + 2
+        cmd += ["--max-sessions", str(n_sessions), "--fps", str(cfg.fps)]
         clip = Path(cfg.clip) if cfg.clip else _sample_clip()
         cmd += ["--media-dir", str(clip.resolve().parent)]  # the sources name the clip by its server path
         self.command = cmd
@@ -212,6 +238,8 @@ class LoadRun:
         self.subtitles.write_text(SUBTITLES)
         self.tracks: dict[str, SessionTrack] = {}
         self.asks: list[AskRecord] = []
+        self.hostile: list[HostileRecord] = []
+        self.limits = None  # the server's default limits (the load server runs with them), when hostile
         self.errors: list[str] = []
         self.requested = 0
         self.lock = threading.Lock()
@@ -327,6 +355,100 @@ class LoadRun:
             sid, True, time.perf_counter() - t0, ttft, error="the stream ended without an answer"
         )
 
+    # ---- the hostile client: requests at the limits, beside the honest ones
+
+    def _hostile_requests(self) -> list[tuple[str, str, dict | bytes, tuple[int, ...]]]:
+        """(action, route under the session, JSON body or raw bytes, the statuses it may get)."""
+        from videokv.server.limits import Limits
+
+        lim = self.limits = Limits()
+        words = itertools.cycle("the quick brown fox jumps over a lazy dog near seven red bikes".split())
+
+        def text(n: int) -> str:
+            out = ""
+            while len(out) < n:
+                out += next(words) + " "
+            return out[:n]
+
+        cap = lim.max_json_bytes
+        choices = [text(lim.max_choice_chars)] * lim.max_choices
+        big = _png(9000, 9000)  # 81 Mpx in ~250 KB: over --max-frame-pixels, refused from the header
+        return [
+            ("long question", "ask", {"question": text(lim.max_question_chars), "max_new_tokens": 1024},
+             (200, 422)),
+            ("most choices", "ask", {"question": text(200), "choices": choices}, (200, 422)),
+            ("long text", "text", {"events": [{"text": text(lim.max_text_chars)}]}, (200, 422)),
+            ("most text", "text", {"events": [{"text": text(lim.max_text_chars)}] * lim.max_text_events},
+             (422,)),
+            ("json at the cap", "ask", {"question": "x" * (cap - 64)}, (413, 422)),
+            ("json over the cap", "ask", b"", (413,)),  # a chunked body, streamed past the cap
+            ("huge image", "frames", {"images": [big]}, (413,)),
+            ("huge images", "frames", {"images": [big] * 4}, (413,)),
+        ]  # fmt: skip
+
+    def _hostile_one(self, client: httpx.Client, sid: str, action: str, route: str, body, expect) -> None:
+        t0 = time.perf_counter()
+        url = f"/v1/sessions/{sid}/{route}"
+        try:
+            if action == "json over the cap":
+                cap, piece = self.limits.max_json_bytes, b"x" * (1 << 20)
+
+                def chunks():
+                    yield b'{"question": "'
+                    for _ in range(cap // len(piece) + 2):
+                        yield piece
+                    yield b'"}'
+
+                hdr = {"Content-Type": "application/json"}
+                r = client.post(url, content=chunks(), headers=hdr)
+            else:
+                r = client.post(url, json=body)
+            status, detail = r.status_code, r.text[:200]
+        except httpx.HTTPError as e:  # the server may close a body it refused while it streams
+            status, detail = None, f"{type(e).__name__}: {e}"
+        if self.stop.is_set():  # the run is over (the server may be stopping): not counted
+            return
+        ok = status in expect or (status is None and action == "json over the cap")
+        rec = HostileRecord(action, status, round(time.perf_counter() - t0, 4), ok, "" if ok else detail)
+        with self.lock:
+            self.hostile.append(rec)
+        if not ok:
+            self.error(f"hostile {action} on {sid}: HTTP {status}, expected {expect}: {detail}")
+
+    def _hostile_client(self, worker: int, sid: str, deadline: float) -> None:
+        """One hostile client: every kind of request in a loop of its own, all at once (a refused request
+        does not wait for a long answer), and bursts of `burst` concurrent longest questions."""
+
+        def loop(request) -> None:
+            with self.client() as client:
+                while time.monotonic() < deadline and not self.stop.is_set():
+                    self._hostile_one(client, sid, *request)
+
+        def bursts() -> None:
+            action, route, body, expect = requests[0]
+            with self.client() as client:
+                while time.monotonic() < deadline and not self.stop.is_set():
+                    burst = [
+                        threading.Thread(
+                            target=self._hostile_one,
+                            args=(client, sid, "burst", route, body, expect),
+                            daemon=True,
+                        )
+                        for _ in range(self.cfg.burst)
+                    ]
+                    for t in burst:
+                        t.start()
+                    for t in burst:
+                        t.join()
+
+        requests = self._hostile_requests()
+        loops = [threading.Thread(target=loop, args=(r,), daemon=True) for r in requests]
+        loops.append(threading.Thread(target=bursts, daemon=True))
+        for t in loops:
+            t.start()
+        for t in loops:
+            t.join()
+
     def _uploader(self, sid: str, deadline: float) -> None:
         with self.client() as client:
             while time.monotonic() < deadline:
@@ -381,8 +503,9 @@ class LoadRun:
             health = client.get("/v1/health").raise_for_status().json()
             ingest_ids = [self._create(client, "ingest", i) for i in range(cfg.ingest_sessions)]
             ask_ids = [self._create(client, "ask", i) for i in range(cfg.ask_sessions)]
+            hostile_ids = [self._create(client, "hostile", i) for i in range(cfg.hostile)]
             t_pre = time.perf_counter()
-            for sid in ask_ids:
+            for sid in ask_ids + hostile_ids:
                 self._upload(client, sid)
             preload_s = time.perf_counter() - t_pre
             for s in client.get("/v1/sessions").raise_for_status().json():
@@ -405,7 +528,11 @@ class LoadRun:
                 threading.Thread(target=self._asker, args=(w, sessions, deadline), daemon=True)
                 for w in range(cfg.askers)
             ]
-            for t in threads:
+            hostile = [
+                threading.Thread(target=self._hostile_client, args=(w, sid, deadline), daemon=True)
+                for w, sid in enumerate(hostile_ids)
+            ]
+            for t in threads + hostile:
                 t.start()
             time.sleep(max(0.0, deadline - time.monotonic()))
             # ingest rates are taken over [start, deadline]: what arrives after it does not count
@@ -426,6 +553,8 @@ class LoadRun:
                 t.join(timeout=cfg.request_timeout)
                 if t.is_alive():
                     self.error(f"a worker did not finish within {cfg.request_timeout:.0f}s of the deadline")
+            # the hostile clients' requests still in flight are abandoned (the server stops after the run):
+            # only the honest ones must arrive, and only requests that came back are counted
             self.stop.set()
             monitor.join(timeout=60)
             elapsed = time.monotonic() - t_start
@@ -499,6 +628,7 @@ class LoadRun:
                 "peak_bytes": self.hwm or None,
                 "max_sampled_bytes": max(self.rss_samples) if self.rss_samples else None,
             },
+            "hostile": self._hostile_summary(),
             "sessions": sessions,
             "budgets_held": budgets_held,
             "errors": self.errors,
@@ -507,6 +637,28 @@ class LoadRun:
             self.requested > 0 and len(ok) == self.requested and budgets_held and not self.errors
         )
         return report
+
+    def _hostile_summary(self) -> dict:
+        by: dict[str, dict] = {}
+        for h in self.hostile:
+            a = by.setdefault(h.action, {"requests": 0, "statuses": {}, "wrong": 0, "max_s": 0.0})
+            a["requests"] += 1
+            a["statuses"][str(h.status)] = a["statuses"].get(str(h.status), 0) + 1
+            a["wrong"] += not h.ok
+            a["max_s"] = max(a["max_s"], h.seconds)
+        return {"clients": self.cfg.hostile, "requests": len(self.hostile), "by_action": by}
+
+
+def _png(width: int, height: int) -> str:
+    """A black PNG, base64: a few hundred KB for tens of millions of pixels."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (width, height)).save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _sample_clip() -> Path:
@@ -591,9 +743,51 @@ def markdown(report: dict) -> str:
             f"{s['peak_offloaded'] / MiB:.2f} MiB | {_fmt(budget, ' MiB')}"
             f"{'' if s['under_budget'] else ' (OVER)'} |"
         )
+    hostile = report.get("hostile") or {}
+    if hostile.get("clients"):
+        lines += [
+            "",
+            f"Hostile clients: {hostile['clients']}, {hostile['requests']} requests",
+            "",
+            "| hostile request | sent | statuses | answered wrongly | slowest |",
+            "|---|---|---|---|---|",
+        ]
+        for action, a in hostile["by_action"].items():
+            statuses = ", ".join(f"{k}: {v}" for k, v in sorted(a["statuses"].items()))
+            lines.append(f"| {action} | {a['requests']} | {statuses} | {a['wrong']} | {a['max_s']:.2f} s |")
     if report["errors"]:
         lines += ["", "Errors:", *[f"- {e}" for e in report["errors"][:20]]]
     return "\n".join(lines)
+
+
+def compare(baseline: dict, hostile: dict, max_ratio: float) -> dict:
+    """The honest sessions' answer latency without and with the hostile clients, and the p95 ratio."""
+    b, h = baseline["answers"]["latency_s"], hostile["answers"]["latency_s"]
+    ratio = None if not b["p95"] or h["p95"] is None else round(h["p95"] / b["p95"], 3)
+    return {
+        "baseline": {"p50": b["p50"], "p95": b["p95"], "answers": baseline["answers"]["received"]},
+        "hostile": {"p50": h["p50"], "p95": h["p95"], "answers": hostile["answers"]["received"]},
+        "p50_ratio": None if not b["p50"] or h["p50"] is None else round(h["p50"] / b["p50"], 3),
+        "p95_ratio": ratio,
+        "max_p95_ratio": max_ratio,
+        "target_met": ratio is not None and ratio <= max_ratio,
+    }
+
+
+def compare_markdown(c: dict, n_hostile: int) -> str:
+    b, h = c["baseline"], c["hostile"]
+    return "\n".join(
+        [
+            f"Honest sessions' answer latency, without and with {n_hostile} hostile client(s):",
+            "",
+            "| | answers | p50 | p95 |",
+            "|---|---|---|---|",
+            f"| without | {b['answers']} | {_fmt(b['p50'], ' s')} | {_fmt(b['p95'], ' s')} |",
+            f"| with | {h['answers']} | {_fmt(h['p50'], ' s')} | {_fmt(h['p95'], ' s')} |",
+            f"| ratio | | {_fmt(c['p50_ratio'])} | {_fmt(c['p95_ratio'])} "
+            f"(target <= {c['max_p95_ratio']}: {'met' if c['target_met'] else 'MISSED'}) |",
+        ]
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> LoadConfig:
@@ -620,6 +814,17 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
     p.add_argument("--token", default=os.environ.get("VIDEOKV_TOKEN"), help="its token (with --url)")
     p.add_argument("--pid", type=int, default=None, help="its process id, for RSS (with --url)")
     p.add_argument("--data-dir", default=None, help="data dir of the started server (default: a temp dir)")
+    p.add_argument("--hostile", type=int, default=d.hostile, help="hostile clients beside the honest (0)")
+    p.add_argument("--burst", type=int, default=d.burst, help="concurrent requests in a hostile burst (8)")
+    p.add_argument(
+        "--max-p95-ratio", type=float, default=d.max_p95_ratio, help="target: honest p95 with/without (1.5)"
+    )
+    p.add_argument(
+        "--compare",
+        action=argparse.BooleanOptionalAction,
+        default=d.compare,
+        help="with --hostile: first run without the hostile clients (default), then with them",
+    )
     p.add_argument("--out", default=None, help="write the JSON report here")
     args = p.parse_args(argv)
     return LoadConfig(**{k: v for k, v in vars(args).items() if k in LoadConfig.__dataclass_fields__})
@@ -627,8 +832,22 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
-    report = run_load(cfg)
-    print(markdown(report))
+    if cfg.hostile > 0 and cfg.compare:
+        baseline = run_load(dataclasses.replace(cfg, hostile=0))
+        print("## Without the hostile clients\n\n" + markdown(baseline) + "\n", flush=True)
+        hostile = run_load(cfg)
+        print(f"## With {cfg.hostile} hostile client(s)\n\n" + markdown(hostile) + "\n")
+        comparison = compare(baseline, hostile, cfg.max_p95_ratio)
+        print(compare_markdown(comparison, cfg.hostile))
+        report = {
+            "baseline": baseline,
+            "hostile": hostile,
+            "comparison": comparison,
+            "passed": baseline["passed"] and hostile["passed"] and comparison["target_met"],
+        }
+    else:
+        report = run_load(cfg)
+        print(markdown(report))
     if cfg.out:
         Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nJSON report: {cfg.out}")

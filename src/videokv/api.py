@@ -206,6 +206,18 @@ class Session:
             question, choices, max_new_tokens=max_new_tokens, on_token=on_token, logprobs=logprobs
         )
 
+    def ask_steps(
+        self,
+        question: str,
+        choices: list[str] | None = None,
+        max_new_tokens: int = 64,
+        on_token: Callable[[str], None] | None = None,
+        logprobs: int = 0,
+    ):
+        """`ask` as a generator that yields between decoding steps and returns the Answer (for a
+        scheduler that interleaves other work, as the server's does)."""
+        return self.engine.ask_steps(question, choices, max_new_tokens, on_token, logprobs)
+
     def _ingest(
         self,
         items: Iterable[Frame | TextEvent],

@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +54,7 @@ from videokv.models.base import Adapter, Piece
 from videokv.models.rope import unrotate
 from videokv.policies.base import BlockDraft, Unit
 from videokv.policies.retrieve.text_match import TextMatch
-from videokv.qa import DEFAULT_SYSTEM, Answer, Decoder, Evidence, prompt_layout, question_text
+from videokv.qa import DEFAULT_SYSTEM, Answer, Decoder, Evidence, drain, prompt_layout, question_text
 from videokv.video.subtitles import TextEvent
 
 
@@ -558,6 +558,18 @@ class Engine:
         unit is seen transiently and stays open).
         `logprobs` > 0: the answer lists, per generated token, its log-probability and the `logprobs` most
         likely alternatives (`Answer.logprobs`)."""
+        return drain(self.ask_steps(question, choices, max_new_tokens, on_token, logprobs))
+
+    def ask_steps(
+        self,
+        question: str,
+        choices: list[str] | None = None,
+        max_new_tokens: int = 64,
+        on_token: Callable[[str], None] | None = None,
+        logprobs: int = 0,
+    ) -> Generator[None, None, Answer]:
+        """`ask` as a generator: it yields between decoding steps, so that a scheduler can run other
+        sessions' work there (the server does), and returns the Answer."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty; ask something about the stream")
         if choices is not None:
@@ -581,7 +593,7 @@ class Engine:
             retrieval_s = time.perf_counter() - t_start
             context_tokens = context.lengths()
             if choices:
-                best, scores, free, stats = self.decoder.pick_choice(
+                best, scores, free, stats = yield from self.decoder.pick_choice_steps(
                     context, cursor, question, choices, max_new_tokens, lead
                 )
                 stats["free_answer"] = free
@@ -590,7 +602,7 @@ class Engine:
                     on_token(text)
             else:
                 best, scores = None, None
-                text, stats = self.decoder.generate(
+                text, stats = yield from self.decoder.generate_steps(
                     context, cursor, prompt, max_new_tokens, on_token, lead, logprobs
                 )
         steps = stats.pop("logprobs", None)

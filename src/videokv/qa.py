@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import string
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +30,15 @@ STREAM_SYSTEM = (
     "text, each line prefixed by its time in seconds). Answer questions about it briefly and precisely."
 )
 DEFAULT_SYSTEM: str | None = None  # None: the checkpoint's own default system prompt
+
+
+def drain(steps: Generator):
+    """Run a step generator (`generate_steps`, `ask_steps`, ...) to its end and return its value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 @dataclass(frozen=True)
@@ -180,7 +189,6 @@ class Decoder:
             ],
         }
 
-    @torch.no_grad()
     def generate(
         self,
         cache: ContextCache,
@@ -193,6 +201,21 @@ class Decoder:
     ) -> tuple[str, dict]:
         """Greedy decoding. With `logprobs` > 0, stats["logprobs"] lists, per generated token (the end of
         sequence included), its log-probability and the `logprobs` most likely alternatives."""
+        return drain(self.generate_steps(cache, cursor, question, max_new_tokens, on_token, lead, logprobs))
+
+    @torch.no_grad()
+    def generate_steps(
+        self,
+        cache: ContextCache,
+        cursor: int,
+        question: str,
+        max_new_tokens: int = 64,
+        on_token: Callable[[str], None] | None = None,
+        lead: list[Piece] = (),
+        logprobs: int = 0,
+    ) -> Generator[None, None, tuple[str, dict]]:
+        """`generate` as a generator: it yields between decoding steps (a scheduler may run other work
+        there) and returns (text, stats)."""
         t_start = time.perf_counter()
         logits, cursor = self.prefill(cache, cursor, question, lead)
         t_prefill = time.perf_counter() - t_start
@@ -220,6 +243,7 @@ class Decoder:
             piece = self.adapter.ids_piece([nxt], cursor)
             logits = self.adapter.forward(piece.embeds, piece.positions, cache, logits="last")[-1]
             cursor += 1
+            yield
         text = self.adapter.tokenizer.decode(ids, skip_special_tokens=True).strip()
         total = time.perf_counter() - t_start
         stats = {
@@ -246,7 +270,19 @@ class Decoder:
         option (whole words, normalised), pick it; otherwise the option most likely after the question with
         its options listed (`score_choices`). Small models answer far better than they rank letters or
         listed options. Returns (choice, option scores, the free answer, stats)."""
-        free, gen_stats = self.generate(
+        return drain(self.pick_choice_steps(cache, cursor, question, choices, max_new_tokens, lead))
+
+    def pick_choice_steps(
+        self,
+        cache: ContextCache,
+        cursor: int,
+        question: str,
+        choices: list[str],
+        max_new_tokens: int = 32,
+        lead: list[Piece] = (),
+    ) -> Generator[None, None, tuple[int, list[float], str, dict]]:
+        """`pick_choice` as a generator that yields between decoding steps."""
+        free, gen_stats = yield from self.generate_steps(
             cache.fork(), cursor, question_text(question), max_new_tokens, lead=lead
         )
         best, scores, stats = self.score_choices(

@@ -362,33 +362,82 @@ def test_serve_help_states_the_real_default_memory():
 
 
 # ---- 5. exact resume ------------------------------------------------------------------------------------
-def test_resume_after_kill_continues_the_sampling_grid(serve_factory, tmp_path: Path):
-    """A 5 fps clip sampled at 2 fps, killed mid-source twice: the same frame times, blocks and answers
-    as an uninterrupted run of the same source."""
+GRID_FRAMES = 48  # a 24 s clip at 5 fps sampled at 2 fps
+
+
+def _grid_source(serve_factory, tmp_path: Path) -> tuple[ServerHandle, dict]:
+    """A server ingesting in chunks of 4 frames, and a source body: a 24 s 5 fps clip sampled at 2 fps."""
     clip = make_clip(tmp_path / "five.mp4", seconds=24, fps=5)
-    server = serve_factory(extra=["--chunk-frames", "4"])
-    body = {"url": str(clip), "fps": 2.0, "realtime": False}
-    c = server.client()
-    sid = create(c, memory="rekv", fps=1.0)["id"]
-    assert c.post(f"/v1/sessions/{sid}/source", json=body).status_code == 202
-    for at_least in (9, 22):
-        wait_for(lambda n=at_least, c=c: c.get(f"/v1/sessions/{sid}").json()["frames"] >= n, 240, 0.05)
-        c.close()
-        server.restart()  # SIGKILL, then start on the same data dir: the source resumes
-        c = server.client()
-    done = wait_for(
-        lambda: (s := c.get(f"/v1/sessions/{sid}").json())["source"] and s["source"]["state"] == "done" and s
-    )
+    return serve_factory(extra=["--chunk-frames", "4"]), {"url": str(clip), "fps": 2.0, "realtime": False}
+
+
+def _status(c: httpx.Client, sid: str) -> dict:
+    return c.get(f"/v1/sessions/{sid}").json()
+
+
+def _assert_matches_uninterrupted(c: httpx.Client, sid: str, body: dict) -> None:
+    """Wait for `sid`'s source to finish, run the same source uninterrupted in a new session and compare:
+    identical frame times, frame and block counts, clock and (greedy) answers."""
+    done = wait_for(lambda: (s := _status(c, sid))["source"] and s["source"]["state"] == "done" and s)
     ref = create(c, memory="rekv", fps=1.0)["id"]
     assert c.post(f"/v1/sessions/{ref}/source", json=body).status_code == 202
-    whole = wait_for(lambda: (s := c.get(f"/v1/sessions/{ref}").json())["source"]["state"] == "done" and s)
+    whole = wait_for(lambda: (s := _status(c, ref))["source"]["state"] == "done" and s)
     times = c.get(f"/v1/sessions/{sid}/timeline").json()["thumbnails"]
     ref_times = c.get(f"/v1/sessions/{ref}/timeline").json()["thumbnails"]
-    assert times == ref_times and len(times) == whole["frames"] == 48
+    assert times == ref_times and len(times) == whole["frames"] == GRID_FRAMES
     assert (done["frames"], done["blocks"], done["clock"]) == (
         whole["frames"],
         whole["blocks"],
         whole["clock"],
     )
     assert answer_of(c, sid) == answer_of(c, ref)
+
+
+def test_resume_after_kill_continues_the_sampling_grid(serve_factory, tmp_path: Path):
+    """A 5 fps clip sampled at 2 fps, killed mid-source twice: the same frame times, blocks and answers
+    as an uninterrupted run of the same source."""
+    server, body = _grid_source(serve_factory, tmp_path)
+    c = server.client()
+    sid = create(c, memory="rekv", fps=1.0)["id"]
+    assert c.post(f"/v1/sessions/{sid}/source", json=body).status_code == 202
+    for at_least in (9, 22):
+        wait_for(lambda n=at_least, c=c: _status(c, sid)["frames"] >= n, 240, 0.05)
+        c.close()
+        server.restart()  # SIGKILL, then start on the same data dir: the source resumes
+        c = server.client()
+    _assert_matches_uninterrupted(c, sid, body)
     c.close()
+
+
+CHAOS_KILLS = 6  # N >= 5 of them while the source runs
+CHAOS_SEED = 12
+
+
+def test_chaos_kills_at_random_moments_resume_exactly(serve_factory, tmp_path: Path):
+    """kill -9 at CHAOS_KILLS random moments (seeded) of the same 5 fps -> 2 fps source, restarting each
+    time: some right after a restart (while the source resumes), some mid-chunk, some between chunks. The
+    result equals an uninterrupted run: frame times, blocks, clock and answers. Bounded: under ~3 min."""
+    rng = np.random.default_rng(CHAOS_SEED)
+    server, body = _grid_source(serve_factory, tmp_path)
+    # a moment = a committed-frame count to reach (0 = as soon as the server answers again), then a delay
+    moments = sorted(int(n) for n in rng.integers(0, GRID_FRAMES - 12, CHAOS_KILLS))
+    delays = rng.uniform(0.0, 0.4, CHAOS_KILLS)
+    c = server.client()
+    sid = create(c, memory="rekv", fps=1.0)["id"]
+    assert c.post(f"/v1/sessions/{sid}/source", json=body).status_code == 202
+    started = time.monotonic()
+    seen = []
+    for at_least, delay in zip(moments, delays, strict=True):
+        wait_for(lambda n=at_least, c=c: _status(c, sid)["frames"] >= n, 120, 0.02)
+        time.sleep(float(delay))
+        state = _status(c, sid)
+        seen.append((state["frames"], (state["source"] or {}).get("state", "done")))
+        c.close()
+        server.restart()  # SIGKILL at this moment, then start on the same data dir: the source resumes
+        c = server.client()
+    assert server.starts == CHAOS_KILLS + 1
+    # at least 5 kills landed while the source was running (one racing the source's end measures nothing)
+    assert sum(state == "running" for _, state in seen) >= 5, seen
+    _assert_matches_uninterrupted(c, sid, body)
+    c.close()
+    assert time.monotonic() - started < 240, "the chaos test must stay bounded"

@@ -638,12 +638,11 @@ class SessionManager:
         if choices is not None and (len(choices) < 2 or any(not c.strip() for c in choices)):
             raise BadRequest("choices must be at least two non-empty strings (or null for a free answer)")
 
-        def run() -> dict:
+        def run():  # a generator: the scheduler runs it in slices, other sessions' jobs in between
             if m.deleted:
                 raise SessionGone(f"session {m.id} was deleted")
-            return m.session.ask(
-                question, choices, max_new_tokens=max_new_tokens, on_token=on_token, logprobs=logprobs
-            ).to_dict()
+            answer = yield from m.session.ask_steps(question, choices, max_new_tokens, on_token, logprobs)
+            return answer.to_dict()
 
         return await self.scheduler.run(m.id, run)
 
