@@ -119,7 +119,9 @@ class BarePath:
                         pieces.append(a.close_video(self.video, self.cursor))
                         self.cursor = a.next_cursor(pieces[-1])
                         self.video = None
-                    pieces.append(a.text_piece(format_event(event), self.cursor, "text", event.start, event.end))
+                    pieces.append(
+                        a.text_piece(format_event(event), self.cursor, "text", event.start, event.end)
+                    )
                     self.cursor = a.next_cursor(pieces[-1])
                 self._forward(
                     torch.cat([p.embeds for p in pieces]), torch.cat([p.positions for p in pieces], 1)
@@ -163,8 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     qa = common.load_qa(args, frame_tokens=args.frame_tokens)
     if args.chunk_frames % qa.adapter.frames_per_piece:
         raise InputError(
-            f"--chunk-frames must be a multiple of {qa.adapter.frames_per_piece} (the model's temporal patch), "
-            f"so both paths see the same tokens"
+            f"--chunk-frames must be a multiple of {qa.adapter.frames_per_piece} (the model's temporal "
+            f"patch), so both paths see the same tokens"
         )
     side = common.frame_side(args.frame_tokens)
     steps = make_stream(args.chunks, args.chunk_frames, side, args.fps, args.seed)

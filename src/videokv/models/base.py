@@ -215,7 +215,8 @@ class Adapter:
         """
         pos = positions.unsqueeze(1) if self.rope_rows == 3 else positions
         before = [layer.get_seq_length() for layer in cache.layers]
-        with attention_of(self.model, ATTN_NAME):
+        # inference only, whatever grad mode the caller (or a suspended ask generator) left the thread in
+        with attention_of(self.model, ATTN_NAME), torch.no_grad():
             out = self.language_model(
                 inputs_embeds=embeds.unsqueeze(0).to(self.dtype),
                 position_ids=pos,
