@@ -716,7 +716,7 @@ class Engine:
 
 def _lead_evidence(lead: list[Piece]) -> list[Evidence]:
     """Evidence spans of the frames and text a question saw besides the memory."""
-    return [Evidence(p.t0, p.t1, p.kind, "pending") for p in lead if p.n_frames or p.text]
+    return [Evidence(p.t0, p.t1, p.kind, "full") for p in lead if p.n_frames or p.text]
 
 
 # ---- pre-RoPE statistics for compressors that need "guidance_qk" (StreamKV's guidance score) --------------
