@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.models.test_preprocess import CASES, _case  # noqa: E402
-from tests.test_official_layout import qa_for, stream_of  # noqa: E402
+from tests.test_official_layout import streamed  # noqa: E402
 
 
 def main() -> None:
@@ -31,21 +31,14 @@ def main() -> None:
     print("| family | case | chunk frames | tokens | ids equal | positions equal | logits max abs diff |")
     print("|---|---|---|---|---|---|---|")
     for family, case in CASES:
-        meta, tensors, videos, _ = _case(family, case)
+        _, tensors, _, _ = _case(family, case)
         for chunk in chunks:
-            session = qa_for(family).session(fps=meta["fps"])
+            session, question, ids, positions = streamed(family, case, chunk)
             eng = session.engine
-            eng.trace = []
-            items, question = stream_of(meta, videos)
-            session.add_items(items, chunk_frames=chunk)
-            pieces = eng.trace + eng.question_pieces(question)
-            ids = eng.header_ids + [i for p in pieces for i in p.token_ids]
             ids_ok = ids == tensors["input_ids"][0].tolist()
             pos_ok = "n/a (1-D)"
             if "position_ids" in tensors:
-                n = len(eng.header_ids)
-                pos = torch.cat([torch.arange(n).expand(3, -1), *(p.positions for p in pieces)], dim=1)
-                pos_ok = str(torch.equal(pos, tensors["position_ids"][:, 0]))
+                pos_ok = str(torch.equal(positions, tensors["position_ids"][:, 0]))
             lead = eng.question_pieces(question)
             with torch.no_grad():
                 logits = eng.adapter.forward(
