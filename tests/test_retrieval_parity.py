@@ -6,7 +6,8 @@ forwarded once in retrieval mode; at every layer the question's pre-RoPE queries
 heads' GQA groups, score each frame block by its mean pre-RoPE key; the top-k blocks (in stream order) follow
 the init tokens, RoPE is applied over [init | retrieved | question] at contiguous positions, and the layer's
 output (which the next layer's query is computed from) attends to exactly that. The reference below redoes
-that loop by hand from the model's own weights (norms, projections, MLP) and the memory's stored K/V (un-rotated
+that loop by hand from the model's own weights (norms, projections, MLP) and the memory's stored K/V
+(un-rotated
 here with its own RoPE formula); it shares no code with videokv's retrieval path.
 """
 

@@ -149,7 +149,7 @@ class Engine:
         self.deferred: list[TextEvent] = []  # timed text that arrived while a frame was pending
         self.last_interval = frame_interval  # the frame interval of the last ingest (for pending frames)
         self.trace: list[Piece] | None = None  # set to [] to record every piece forwarded into the context
-        self.retrieved: list[list[int]] | None = None  # memory mode: per layer, the rows the last question saw
+        self.retrieved: list[list[int]] | None = None  # memory mode: per layer, the last question's rows
         # 1. the header: its first `sinks` tokens are the attention sinks
         with torch.no_grad():
             piece = adapter.text_piece(self.layout.header, 0, kind="prompt")
