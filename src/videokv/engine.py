@@ -504,7 +504,8 @@ class Engine:
                         pinned=d.pinned,
                     )
                 drafts.append(d)
-        return sorted(drafts, key=lambda d: d.t0)
+        # stream order; a summary closes its unit (StreamKV appends it after the segment's frames)
+        return sorted(drafts, key=lambda d: (d.t1, 1) if d.kind == "summary" else (d.t0, 0))
 
     def _store_block(
         self,
@@ -521,7 +522,16 @@ class Engine:
         else:
             k, v, pos = draft.keys, draft.values, draft.positions
         rotary = self.adapter.rotary_emb
-        rkey = torch.stack([unrotate(kl, pl, rotary).float().mean(1).reshape(-1) for kl, pl in zip(k, pos)])
+        # per layer the mean un-rotated key; a layer where the block holds no token (a frame another layer
+        # kept, StreamKV) gets zeros, and the index marks the block absent there
+        rkey = torch.stack(
+            [
+                unrotate(kl, pl, rotary).float().mean(1).reshape(-1)
+                if kl.shape[1]
+                else kl.new_zeros(kl.shape[0] * kl.shape[2], dtype=torch.float32)
+                for kl, pl in zip(k, pos)
+            ]
+        )
         block = KVBlock(
             len(self.store),
             unit_id,

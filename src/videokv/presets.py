@@ -62,7 +62,8 @@ PRESETS: dict[str, Preset] = {
             retrieve=TopK(k=64, per_layer=True),
             positions="compact",
         ),
-        "one block per frame; per-layer top-64 blocks by question query . mean block key; compact positions",
+        "one block per frame; per-layer top-64 blocks by the bare question's layer-wise query . mean block "
+        "key; compact positions",
         "ReKV (Di et al., ICLR 2025), Becomebright/ReKV",
     ),
     "streamkv": Preset(
@@ -72,11 +73,12 @@ PRESETS: dict[str, Preset] = {
             segment=Semantic(0.99, 4, 64),
             compress=Guidance(keep=0.6, temp=1.0),
             summary=True,
-            retrieve=LayerAdaptive(k=64, temp=0.5, recent=8),
+            retrieve=LayerAdaptive(k=64, temp=0.5, recent=8, max_k=128),
             positions="compact",
         ),
-        "semantic segments + summary pseudo-frames; guidance-prompt frame selection (60%); layer-adaptive "
-        "retrieval of 64 blocks with the newest 8",
+        "semantic segments + summary pseudo-frames; guidance-prompt frame selection (60%, per layer), one "
+        "block per frame; layer-adaptive retrieval of 64 frame blocks per layer (at most 128), the newest 8 "
+        "inside, from layer-wise queries of the bare question",
         "StreamKV (arXiv 2511.07278), sou1p0wer/StreamKV",
     ),
     "mukv": Preset(

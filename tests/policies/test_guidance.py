@@ -39,15 +39,21 @@ def test_guidance_keeps_the_frames_its_prompt_query_matches():
         k[:, :, f * TOK : (f + 1) * TOK, 0] += 1.0
     comp = Guidance(keep=0.4, temp=0.0)
     unit = make_unit(5, q, k)
-    (draft,) = comp.compress(unit)
+    drafts = comp.compress(unit)
     counts = comp.budgets(comp.frame_scores(unit))
-    assert draft.kind == "segment" and draft.level == "full"
-    assert (draft.t0, draft.t1) == (0, 5)
-    assert len(draft.index) == LAYERS
+    # one block per kept frame (StreamKV's blocks are frames), present at the layers that kept it
+    assert all(d.kind == "frame" and d.level == "full" for d in drafts)
+    assert {(d.t0, d.t1) for d in drafts} <= {(1, 2), (3, 4)}
+    for d in drafts:
+        assert len(d.index) == LAYERS
+        f = int(d.t0)
+        for index in d.index:
+            assert index.numel() in (0, TOK)
+            assert index.numel() == 0 or torch.equal(index, torch.arange(f * TOK, (f + 1) * TOK))
     # StreamKV's rescale returns equal per-layer counts unclipped: here every layer's cdf count
-    for index, count in zip(draft.index, counts):
-        frames = sorted({int(i) // TOK for i in index})
-        assert len(index) == count * TOK and set(frames) <= {1, 3} and len(frames) == count
+    for layer, count in enumerate(counts):
+        frames = sorted(int(d.t0) for d in drafts if d.index[layer].numel())
+        assert set(frames) <= {1, 3} and len(frames) == count
 
 
 def test_guidance_single_frame_unit_is_a_frame_draft():

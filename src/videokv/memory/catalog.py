@@ -37,6 +37,9 @@ class Catalog:
     search: Callable[[torch.Tensor, int], list[list[int]]] | None = None
     # a text block's words (None for other kinds): what `TextMatch` scores; None when not provided
     texts: list[str | None] | None = None
+    # [N, L] bool: which layers a block holds tokens at (None: every block at every layer). A block absent
+    # from a layer (StreamKV keeps different frames per layer) scores -inf there.
+    present: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.rkeys.dim() != 3:
@@ -68,12 +71,25 @@ class Catalog:
         each layer's keys contiguously (about 2x faster than over [N, L, D]: docs/SPEED.md)."""
         layer_major = self.rkeys.permute(1, 0, 2)
         if layer_major.is_contiguous():
-            return torch.bmm(layer_major.float(), query.q.float().unsqueeze(-1)).squeeze(-1)
-        return torch.einsum("nld,ld->ln", self.rkeys.float(), query.q.float())
+            scores = torch.bmm(layer_major.float(), query.q.float().unsqueeze(-1)).squeeze(-1)
+        else:
+            scores = torch.einsum("nld,ld->ln", self.rkeys.float(), query.q.float())
+        if self.present is not None:
+            scores = scores.masked_fill(~self.present.T.to(scores.device), float("-inf"))
+        return scores
 
     def layer_scores(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         """[N] fp32: layer `layer`'s query summary q [D] . each block's rkey at that layer (ReKV's score)."""
-        return self.rkeys[:, layer].float() @ q.float()
+        scores = self.rkeys[:, layer].float() @ q.float()
+        if self.present is not None:
+            scores = scores.masked_fill(~self.present[:, layer].to(scores.device), float("-inf"))
+        return scores
+
+    def layer_rows(self, layer: int) -> list[int]:
+        """The rows present at `layer` (all rows when every block is everywhere)."""
+        if self.present is None:
+            return list(range(self.n))
+        return torch.nonzero(self.present[:, layer]).flatten().tolist()
 
     def in_stream_order(self, rows: Iterable[int]) -> list[int]:
         """`rows` without duplicates, sorted by start time, then row."""

@@ -34,6 +34,7 @@ class Index:
         self.t1: list[float] = []
         self.pinned: list[bool] = []
         self.texts: list[str | None] = []  # a text block's text, None for the others
+        self.present: list[list[bool]] = []  # per block, per layer: does it hold tokens there
         self._catalog: Catalog | None = None
 
     def add(self, block: KVBlock) -> None:
@@ -49,6 +50,7 @@ class Index:
         self.t1.append(block.t1)
         self.pinned.append(block.pinned)
         self.texts.append(block.text if block.kind == "text" else None)
+        self.present.append([int(k.shape[-2]) > 0 for k in block.keys])
         self._catalog = None
 
     def __len__(self) -> int:
@@ -64,6 +66,7 @@ class Index:
             self.t1,
             self.pinned,
             self.texts,
+            self.present,
         ):
             del field[n:]
         if self.faiss is not None:
@@ -82,5 +85,6 @@ class Index:
                 pinned=torch.tensor(self.pinned, dtype=torch.bool),
                 search=self.faiss.search if self.faiss is not None else None,
                 texts=list(self.texts),
+                present=None if all(all(p) for p in self.present) else torch.tensor(self.present),
             )
         return self._catalog

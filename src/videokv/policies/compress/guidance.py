@@ -29,7 +29,8 @@ class Guidance(Compressor):
     and the unit tokens' pre-RoPE keys (``unit.attention["prerope_k"]``, [layers, kv_heads, n, d]); the
     prompt's own K/V is discarded. A frame's score on a layer is the inner product of that query with the
     frame's mean pre-RoPE key, summed over KV heads (= StreamKV's mean prompt query . the frame block's
-    GQA-repeated mean key). The number of frames each layer keeps comes from `streamkv_counts`: target
+    GQA-repeated mean key). Each kept frame is a block of its own (present at the layers that kept it). The
+    number of frames each layer keeps comes from `streamkv_counts`: target
     ``int(L * F * keep)`` over the L layers, range ``[max(1, int(F keep (1 - temp))), min(F, int(F keep
     (1 + temp)))]``; each layer keeps its top-scoring frames whole.
 
@@ -96,14 +97,26 @@ class Guidance(Compressor):
         return [min(n_frames, c) for c in streamkv_counts(list(scores), target, lo, hi)]
 
     def compress(self, unit: Unit) -> list[BlockDraft]:
+        """One block per frame, as StreamKV's blocks are frames: a frame's K/V is kept at the layers whose
+        budget it made, and is empty (0 tokens) at the others, so each layer holds its own frames."""
         spans = self._spans(unit)
         scores = self.frame_scores(unit)
         counts = self.budgets(scores)
-        index = []
-        for layer, count in enumerate(counts):
-            order = torch.argsort(-scores[layer], stable=True)[:count].sort().values
-            index.append(torch.cat([torch.arange(*spans[f], device=scores.device) for f in order.tolist()]))
-        return [whole_unit_draft(unit, index=index, level="full")]
+        kept = [
+            set(torch.argsort(-scores[layer], stable=True)[:c].tolist()) for layer, c in enumerate(counts)
+        ]
+        frames = [p for p in unit.pieces if p.kind == "frame"]
+        if len(frames) != len(spans):  # no frame pieces: the whole unit is one block
+            index = [torch.cat([torch.arange(*spans[f]) for f in sorted(k)]) for k in kept]
+            return [whole_unit_draft(unit, index=index, level="full")]
+        empty = torch.zeros(0, dtype=torch.long, device=scores.device)
+        drafts = []
+        for f, ((a, b), piece) in enumerate(zip(spans, frames)):
+            if not any(f in k for k in kept):
+                continue
+            index = [torch.arange(a, b, device=scores.device) if f in k else empty for k in kept]
+            drafts.append(BlockDraft("frame", piece.t0, piece.t1, index=index, level="full"))
+        return drafts
 
     @staticmethod
     def _spans(unit: Unit) -> list[tuple[int, int]]:

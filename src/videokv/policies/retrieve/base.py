@@ -57,6 +57,9 @@ class Retriever(ABC):
         if k <= 0:
             return []
         s = scores.float().masked_fill(~free, float("-inf"))
+        k = min(k, int(torch.isfinite(s).sum()))  # rows scored -inf (absent at this layer) are never taken
+        if k <= 0:
+            return []
         kth = torch.topk(s, k).values[-1]
         above = torch.nonzero((s > kth) & free).flatten()
         ties = torch.nonzero((s == kth) & free).flatten()[: k - above.numel()]  # nonzero: ascending rows
