@@ -88,9 +88,9 @@ class GenerationOptions:
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise GenerationError(f"top_k must be an integer >= 0 (0: off); got {self.top_k!r}")
         if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64
         ):
-            raise GenerationError(f"seed must be an integer from 0 to 2**63 - 1 (or None); got {self.seed!r}")
+            raise GenerationError(f"seed must be an integer from 0 to 2**64 - 1 (or None); got {self.seed!r}")
         if not self.repetition_penalty > 0:
             raise GenerationError(
                 "repetition_penalty must be > 0 (1.0: off; > 1 discourages repeats); "
