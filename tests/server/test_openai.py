@@ -337,7 +337,7 @@ def test_bad_media_leaves_the_session_as_it_was(oai, client, tmp_path: Path):
 
 def test_token_guard_and_url_policy_apply(serve_factory, bikes_cut: Path):
     """A server with a token and no --media-dir / --allow-urls: the OpenAI routes are held to both."""
-    strict = serve_factory(media=False)
+    strict = serve_factory(media=False, extra=["--max-json-mb", "0.1"], max_upload_mb=0.05)
     ok = openai.OpenAI(base_url=f"{strict.url}/v1", api_key=strict.token, max_retries=0, timeout=300)
     with pytest.raises(openai.AuthenticationError) as e:
         openai.OpenAI(base_url=f"{strict.url}/v1", api_key="wrong", max_retries=0).models.list()
@@ -348,6 +348,39 @@ def test_token_guard_and_url_policy_apply(serve_factory, bikes_cut: Path):
         with pytest.raises(openai.PermissionDeniedError) as e:
             ok.chat.completions.create(model=MODEL, messages=[video_turn(url)], max_tokens=2)
         assert str(bikes_cut.parent) not in e.value.body["message"]
+    # the body cap (--max-json-mb) and the upload cap (--max-upload-mb) hold for data URIs
+    big = data_uri(bikes_cut)  # about 120 KiB of base64
+    assert 0.1 * 2**20 < len(big) < 0.2 * 2**20
+    with pytest.raises(openai.APIStatusError) as e:
+        ok.chat.completions.create(model=MODEL, messages=[video_turn(big)], max_tokens=2)
+    assert e.value.status_code == 413 and "--max-json-mb" in e.value.body["message"]
+    half = f"data:video/mp4;base64,{base64.b64encode(bikes_cut.read_bytes()[:60_000]).decode()}"
+    with pytest.raises(openai.APIStatusError) as e:
+        ok.chat.completions.create(model=MODEL, messages=[video_turn(half)], max_tokens=2)
+    assert e.value.status_code == 413 and "--max-upload-mb" in e.value.body["message"]
     r = httpx.get(f"{strict.url}/v1/models", headers={**strict.headers, "Host": "attacker.example"})
     assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
     assert [m.id for m in ok.models.list()][0] == f"{MODEL}:full"
+
+
+def test_readme_example_runs(server: ServerHandle, client: httpx.Client, bikes_cut: Path, capsys):
+    """The README's `openai` snippet, as written, against the live server (its model and clip swapped in)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## OpenAI-compatible API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    for old, new in [
+        ('"offline:rekv"', repr(f"{MODEL}:rekv")),
+        ("http://127.0.0.1:8000/v1", f"{server.url}/v1"),
+        ('api_key="none"', f"api_key={server.token!r}"),
+        ('"clip.mp4"', repr(str(bikes_cut))),
+    ]:
+        assert old in code
+        code = code.replace(old, new)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the documented example itself
+    out = capsys.readouterr().out
+    answer, session = namespace["answer"], namespace["session"]
+    assert out.startswith(answer.choices[0].message.content + "\n")
+    st = status(client, session)
+    assert st["frames"] == round(probe(bikes_cut).duration) and st["memory"] == "rekv"
+    client.delete(f"/v1/sessions/{session}")
