@@ -44,11 +44,12 @@ import torch
 from videokv.config import MemoryConfig
 from videokv.errors import ConfigError, InputError
 from videokv.generation import GREEDY, GenerationOptions
-from videokv.memory.assemble import assemble
+from videokv.memory.assemble import assemble, assemble_layer
 from videokv.memory.attention import observe_attention
 from videokv.memory.block import KVBlock
 from videokv.memory.cache import ContextCache
 from videokv.memory.index import Index
+from videokv.memory.layerwise import layerwise_forward
 from videokv.memory.query import capture_query
 from videokv.memory.store import Store
 from videokv.models.base import Adapter, Piece
@@ -149,6 +150,7 @@ class Engine:
         self.deferred: list[TextEvent] = []  # timed text that arrived while a frame was pending
         self.last_interval = frame_interval  # the frame interval of the last ingest (for pending frames)
         self.trace: list[Piece] | None = None  # set to [] to record every piece forwarded into the context
+        self.retrieved: list[list[int]] | None = None  # memory mode: per layer, the last question's rows
         # 1. the header: its first `sinks` tokens are the attention sinks
         with torch.no_grad():
             piece = adapter.text_piece(self.layout.header, 0, kind="prompt")
@@ -625,22 +627,55 @@ class Engine:
     def _retrieve(
         self, prompt: str, question: str = "", lead: list[Piece] = ()
     ) -> tuple[ContextCache, int, list[Evidence]]:
-        """Retrieval forward, block selection (plus the text blocks matching the question's words, when
-        `text_k`), and assembly of [sinks | selected blocks]."""
-        probe = self.cache.fork()
-        cursor = self.cursor
-        if lead:  # what the question sees besides memory, before it (not part of the query)
-            embeds = torch.cat([p.embeds for p in lead])
-            self.adapter.forward(embeds, torch.cat([p.positions for p in lead], dim=1), probe, logits="none")
-            cursor = self.adapter.next_cursor(lead[-1])
-        query = capture_query(self.adapter, lambda: self.decoder.prefill(probe, cursor, prompt))
+        """Retrieval forward(s) of the bare question, block selection (plus the text blocks matching the
+        question's words, when `text_k`), and assembly of [sinks | selected blocks]."""
         catalog = self.index.catalog()
-        selection = self.config.retrieve.select(catalog, query)
+        retriever = self.config.retrieve
+        loaded: dict[int, KVBlock] = {}
+        # what is forwarded: the lead (seen after the memory, not part of the query), then the bare question
+        pieces = list(lead)
+        start = self.adapter.next_cursor(lead[-1]) if lead else self.cursor
+        bare = self.adapter.text_piece(question or prompt, start, kind="prompt")
+        pieces.append(bare)
+        embeds = torch.cat([p.embeds for p in pieces])
+        positions = torch.cat([p.positions for p in pieces], dim=1)
+        if retriever.layerwise_query():
+            sinks = [
+                (la.keys[:, :, : self.n_sinks], la.values[:, :, : self.n_sinks]) for la in self.cache.layers
+            ]
+
+            def forward(choose: Callable[[int, torch.Tensor], list[int]]) -> None:
+                def context(layer: int, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    rows = choose(layer, q)
+                    blocks = sorted((self._load(r, loaded) for r in rows), key=lambda b: b.index)
+                    return assemble_layer(
+                        *sinks[layer],
+                        self.n_sinks,
+                        blocks,
+                        layer,
+                        self.config.positions,
+                        self.adapter.rotary_emb,
+                        self.cursor,
+                        int(positions.shape[0]),
+                    )
+
+                layerwise_forward(self.adapter, embeds, positions, bare.n_tokens, context)
+
+            selection = retriever.select_layerwise(catalog, forward)
+        else:  # one forward of the question against the ingest context (sinks + recent window)
+            probe = self.cache.fork()
+            query = capture_query(
+                self.adapter,
+                lambda: self.adapter.forward(embeds, positions, probe, logits="none"),
+                bare.n_tokens,
+            )
+            selection = retriever.select(catalog, query)
         if self.config.text_k:
             matched = TextMatch(self.config.text_k).select(question or prompt, catalog.texts or [])
             selection = [catalog.in_stream_order([*layer, *matched]) for layer in selection]
+        self.retrieved = selection  # for inspection: the rows each layer saw at the last question
         rows = sorted({r for layer in selection for r in layer})
-        loaded = {r: self.store.get(r) for r in rows}
+        loaded = {r: self._load(r, loaded) for r in rows}
         per_layer = [sorted((loaded[r] for r in layer), key=lambda b: b.index) for layer in selection]
         sink_k = [la.keys[:, :, : self.n_sinks] for la in self.cache.layers]
         sink_v = [la.values[:, :, : self.n_sinks] for la in self.cache.layers]
@@ -655,6 +690,12 @@ class Engine:
         )
         evidence = [Evidence(loaded[r].t0, loaded[r].t1, loaded[r].kind, loaded[r].level) for r in rows]
         return context, cursor, sorted(evidence, key=lambda e: (e.t0, e.t1))
+
+    def _load(self, row: int, loaded: dict[int, KVBlock]) -> KVBlock:
+        """Block `row` on the compute device, read once per question."""
+        if row not in loaded:
+            loaded[row] = self.store.get(row)
+        return loaded[row]
 
     def evidence(self) -> list[Evidence]:
         """Context mode: time spans of the blocks in the context, adjacent blocks merged."""

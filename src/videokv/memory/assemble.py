@@ -79,3 +79,41 @@ def assemble(
         keys.append(torch.cat(layer_keys, dim=-2))
         values.append(torch.cat([sink_values[layer], *(b.values[layer][None] for b in blocks)], dim=-2))
     return ContextCache.from_tensors(keys, values), question_at
+
+
+def assemble_layer(
+    sink_keys: torch.Tensor,
+    sink_values: torch.Tensor,
+    sink_end: int,
+    blocks: list[KVBlock],
+    layer: int,
+    policy: str,
+    rotary: torch.nn.Module,
+    cursor: int,
+    rows: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's [sinks | blocks] for a question that starts at `cursor` (the retrieval forward, where each
+    layer assembles its own context as it runs).
+
+    "keep": keys as stored; the question is at the stream cursor. "compact": the sinks at 0..sink_end-1 and
+    the blocks right after them, the question right after the blocks, as ReKV rotates its retrieved context;
+    since the question's positions are fixed before the forward (`cursor`), the whole context is shifted by
+    the same offset instead (RoPE sees only relative positions, per row for M-RoPE; exact). rows: P, the rows
+    of the question's position ids (3 for M-RoPE)."""
+    k = torch.cat([sink_keys, *(b.keys[layer][None] for b in blocks)], dim=-2)
+    v = torch.cat([sink_values, *(b.values[layer][None] for b in blocks)], dim=-2)
+    if policy == "keep":
+        return k, v
+    if policy != "compact":
+        raise ValueError(f"unknown position policy {policy!r}; choose one of {POSITION_POLICIES}")
+    placed, end = compact_positions([b.positions[layer] for b in blocks], sink_end)
+    shift = cursor - end
+    n_sinks = sink_keys.shape[-2]
+    offsets = [torch.full((rows, n_sinks), shift, dtype=torch.long, device=k.device)]
+    for b, new in zip(blocks, placed):
+        old = b.positions[layer].to(k.device)
+        offsets.append(new.to(k.device) + shift - old)
+    offset = torch.cat(offsets, dim=1)
+    if not bool((offset == 0).all()):
+        k = apply_rotation(k[0], *angles(rotary, offset, k))[None]
+    return k, v

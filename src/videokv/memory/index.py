@@ -10,8 +10,8 @@ import torch
 
 from videokv.errors import ConfigError
 from videokv.memory.block import KVBlock
+from videokv.memory.catalog import Catalog
 from videokv.memory.faiss_index import FaissIndex
-from videokv.policies.retrieve.base import Catalog
 
 
 class Index:

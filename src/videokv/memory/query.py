@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import torch
 
+from videokv.memory.catalog import Query
+from videokv.memory.layerwise import summarize_queries
 from videokv.models.base import Adapter
-from videokv.policies.retrieve.base import Query
 
 
-def capture_query(adapter: Adapter, run) -> Query:
-    """Call `run()` (a forward of the question) and return the Query its projections define."""
+def capture_query(adapter: Adapter, run, n_query: int | None = None) -> Query:
+    """Call `run()` (a forward ending with the question) and return the Query its projections define: over
+    the last `n_query` tokens (all tokens when None; earlier tokens are context, not query)."""
     layers = adapter.language_model.layers
     captured: dict[tuple[str, int], torch.Tensor] = {}
     handles = []
@@ -32,9 +34,8 @@ def capture_query(adapter: Adapter, run) -> Query:
     kv, d = adapter.num_kv_heads, adapter.head_dim
     q_rows, k_rows = [], []
     for i in range(len(layers)):
-        q = captured[("q", i)][0].float()  # [n, heads * d]
-        n = q.shape[0]
-        q = q.view(n, kv, -1, d).sum(2).mean(0).reshape(kv * d)
+        q = captured[("q", i)][0]  # [n, heads * d]
+        q = summarize_queries(q if n_query is None else q[-n_query:], kv, d)
         k = captured[("k", i)][0, -1].float()  # last question token, [kv * d]
         q_rows.append(q)
         k_rows.append(k)

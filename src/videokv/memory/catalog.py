@@ -1,0 +1,140 @@
+"""What a retriever sees of the memory: the `Catalog` (one row per stored block) and the `Query` (the
+question, summarised per layer). They live in memory/ because the index builds them; the retrievers
+(policies/retrieve) read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from videokv.errors import ConfigError
+
+LEVEL_PREFERENCE = ("full", "L", "H")  # when a unit is stored at several levels, the one a plain reader takes
+
+
+@dataclass
+class Catalog:
+    """What a retriever sees of the memory, one row per stored block (a row index is the block id).
+
+    rkeys: [N, L, D] float32 (may be a view of [L, N, D] storage), per layer the mean of the block's
+    un-rotated keys flattened over kv heads (D = kv_heads * head_dim). kinds: "frame", "segment", "patch",
+    "text" or "summary". units: [N] long, the ingest unit a block came from (the levels and granularities
+    of one unit share it; larger is newer). levels: "full", "L", "H", ... t0/t1: [N] float stream times.
+    pinned: [N] bool, always included.
+    """
+
+    rkeys: torch.Tensor
+    kinds: list[str]
+    units: torch.Tensor
+    levels: list[str]
+    t0: torch.Tensor
+    t1: torch.Tensor
+    pinned: torch.Tensor
+    # optional fast top-k: search(q [L, D], k) -> per layer the k best rows by q[l] . rkeys[:, l] (FAISS)
+    search: Callable[[torch.Tensor, int], list[list[int]]] | None = None
+    # a text block's words (None for other kinds): what `TextMatch` scores; None when not provided
+    texts: list[str | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rkeys.dim() != 3:
+            raise ConfigError(f"Catalog: rkeys must be [N, L, D]; got shape {tuple(self.rkeys.shape)}")
+        n = self.rkeys.shape[0]
+        for what, size in (
+            ("kinds", len(self.kinds)),
+            ("units", self.units.numel()),
+            ("levels", len(self.levels)),
+            ("t0", self.t0.numel()),
+            ("t1", self.t1.numel()),
+            ("pinned", self.pinned.numel()),
+            *([("texts", len(self.texts))] if self.texts is not None else []),
+        ):
+            if size != n:
+                raise ConfigError(f"Catalog: {what} has {size} entries but rkeys has {n} rows")
+
+    @property
+    def n(self) -> int:
+        return int(self.rkeys.shape[0])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.rkeys.shape[1])
+
+    def scores(self, query: Query) -> torch.Tensor:
+        """ReKV's relevance, [L, N] fp32: per layer, the question's query · each block's rkey. When `rkeys`
+        is a view of layer-major storage (as `memory.index.Index` builds it), one batched product reads
+        each layer's keys contiguously (about 2x faster than over [N, L, D]: docs/SPEED.md)."""
+        layer_major = self.rkeys.permute(1, 0, 2)
+        if layer_major.is_contiguous():
+            return torch.bmm(layer_major.float(), query.q.float().unsqueeze(-1)).squeeze(-1)
+        return torch.einsum("nld,ld->ln", self.rkeys.float(), query.q.float())
+
+    def layer_scores(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """[N] fp32: layer `layer`'s query summary q [D] . each block's rkey at that layer (ReKV's score)."""
+        return self.rkeys[:, layer].float() @ q.float()
+
+    def in_stream_order(self, rows: Iterable[int]) -> list[int]:
+        """`rows` without duplicates, sorted by start time, then row."""
+        unique = sorted(set(int(r) for r in rows))
+        t0 = self.t0[unique].tolist() if unique else []
+        order = sorted(range(len(unique)), key=lambda i: (t0[i], unique[i]))
+        return [unique[i] for i in order]
+
+    def pinned_rows(self) -> list[int]:
+        return [int(r) for r in torch.nonzero(self.pinned.bool()).flatten().tolist()]
+
+    def unit_ids(self) -> list[int]:
+        """The distinct ingest units, oldest first."""
+        return sorted(set(int(u) for u in self.units.tolist()))
+
+    def newest_units(self, n: int) -> list[int]:
+        """The `n` newest ingest units (largest ids)."""
+        return self.unit_ids()[-n:] if n > 0 else []
+
+    def unit_rows(self, units: Iterable[int]) -> list[int]:
+        """Every row of the given units."""
+        wanted = set(int(u) for u in units)
+        return [r for r, u in enumerate(self.units.tolist()) if u in wanted]
+
+    def level_rows(
+        self, units: Iterable[int] | None = None, prefer: dict[int, str] | None = None
+    ) -> list[int]:
+        """One level per unit: the rows a reader takes of `units` (all units when None).
+
+        A unit's visual rows (not text, not pinned) are read at the level `prefer[unit]` when the unit has it,
+        else at the first of "full" > "L" > "H" it has, else at its first row's level. Text rows are always
+        taken. Pinned rows are not included (callers add them).
+        """
+        prefer = prefer or {}
+        wanted = None if units is None else set(int(u) for u in units)
+        by_unit: dict[int, list[int]] = {}
+        text: list[int] = []
+        pinned = self.pinned.bool().tolist()
+        for r, u in enumerate(self.units.tolist()):
+            if wanted is not None and u not in wanted:
+                continue
+            if self.kinds[r] == "text":
+                text.append(r)
+            elif not pinned[r]:
+                by_unit.setdefault(u, []).append(r)
+        out = list(text)
+        for u, rows in by_unit.items():
+            have = [self.levels[r] for r in rows]
+            level = next((lv for lv in (prefer.get(u), *LEVEL_PREFERENCE) if lv in have), have[0])
+            out.extend(r for r in rows if self.levels[r] == level)
+        return out
+
+
+@dataclass
+class Query:
+    """The question, summarised for retrieval.
+
+    q: [L, D], per layer the question's pre-RoPE queries averaged over question tokens and summed within
+    each KV-head group, so ``q[l] @ rkeys[:, l]`` is ReKV's score. last_key: [L, D], per layer the un-rotated
+    key of the question's last token (MuKV's query).
+    """
+
+    q: torch.Tensor
+    last_key: torch.Tensor
