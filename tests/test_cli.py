@@ -91,6 +91,9 @@ def test_ask_multiple_choice_and_window(tmp_path, capsys):
         (["ask", "{video}", "q?", "--memory-set", "colour=red"], "unknown memory parameter"),
         (["ask", "{video}", "q?", "--subtitles", "/nonexistent.srt"], "not found"),
         (["ask", "{video}", "  "], "empty"),
+        (["ask", "{video}", "q?", "--do-sample", "--temperature", "0"], "temperature must be > 0"),
+        (["ask", "{video}", "q?", "--top-p", "0.5"], "only apply when sampling"),
+        (["ask", "{video}", "q?", "--choices", "a", "b", "--do-sample"], "picked by likelihood"),
     ],
 )
 def test_errors_are_clear(tmp_path, capsys, argv, message):
@@ -99,6 +102,30 @@ def test_errors_are_clear(tmp_path, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "videokv: error:" in err and message in err.lower()
+
+
+def test_ask_samples_like_the_api_with_the_same_seed(tmp_path, capsys):
+    """`videokv ask --do-sample --seed ...` answers what `Session.ask` answers with the same options."""
+    from videokv import VideoQA
+
+    video, srt = prepare_demo(tmp_path)
+    q = "What colour is the jacket?"
+    options = {"do_sample": True, "temperature": 0.7, "top_k": 40, "top_p": 0.95, "seed": 5}
+    session = VideoQA.from_pretrained("tiny-llava_onevision").session(fps=0.5)
+    session.add_video(video, subtitles=srt)
+    expected = session.ask(q, max_new_tokens=8, **options)
+    stop = expected.text.strip()[3:5]
+    cut = session.ask(q, max_new_tokens=8, stop=[stop], **options)
+    flags = ["--do-sample", "--temperature", "0.7", "--top-k", "40", "--top-p", "0.95", "--seed", "5"]
+    base = ["ask", str(video), q, "--subtitles", str(srt), "--model", "tiny-llava_onevision", "--fps", "0.5"]
+    base += ["--json", "--max-new-tokens", "8", *flags]
+    assert main(base) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["answer"] == expected.text and got["stats"]["seed"] == 5
+    assert main([*base, "--stop", stop]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["answer"] == cut.text and stop not in got["answer"] and len(got["answer"]) < len(expected.text)
+    assert got["stats"]["finish_reason"] == "stop"
 
 
 def test_presets_lists_sources(capsys):

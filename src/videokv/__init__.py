@@ -4,6 +4,7 @@ from videokv.api import Session, VideoQA
 from videokv.bench.dataset import load_dataset
 from videokv.config import MemoryConfig
 from videokv.engine import Frame
+from videokv.generation import GenerationOptions
 from videokv.presets import PRESETS, get_preset
 from videokv.qa import Answer, Evidence
 from videokv.video.subtitles import TextEvent
@@ -17,6 +18,7 @@ __all__ = [
     "PRESETS",
     "get_preset",
     "Frame",
+    "GenerationOptions",
     "TextEvent",
     "load_dataset",
 ]

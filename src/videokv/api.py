@@ -15,11 +15,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from videokv.config import MemoryConfig
 from videokv.engine import Engine, Frame
 from videokv.errors import InputError
+from videokv.generation import GenerationOptions
 from videokv.models.base import Adapter
 from videokv.models.registry import adapter_for, load_model
 from videokv.persist import load_config, read_save, restore_engine, save_engine
 from videokv.presets import resolve_memory
-from videokv.qa import DEFAULT_SYSTEM, Answer
+from videokv.qa import DEFAULT_SYSTEM, Answer, drain
 from videokv.video.decode import iter_frames, probe
 from videokv.video.frames import validate_frames
 from videokv.video.subtitles import TextEvent, events_from_pairs, load_subtitles
@@ -198,12 +199,20 @@ class Session:
         max_new_tokens: int = 64,
         on_token: Callable[[str], None] | None = None,
         logprobs: int = 0,
+        generation: GenerationOptions | None = None,
+        **options: object,
     ) -> Answer:
-        """Answer from memory (greedy); with `choices`, pick the most likely option. Streams text to
-        `on_token`. `logprobs` > 0: `Answer.logprobs` lists, per generated token, its log-probability and
-        the `logprobs` (<= 20) most likely alternatives. The question and answer never enter the memory."""
-        return self.engine.ask(
-            question, choices, max_new_tokens=max_new_tokens, on_token=on_token, logprobs=logprobs
+        """Answer from memory; with `choices`, pick the most likely option. Streams text to `on_token`.
+        `logprobs` > 0: `Answer.logprobs` lists, per generated token, its log-probability and the
+        `logprobs` (<= 20) most likely alternatives. The question and answer never enter the memory.
+
+        Decoding is greedy unless told otherwise, with transformers' names (`GenerationOptions`, built on
+        transformers' logits processors): `do_sample=True` with `temperature`, `top_k`, `top_p` and `seed`;
+        `repetition_penalty`; `stop` (a string or a list: the answer ends before the first one). Pass them
+        as keywords, or a `GenerationOptions` as `generation` (keywords override it). A sampled answer's
+        stats hold the `seed` it was drawn with; stats["finish_reason"] is "stop" or "length"."""
+        return drain(
+            self.ask_steps(question, choices, max_new_tokens, on_token, logprobs, generation, **options)
         )
 
     def ask_steps(
@@ -213,10 +222,16 @@ class Session:
         max_new_tokens: int = 64,
         on_token: Callable[[str], None] | None = None,
         logprobs: int = 0,
+        generation: GenerationOptions | None = None,
+        **options: object,
     ):
         """`ask` as a generator that yields between decoding steps and returns the Answer (for a
         scheduler that interleaves other work, as the server's does)."""
-        return self.engine.ask_steps(question, choices, max_new_tokens, on_token, logprobs)
+        if generation is not None and not isinstance(generation, GenerationOptions):
+            raise InputError(f"generation must be a GenerationOptions; got {type(generation).__name__}")
+        if options or generation is not None:
+            generation = GenerationOptions.make(generation, **options)
+        return self.engine.ask_steps(question, choices, max_new_tokens, on_token, logprobs, generation)
 
     def _ingest(
         self,

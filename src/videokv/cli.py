@@ -61,6 +61,42 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per question on stdout")
 
 
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    """Decoding options (videokv.GenerationOptions; transformers' names). Default: greedy."""
+    g = p.add_argument_group("decoding (default: greedy; transformers' logits processors)")
+    g.add_argument("--do-sample", action="store_true", help="sample instead of taking the most likely token")
+    g.add_argument("--temperature", type=float, default=1.0, help="with --do-sample: > 0 (default: 1.0)")
+    g.add_argument("--top-k", type=int, default=0, help="with --do-sample: keep the k most likely (0: off)")
+    g.add_argument(
+        "--top-p", type=float, default=1.0, help="with --do-sample: nucleus mass in (0, 1] (1: off)"
+    )
+    g.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default: 1.0, off)"
+    )
+    g.add_argument("--seed", type=int, default=None, help="the sampler's seed (default: a fresh one)")
+    g.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="end the answer before this text (repeatable; not part of the answer)",
+    )
+
+
+def _generation(args: argparse.Namespace):
+    from videokv.generation import GenerationOptions
+
+    return GenerationOptions(
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videokv", description="Long-term KV memory for video question answering."
@@ -78,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="multiple choice: pick one of these options (by likelihood) for every question",
     )
     _add_model_args(ask)
+    _add_generation_args(ask)
 
     demo = sub.add_parser("demo", help="answer three questions about a real clip with the offline model")
     demo.add_argument("--out", default=None, help="folder for the demo's subtitle file (default: a temp dir)")
@@ -137,13 +174,25 @@ def _print_answer(answer, as_json: bool, correct: bool | None = None) -> None:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    from videokv.errors import InputError
+    from videokv.generation import GREEDY
+
+    generation = _generation(args)  # bad options fail before the model loads
+    if args.choices and generation.replace(seed=None) != GREEDY:
+        raise InputError(
+            "--choices are picked by likelihood: drop --do-sample, --repetition-penalty and --stop"
+        )
     session = _open_session(args)
     session.add_video(
         args.video, subtitles=args.subtitles, chunk_frames=args.chunk_frames, progress=not args.json
     )
     for q in args.questions:
         answer = session.ask(
-            q, choices=args.choices, max_new_tokens=args.max_new_tokens, logprobs=args.logprobs
+            q,
+            choices=args.choices,
+            max_new_tokens=args.max_new_tokens,
+            logprobs=args.logprobs,
+            generation=None if args.choices else generation,
         )
         _print_answer(answer, args.json)
     return 0

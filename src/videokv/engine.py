@@ -43,6 +43,7 @@ import torch
 
 from videokv.config import MemoryConfig
 from videokv.errors import ConfigError, InputError
+from videokv.generation import GREEDY, GenerationOptions
 from videokv.memory.assemble import assemble, assemble_layer
 from videokv.memory.attention import observe_attention
 from videokv.memory.block import KVBlock
@@ -565,12 +566,14 @@ class Engine:
         max_new_tokens: int = 64,
         on_token: Callable[[str], None] | None = None,
         logprobs: int = 0,
+        generation: GenerationOptions | None = None,
     ) -> Answer:
         """Answer `question` from memory; the stream's memory is left exactly as it was (an open memory
         unit is seen transiently and stays open).
         `logprobs` > 0: the answer lists, per generated token, its log-probability and the `logprobs` most
-        likely alternatives (`Answer.logprobs`)."""
-        return drain(self.ask_steps(question, choices, max_new_tokens, on_token, logprobs))
+        likely alternatives (`Answer.logprobs`). `generation`: sampling, repetition penalty and stop
+        strings (videokv.generation; default greedy)."""
+        return drain(self.ask_steps(question, choices, max_new_tokens, on_token, logprobs, generation))
 
     def ask_steps(
         self,
@@ -579,6 +582,7 @@ class Engine:
         max_new_tokens: int = 64,
         on_token: Callable[[str], None] | None = None,
         logprobs: int = 0,
+        generation: GenerationOptions | None = None,
     ) -> Generator[None, None, Answer]:
         """`ask` as a generator: it yields between decoding steps, so that a scheduler can run other
         sessions' work there (the server does), and returns the Answer."""
@@ -591,6 +595,13 @@ class Engine:
             raise InputError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
         if not isinstance(logprobs, int) or not 0 <= logprobs <= 20:
             raise InputError(f"logprobs must be an int from 0 to 20; got {logprobs!r}")
+        if generation is not None and not isinstance(generation, GenerationOptions):
+            raise InputError(f"generation must be a GenerationOptions; got {type(generation).__name__}")
+        if choices and generation is not None and generation.replace(seed=None) != GREEDY:
+            raise InputError(
+                "choices are picked by likelihood, so sampling, repetition_penalty and stop do not apply; "
+                "drop those options, or ask without choices"
+            )
         prompt = question_text(question, choices)
         t_start = time.perf_counter()
         with torch.no_grad():
@@ -615,7 +626,7 @@ class Engine:
             else:
                 best, scores = None, None
                 text, stats = yield from self.decoder.generate_steps(
-                    context, cursor, prompt, max_new_tokens, on_token, lead, logprobs
+                    context, cursor, prompt, max_new_tokens, on_token, lead, logprobs, generation
                 )
         steps = stats.pop("logprobs", None)
         stats.update(self.memory_stats())

@@ -1,4 +1,5 @@
-"""Prompting, greedy generation and multiple-choice scoring over an assembled context.
+"""Prompting, generation (greedy by default; videokv.generation) and multiple-choice scoring over an
+assembled context.
 
 The checkpoint's own chat template is rendered once for one user turn whose content is [video, text], the
 text being a sentinel (`prompt_layout`): what precedes the video is the header (the attention sinks), the
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from videokv.errors import ConfigError
+from videokv.generation import GREEDY, GenerationOptions, Picker, StopText
 from videokv.memory.cache import ContextCache
 from videokv.models.base import Adapter, Piece
 
@@ -163,12 +165,14 @@ class Decoder:
         )
 
     def prefill(
-        self, cache: ContextCache, cursor: int, text: str, lead: list[Piece] = ()
+        self, cache: ContextCache, cursor: int, text: str, lead: list[Piece] = (), ids: list | None = None
     ) -> tuple[torch.Tensor, int]:
         """Prefill `lead` + the question `text` + the template tail into `cache` at `cursor`; return (last
-        logits, next cursor)."""
+        logits, next cursor). `ids`, if given, is extended with the token ids prefilled."""
         pieces = list(lead)
         pieces.append(self.question_piece(text, self.adapter.next_cursor(pieces[-1]) if pieces else cursor))
+        if ids is not None:
+            ids.extend(i for p in pieces for i in p.token_ids)
         embeds = torch.cat([p.embeds for p in pieces])
         positions = torch.cat([p.positions for p in pieces], dim=1)
         logits = self.adapter.forward(embeds, positions, cache, logits="last")
@@ -198,10 +202,14 @@ class Decoder:
         on_token: Callable[[str], None] | None = None,
         lead: list[Piece] = (),
         logprobs: int = 0,
+        generation: GenerationOptions | None = None,
     ) -> tuple[str, dict]:
-        """Greedy decoding. With `logprobs` > 0, stats["logprobs"] lists, per generated token (the end of
-        sequence included), its log-probability and the `logprobs` most likely alternatives."""
-        return drain(self.generate_steps(cache, cursor, question, max_new_tokens, on_token, lead, logprobs))
+        """Decode an answer (greedy unless `generation` says otherwise; videokv.generation). With `logprobs`
+        > 0, stats["logprobs"] lists, per generated token (the end of sequence included), its
+        log-probability under the model and the `logprobs` most likely alternatives."""
+        return drain(
+            self.generate_steps(cache, cursor, question, max_new_tokens, on_token, lead, logprobs, generation)
+        )
 
     @torch.no_grad()
     def generate_steps(
@@ -213,45 +221,75 @@ class Decoder:
         on_token: Callable[[str], None] | None = None,
         lead: list[Piece] = (),
         logprobs: int = 0,
+        generation: GenerationOptions | None = None,
     ) -> Generator[None, None, tuple[str, dict]]:
         """`generate` as a generator: it yields between decoding steps (a scheduler may run other work
-        there) and returns (text, stats)."""
+        there) and returns (text, stats). stats["finish_reason"] is "stop" (end of sequence or a stop
+        string) or "length" (max_new_tokens reached)."""
+        options = generation or GREEDY
         t_start = time.perf_counter()
-        logits, cursor = self.prefill(cache, cursor, question, lead)
+        prompt_ids: list[int] = []
+        logits, cursor = self.prefill(cache, cursor, question, lead, prompt_ids)
         t_prefill = time.perf_counter() - t_start
+        pick = Picker(options, prompt_ids if not options.greedy_raw else [], logits.device)
+        stops = StopText(options.stop)
+        decode = self.adapter.tokenizer.decode
         eos = self.adapter.eos_token_ids
         ids: list[int] = []
         steps: list[dict] = []
         emitted = ""
         t_first = None
+        finish = "length"
+        cut = -1
         for _ in range(max_new_tokens):
-            nxt = int(logits.argmax())
+            nxt = pick(logits)
             if logprobs:
                 steps.append(self.token_logprobs(logits, nxt, logprobs))
             if nxt in eos:
+                finish = "stop"
                 break
             ids.append(nxt)
+            pick.accept(nxt)
             if t_first is None:
                 t_first = time.perf_counter() - t_start
-            if on_token is not None:
-                text = self.adapter.tokenizer.decode(ids, skip_special_tokens=True)
-                if len(text) > len(emitted) and not text.endswith("\ufffd"):
-                    on_token(text[len(emitted) :])
-                    emitted = text
+            if on_token is not None or stops.stops:
+                text = decode(ids, skip_special_tokens=True)
+                cut = stops.find(text) if stops.stops else -1
+                if on_token is not None:
+                    shown = text[:cut] if cut >= 0 else text[: stops.safe(text)]
+                    if len(shown) > len(emitted) and not shown.endswith("\ufffd"):
+                        on_token(shown[len(emitted) :])
+                        emitted = shown
+                if cut >= 0:
+                    finish = "stop"
+                    break
             if len(ids) == max_new_tokens:
                 break
             piece = self.adapter.ids_piece([nxt], cursor)
             logits = self.adapter.forward(piece.embeds, piece.positions, cache, logits="last")[-1]
             cursor += 1
             yield
-        text = self.adapter.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        text = decode(ids, skip_special_tokens=True)
+        if cut >= 0:  # keep the tokens up to the one that reaches the stop string
+            text = text[:cut]
+            kept = next(
+                n for n in range(len(ids) + 1) if len(decode(ids[:n], skip_special_tokens=True)) >= cut
+            )
+            ids, steps = ids[:kept], steps[:kept]
+        elif on_token is not None and stops.stops and len(text) > len(emitted):
+            on_token(text[len(emitted) :])  # the held-back tail that never became a stop string
+        text = text.strip()
         total = time.perf_counter() - t_start
         stats = {
             "prefill_s": round(t_prefill, 4),
             "decode_s": round(total - t_prefill, 4),
             "ttft_s": round(t_first if t_first is not None else total, 4),
             "answer_tokens": len(ids),
+            "prompt_tokens": len(prompt_ids),
+            "finish_reason": finish,
         }
+        if pick.seed is not None:
+            stats["seed"] = pick.seed
         if logprobs:
             stats["logprobs"] = steps
         return text, stats

@@ -467,3 +467,33 @@ def test_bad_input_leaves_memory_unchanged(
     unchanged()
     assert answer_of(client, sid) == answer
     client.delete(f"/v1/sessions/{sid}")
+
+
+def test_ask_decoding_options(client: httpx.Client, clip: Path):
+    """The ask route takes transformers' decoding options: a seed reproduces a sampled answer (streamed or
+    not), a stop string cuts it, and bad options are 400s that say what to change."""
+    sid = create(client, memory="rekv", fps=1.0)["id"]
+    assert upload(client, sid, clip).status_code == 200
+    sampled = {"question": QUESTION, "max_new_tokens": 8, "do_sample": True, "temperature": 0.8, "seed": 4}
+    first = client.post(f"/v1/sessions/{sid}/ask", json=sampled).json()
+    assert first["stats"]["seed"] == 4 and first["stats"]["finish_reason"] in ("stop", "length")
+    again = client.post(f"/v1/sessions/{sid}/ask", json=sampled).json()
+    streamed = parse_sse(client.post(f"/v1/sessions/{sid}/ask", json={**sampled, "stream": True}).text)
+    assert again["answer"] == first["answer"] == streamed[-1][1]["answer"]
+    other = client.post(f"/v1/sessions/{sid}/ask", json={**sampled, "seed": 5}).json()
+    assert other["answer"] != first["answer"]
+    text = first["answer"]
+    k = next(
+        i for i in range(1, len(text)) if text[i].strip() and text[i] != "\ufffd" and text.find(text[i]) == i
+    )
+    cut = client.post(f"/v1/sessions/{sid}/ask", json={**sampled, "stop": [text[k]]}).json()
+    assert cut["answer"] == text[:k].strip() and cut["stats"]["finish_reason"] == "stop"
+    for bad, message in [
+        ({"do_sample": True, "temperature": 0.0}, "temperature"),
+        ({"temperature": 0.5}, "only apply when sampling"),
+        ({"do_sample": True, "top_p": 1.5}, "top_p"),
+        ({"choices": ["red", "blue"], "do_sample": True}, "picked by likelihood"),
+    ]:
+        r = client.post(f"/v1/sessions/{sid}/ask", json={"question": QUESTION, **bad})
+        assert r.status_code in (400, 422) and message in r.json()["detail"], r.text
+    client.delete(f"/v1/sessions/{sid}")

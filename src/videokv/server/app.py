@@ -24,13 +24,14 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
-from videokv.api import VideoQA
+from videokv.api import GenerationOptions, VideoQA
 from videokv.errors import InputError, SubtitleError, VideoError, VideoKVError
 from videokv.presets import PRESETS
 from videokv.server import limits as L
 from videokv.server import schemas as S
 from videokv.server.limits import GuardMiddleware, HostPolicy, Limits
 from videokv.server.live import chunked, is_url, merge_items
+from videokv.server.openai_api import openai_router
 from videokv.server.scheduler import SchedulerClosed
 from videokv.server.sessions import (
     BadRequest,
@@ -423,10 +424,18 @@ def create_app(
         if body.choices is not None and (len(body.choices) < 2 or any(not c.strip() for c in body.choices)):
             raise BadRequest("choices must be at least two non-empty strings (or null for a free answer)")
         L.check_ask(limits, body.question, body.choices)
+        generation = GenerationOptions.make(**body.generation())  # bad options: 400 before any work
+        if body.choices and generation.replace(seed=None) != GenerationOptions():
+            raise BadRequest("choices are picked by likelihood: drop do_sample, repetition_penalty and stop")
         await L.check_tokens(limits, qa.adapter.tokenize, [body.question, *(body.choices or [])], "question")
         if not body.stream:
             return await manager.ask(
-                m, body.question, body.choices, body.max_new_tokens, logprobs=body.logprobs
+                m,
+                body.question,
+                body.choices,
+                body.max_new_tokens,
+                logprobs=body.logprobs,
+                generation=generation,
             )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -435,7 +444,9 @@ def create_app(
             loop.call_soon_threadsafe(queue.put_nowait, ("token", text))
 
         task = asyncio.ensure_future(
-            manager.ask(m, body.question, body.choices, body.max_new_tokens, on_token, body.logprobs)
+            manager.ask(
+                m, body.question, body.choices, body.max_new_tokens, on_token, body.logprobs, generation
+            )
         )
         task.add_done_callback(lambda _: queue.put_nowait(("done", None)))
 
@@ -492,6 +503,20 @@ def create_app(
         return status_of(await manager.restore_snapshot(name))
 
     app.include_router(api)
+    app.include_router(  # GET /v1/models, POST /v1/chat/completions: the OpenAI format (openai_api.py)
+        openai_router(
+            qa,
+            manager,
+            limits,
+            model_label=model_label,
+            default_memory=default_memory,
+            max_upload_bytes=max_upload_bytes,
+            clean=clean,
+            route_class=JSONRoute,
+            dependencies=[Depends(require_token)],
+            unauthorized=_Unauthorized,
+        )
+    )
 
     # ---- the web page (not behind the token: the page asks for it) ---------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

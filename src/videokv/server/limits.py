@@ -318,7 +318,11 @@ class GuardMiddleware:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = json.dumps({"detail": problem}).encode()
+        if scope.get("path", "").startswith(("/v1/chat/", "/v1/models")):  # the OpenAI routes' error shape
+            error = {"message": problem, "type": "permission_error", "param": None, "code": None}
+            body = json.dumps({"error": error}).encode()
+        else:
+            body = json.dumps({"detail": problem}).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from videokv.api import Session, VideoQA
+from videokv.api import GenerationOptions, Session, VideoQA
 from videokv.config import MemoryConfig
 from videokv.engine import Frame
 from videokv.errors import ConfigError, InputError, VideoKVError
@@ -410,14 +410,16 @@ class SessionManager:
         memory_set: list[str] | None = None,
         fps: float = 1.0,
         name: str | None = None,
+        system: str | None = None,
     ) -> Managed:
+        """A new session (system: its system prompt; default the VideoQA's)."""
         self._reserve()
         sid = self._new_id()
         folder = self.sessions_dir / sid
         config = self._config(memory, list(memory_set or []), folder)
 
         def build() -> Managed:
-            session = Session(self.qa.adapter, config, fps=fps, system=self.qa.system)
+            session = Session(self.qa.adapter, config, fps=fps, system=system or self.qa.system)
             m = Managed(
                 sid,
                 session,
@@ -632,6 +634,7 @@ class SessionManager:
         max_new_tokens: int = 48,
         on_token: Callable[[str], None] | None = None,
         logprobs: int = 0,
+        generation: GenerationOptions | None = None,
     ) -> dict:
         if not question.strip():
             raise BadRequest("the question is empty; ask something about the stream")
@@ -641,7 +644,9 @@ class SessionManager:
         def run():  # a generator: the scheduler runs it in slices, other sessions' jobs in between
             if m.deleted:
                 raise SessionGone(f"session {m.id} was deleted")
-            answer = yield from m.session.ask_steps(question, choices, max_new_tokens, on_token, logprobs)
+            answer = yield from m.session.ask_steps(
+                question, choices, max_new_tokens, on_token, logprobs, generation
+            )
             return answer.to_dict()
 
         return await self.scheduler.run(m.id, run)
