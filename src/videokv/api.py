@@ -206,6 +206,12 @@ class Session:
             question, choices, max_new_tokens=max_new_tokens, on_token=on_token, logprobs=logprobs
         )
 
+    def loglikelihood(self, question: str, continuation: str) -> tuple[float, bool]:
+        """(log-probability of `continuation` as the answer to `question`, whether greedy decoding gives
+        it), computed over the memory exactly as `ask` answers (harnesses such as lmms-eval score options
+        with it). The question may be empty. The memory is left as it was."""
+        return self.engine.loglikelihood(question, continuation)
+
     def ask_steps(
         self,
         question: str,
