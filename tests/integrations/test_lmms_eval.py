@@ -59,16 +59,12 @@ def run_lmms_eval(tmp: Path, tasks: Path, model_args: str, timeout: int) -> tupl
     return json.loads(results_file.read_text())["results"], samples
 
 
-def reference(tmp: Path, data: Path, pretrained: str, memory: str, fps: float, max_new: int) -> dict:
-    cmd = [
-        str(LMMSENV / "bin" / "python"),
-        str(REFERENCE),
-        str(data),
-        pretrained,
-        memory,
-        str(fps),
-        str(max_new),
-    ]
+def reference(
+    tmp: Path, data: Path, pretrained: str, memory: str, fps: float, frame_tokens: int | None, max_new: int
+) -> dict:
+    """The public API's answers and option scores, in the lmms environment (lmms_reference.py)."""
+    args = [pretrained, memory, str(fps), "" if frame_tokens is None else str(frame_tokens), str(max_new)]
+    cmd = [str(LMMSENV / "bin" / "python"), str(REFERENCE), str(data), *args]
     proc = subprocess.run(cmd, env=offline_env(tmp), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {r["id"]: r for r in json.loads(proc.stdout)}
@@ -115,7 +111,7 @@ def test_lmms_eval_command_scores_what_the_public_api_answers(tmp_path):
     data = tmp_path / "tasks" / "needles_open.jsonl"
     args = "pretrained=tiny-qwen2_vl,memory=rekv,fps=1"
     results, samples = run_lmms_eval(tmp_path, tmp_path / "tasks", args, timeout=600)
-    ref = reference(tmp_path, data, "tiny-qwen2_vl", "rekv", 1.0, 32)
+    ref = reference(tmp_path, data, "tiny-qwen2_vl", "rekv", 1.0, None, 32)
     check_against_reference(data, results, samples, ref)
 
 
@@ -131,6 +127,6 @@ def test_lmms_eval_with_the_offline_model_answers_from_the_subtitles(tmp_path):
     data = tmp_path / "tasks" / "needles_open.jsonl"
     args = "pretrained=offline,memory=rekv,fps=0.5,frame_tokens=16"
     results, samples = run_lmms_eval(tmp_path, tmp_path / "tasks", args, timeout=900)
-    ref = reference(tmp_path, data, "offline", "rekv", 0.5, 32)
+    ref = reference(tmp_path, data, "offline", "rekv", 0.5, 16, 32)
     accuracy, acc = check_against_reference(data, results, samples, ref)
     assert accuracy + acc > 0, (results, samples)
