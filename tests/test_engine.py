@@ -59,10 +59,19 @@ def videos_of(pieces: list, frames: dict[float, np.ndarray], fpp: int) -> list[n
 def reference_logits(session, items: list, question: str = QUESTION) -> tuple[torch.Tensor, list[int]]:
     """One ordinary HF forward (SDPA, no cache; HF computes the positions itself) over header + stream +
     question in videokv's layout, with each video's pixels: last logits and the input ids."""
+    logits, ids = reference_forward(session, items, question)
+    return logits[-1], ids
+
+
+def reference_forward(
+    session, items: list, question: str = QUESTION, continuation: list[int] = ()
+) -> tuple[torch.Tensor, list[int]]:
+    """`reference_logits` over header + stream + question + `continuation` ids: the logits at every
+    position ([L, vocab]) and the input ids."""
     eng = session.engine
     ad = eng.adapter
     pieces = eng.trace + eng.question_pieces(question)
-    ids = eng.header_ids + [i for p in pieces for i in p.token_ids]
+    ids = eng.header_ids + [i for p in pieces for i in p.token_ids] + list(continuation)
     frames = {f.t: f.image for f in items if isinstance(f, Frame)}
     videos = videos_of(pieces, frames, ad.frames_per_piece)
     kw = ad.reference_inputs(ids)
@@ -77,7 +86,7 @@ def reference_logits(session, items: list, question: str = QUESTION) -> tuple[to
         assert len({len(v) for v in videos}) == 1, "LLaVA-OV takes videos of one length per batch"
         kw["pixel_values_videos"] = torch.stack([ad.preprocessor(v) for v in videos])
     with sdpa(ad.model):
-        logits = ad.model(**kw).logits[0, -1].float()
+        logits = ad.model(**kw).logits[0].float()
     return logits, ids
 
 

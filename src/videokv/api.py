@@ -215,6 +215,12 @@ class Session:
             self.ask_steps(question, choices, max_new_tokens, on_token, logprobs, generation, **options)
         )
 
+    def loglikelihood(self, question: str, continuation: str) -> tuple[float, bool]:
+        """(log-probability of `continuation` as the answer to `question`, whether greedy decoding gives
+        it), computed over the memory exactly as `ask` answers (harnesses such as lmms-eval score options
+        with it). The question may be empty. The memory is left as it was."""
+        return self.engine.loglikelihood(question, continuation)
+
     def ask_steps(
         self,
         question: str,

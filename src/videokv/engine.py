@@ -605,13 +605,7 @@ class Engine:
         prompt = question_text(question, choices)
         t_start = time.perf_counter()
         with torch.no_grad():
-            lead = self._lead()
-            if self.memory_mode and len(self.index):
-                context, cursor, evidence = self._retrieve(prompt, question, lead)
-            else:
-                context, cursor, evidence = self.cache.fork(), self.cursor, self.evidence()
-            # the lead goes where the memory ends in this context (its positions move with it)
-            lead = [p.shifted(cursor - self.cursor) for p in lead]
+            context, cursor, evidence, lead = self._question_context(prompt, question)
             evidence = sorted(evidence + _lead_evidence(lead), key=lambda e: (e.t0, e.t1))
             retrieval_s = time.perf_counter() - t_start
             context_tokens = context.lengths()
@@ -633,6 +627,35 @@ class Engine:
         stats["retrieval_s"] = round(retrieval_s, 4)
         stats["context_tokens"] = round(sum(context_tokens) / len(context_tokens), 1)
         return Answer(question, text, evidence, best, scores, stats, steps)
+
+    def loglikelihood(self, question: str, continuation: str) -> tuple[float, bool]:
+        """The log-probability of `continuation` as the answer to `question`, over the memory exactly as
+        `ask` sees it (same retrieval, same prompt), and whether greedy decoding would produce it. The
+        question may be empty; the continuation is tokenized as generated tokens are (after the
+        template's tail). The memory is left as it was."""
+        if not isinstance(question, str):
+            raise InputError(f"the question must be a string; got {type(question).__name__}")
+        if not isinstance(continuation, str) or not continuation:
+            raise InputError("the continuation is empty; give the answer text to score")
+        ids = self.adapter.tokenize(continuation)
+        prompt = question_text(question)
+        with torch.no_grad():
+            context, cursor, _, lead = self._question_context(prompt, question)
+            return self.decoder.continuation_logprob(context, cursor, prompt, ids, lead)
+
+    def _question_context(
+        self, prompt: str, question: str
+    ) -> tuple[ContextCache, int, list[Evidence], list[Piece]]:
+        """What a question is answered over: (context, cursor after it, evidence, the lead moved to follow
+        it). Memory mode retrieves for `prompt`; context mode forks the whole context."""
+        lead = self._lead()
+        if self.memory_mode and len(self.index):
+            context, cursor, evidence = self._retrieve(prompt, question, lead)
+        else:
+            context, cursor, evidence = self.cache.fork(), self.cursor, self.evidence()
+        # the lead goes where the memory ends in this context (its positions move with it)
+        lead = [p.shifted(cursor - self.cursor) for p in lead]
+        return context, cursor, evidence, lead
 
     def _retrieve(
         self, prompt: str, question: str = "", lead: list[Piece] = ()

@@ -336,6 +336,20 @@ class Decoder:
         return best, scores, free, stats
 
     @torch.no_grad()
+    def continuation_logprob(
+        self, cache: ContextCache, cursor: int, question: str, ids: list[int], lead: list[Piece] = ()
+    ) -> tuple[float, bool]:
+        """(sum of the log-probabilities of the token `ids` after the question, whether each is the argmax
+        of the logits before it, i.e. greedy decoding would produce them)."""
+        logits, cursor = self.prefill(cache, cursor, question, lead)
+        piece = self.adapter.ids_piece(ids, cursor)
+        out = self.adapter.forward(piece.embeds, piece.positions, cache, logits="all")
+        before = torch.cat([logits[None], out[:-1]]).float()
+        target = torch.tensor(ids, device=before.device)
+        logp = before.log_softmax(-1)[torch.arange(len(ids), device=before.device), target]
+        return float(logp.sum()), bool((before.argmax(-1) == target).all())
+
+    @torch.no_grad()
     def score_choices(
         self, cache: ContextCache, cursor: int, question: str, choices: list[str], lead: list[Piece] = ()
     ) -> tuple[int, list[float], dict]:

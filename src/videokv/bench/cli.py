@@ -1,4 +1,4 @@
-"""`videokv bench convert | make-needles | run | report`."""
+"""`videokv bench convert | make-needles | lmms-task | run | report`."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ def add_parser(sub: argparse._SubParsersAction, add_model_args: Callable) -> Non
     needles.add_argument("--name", default="needles", help="dataset name (default: needles)")
     needles.set_defaults(func=cmd_make_needles)
 
+    lmms = bsub.add_parser(
+        "lmms-task", help="write lmms-eval tasks over a dataset (for `lmms-eval --model videokv`)"
+    )
+    lmms.add_argument("dataset", help="dataset JSON (docs/DATASET.md)")
+    lmms.add_argument("--out", required=True, help="folder for the task YAMLs, utils.py and the data")
+    lmms.add_argument("--name", default="videokv_needles", help="task name (default: videokv_needles)")
+    lmms.set_defaults(func=cmd_lmms_task)
+
     run = bsub.add_parser("run", help="run memory presets over a dataset (resumable)")
     run.add_argument("dataset", help="dataset JSON (docs/DATASET.md)")
     run.add_argument(
@@ -85,6 +93,14 @@ def cmd_make_needles(args: argparse.Namespace) -> int:
 
     path = make_needles(args.out, args.minutes, questions=args.questions, seed=args.seed, name=args.name)
     print(path)
+    return 0
+
+
+def cmd_lmms_task(args: argparse.Namespace) -> int:
+    from videokv.integrations.lmms_tasks import write_lmms_tasks
+
+    for path in write_lmms_tasks(args.dataset, args.out, args.name):
+        print(path)
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Plugins that let other tools drive videokv through its public API (lmms-eval: `lmms_eval.py`)."""
