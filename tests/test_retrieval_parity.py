@@ -51,8 +51,10 @@ def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
     return x * cos + torch.cat([-x2, x1], -1) * sin
 
 
-def rekv_retrieval(model, engine, k: int, lead_and_question, n_question: int):
-    """ReKV's retrieval-mode forward, by hand: per layer, the chosen block rows (stream order) and scores."""
+def rekv_retrieval(model, engine, k, lead_and_question, n_question: int):
+    """ReKV's retrieval-mode forward, by hand: per layer, the chosen block rows (stream order) and scores.
+    k: the top-k count, or choose(layer, present rows, scores) -> rows (StreamKV's per-layer rule). A layer
+    holds only the blocks with tokens there (StreamKV keeps different frames per layer)."""
     cfg = model.config.get_text_config()
     theta = cfg.rope_parameters["rope_theta"]
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -76,11 +78,18 @@ def rekv_retrieval(model, engine, k: int, lead_and_question, n_question: int):
         group = heads // kv
         qbar = q[:, -n_question:].mean(1)  # [H, d]
         scores = []
+        present = [i for i, b in enumerate(blocks) if b.keys[layer_idx].shape[1]]
         for b in blocks:
+            if not b.keys[layer_idx].shape[1]:
+                scores.append(float("-inf"))
+                continue
             unrot = rope(b.keys[layer_idx].float(), -b.positions[layer_idx][0], theta)  # [kv, t, d]
             kbar = unrot.mean(1).repeat_interleave(group, 0)  # GQA-repeated, [H, d]
             scores.append(float((qbar * kbar).sum()))
-        order = sorted(range(len(blocks)), key=lambda i: (-scores[i], i))[:k]
+        if callable(k):
+            order = k(layer_idx, present, scores)
+        else:
+            order = sorted(present, key=lambda i: (-scores[i], i))[:k]
         rows = sorted(order, key=lambda i: (blocks[i].t0, i))
         chosen.append(rows)
         all_scores.append(scores)
@@ -131,3 +140,53 @@ def test_rekv_layerwise_retrieval_matches_reference():
         probe.ask(question, max_new_tokens=1)
     assert probe.engine.retrieved[0] == ref_rows[0]  # layer 0's query is the same either way
     assert probe.engine.retrieved[1:] != ref_rows[1:]
+
+
+def test_streamkv_two_pass_layerwise_retrieval_matches_reference():
+    """StreamKV `question_answering`: a retrieval-prefill forward of the bare question (each layer takes
+    `retrieve_size` blocks: the newest `retrieve_local_size` plus the best others) records every block's
+    score; `obtain_cdf_num` / `rescale_sum_match` give each layer its `retrieval_num`; a second forward
+    retrieves with those counts. Blocks are frames (+ segment summaries), each layer holding its own."""
+    from tests.policies.test_parity import ref_cdf_num, ref_rescale
+    from videokv.policies.retrieve import LayerAdaptive
+
+    model, tok = get_tiny("llava_onevision")
+    k, temp, local = 4, 0.5, 2
+    config = get_preset("streamkv")
+    config = dataclasses.replace(config, retrieve=LayerAdaptive(k=k, temp=temp, recent=local, max_k=128))
+    session = VideoQA.from_model(model, tok, memory=config).session()
+    session.add_frames(random_frames(24, seed=5), fps=1.0)
+    session.engine.flush()
+    engine = session.engine
+    blocks = engine.store.blocks
+    assert any(b.keys[0].shape[1] != b.keys[1].shape[1] for b in blocks)  # layers hold different frames
+    question = "Which way does the cyclist turn?"
+    pieces = engine.question_pieces(question)[:-1]
+    bare = engine.adapter.text_piece(question, engine.adapter.next_cursor(pieces[-1]) if pieces else 0)
+
+    def calc_block_topk(count):
+        def choose(layer, present, scores):
+            if len(present) <= count[layer]:
+                return present
+            if count[layer] >= local:
+                newest, others = present[-local:], present[:-local]
+                best = sorted(others, key=lambda i: (-scores[i], i))[: count[layer] - local]
+                return newest + best
+            return present[-count[layer] :]
+
+        return choose
+
+    with torch.no_grad():
+        n_layers = len(engine.cache.layers)
+        _, first = rekv_retrieval(
+            model, engine, calc_block_topk([k] * n_layers), pieces + [bare], bare.n_tokens
+        )
+        layer_scores = [torch.tensor([x for x in row if x != float("-inf")]) for row in first]
+        nums = ref_cdf_num(layer_scores, n_layers * k)
+        counts = [max(1, c) for c in ref_rescale(nums, max(k * (1 - temp), 1), min(k * (1 + temp), 128))]
+        ref_rows, _ = rekv_retrieval(model, engine, calc_block_topk(counts), pieces + [bare], bare.n_tokens)
+        session.ask(question, max_new_tokens=1)
+    assert engine.retrieved == ref_rows
+    assert all(len(rows) <= k * (1 + temp) for rows in ref_rows)
+    present = [sum(1 for b in blocks if b.keys[layer].shape[1]) for layer in range(n_layers)]
+    assert all(len(rows) < n for rows, n in zip(ref_rows, present))  # a real choice on every layer
