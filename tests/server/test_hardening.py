@@ -451,3 +451,24 @@ def test_chaos_kills_at_random_moments_resume_exactly(serve_factory, tmp_path: P
     _assert_matches_uninterrupted(c, sid, body, frames=CHAOS_SECONDS * 2)
     c.close()
     assert time.monotonic() - started < 240, "the chaos test must stay bounded"
+
+
+def test_refused_requests_slow_their_own_session_only(serve_factory):
+    """--max-session-rps / --refusal-cost: a session whose requests keep being refused for a limit waits its
+    turn (asleep, no work), another session's requests are not held up, and reads are never counted."""
+    server = serve_factory(media=False, extra=["--max-session-rps", "1", "--refusal-cost", "5"])
+    with server.client() as c:
+        bad, good = create(c)["id"], create(c)["id"]
+        for _ in range(2):  # a burst of 2 fits the bucket; each refusal then costs 5 more requests
+            refused(c.post(f"/v1/sessions/{bad}/ask", json={"question": "why " * 1000}), 422)
+        t0 = time.monotonic()
+        ok = c.post(f"/v1/sessions/{good}/text", json={"events": [{"text": "hello"}]})
+        assert ok.status_code == 200 and time.monotonic() - t0 < 3.0
+        for _ in range(20):
+            assert c.get(f"/v1/sessions/{bad}").status_code == 200
+        t0 = time.monotonic()
+        r = c.post(f"/v1/sessions/{bad}/text", json={"events": [{"text": "hello"}]})
+        waited = time.monotonic() - t0
+        assert r.status_code == 200, r.text
+        assert waited > 8.0, waited  # 2 requests + 2 x 5 refusal costs at 1 a second: ~10 s of debt
+        assert c.get(f"/v1/sessions/{bad}").json()["blocks"] == 1
