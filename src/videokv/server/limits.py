@@ -382,7 +382,8 @@ class _Bucket:
 class RateLimitMiddleware:
     """Pure ASGI: a token bucket per session (`--max-session-rps` requests a second, bursts of twice that).
 
-    A request to a session's routes (reads excepted: status, timeline, thumbnails) takes one token; one the server refuses for a limit (413, 415, 422)
+    A request to a session's routes (reads excepted: status, timeline, thumbnails) takes one token; one
+    the server refuses for a limit (413, 415, 422)
     takes `refusal_cost` more once answered, so a client that keeps sending requests over the limits is
     slowed to a trickle while an honest one never notices. A request without a token waits (asleep, costing
     nothing) until the bucket has one again; past `max_wait` seconds of debt it is answered 429 with
