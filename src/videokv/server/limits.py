@@ -382,14 +382,14 @@ class _Bucket:
 class RateLimitMiddleware:
     """Pure ASGI: a token bucket per session (`--max-session-rps` requests a second, bursts of twice that).
 
-    A request to a session's routes (reads excepted: status, timeline, thumbnails) takes one token; one
-    the server refuses for a limit (413, 415, 422)
-    takes `refusal_cost` more once answered, so a client that keeps sending requests over the limits is
-    slowed to a trickle while an honest one never notices. A request without a token waits (asleep, costing
-    nothing) until the bucket has one again; past `max_wait` seconds of debt it is answered 429 with
-    Retry-After, after a second's pause (a client that ignores Retry-After cannot flood the server with
-    refusals). Requests that do not carry the server's token are not counted (they get 401 inside), so no one
-    without it can slow a session down. Buckets are kept for at most `max_buckets` sessions (oldest dropped).
+    A request to a session's routes (reads excepted: status, timeline, thumbnails) takes one token; one the
+    server refuses for a limit (413, 415, 422) takes `refusal_cost` more once answered, so a client that keeps
+    sending requests over the limits is slowed to a trickle while an honest one never notices. A request
+    without a token waits (asleep, costing nothing) until the bucket has one again; past `max_wait` seconds of
+    debt it is answered 429 with Retry-After, after a second's pause (a client that ignores Retry-After cannot
+    flood the server with refusals). Requests that do not carry the server's token are not counted (they get
+    401 inside), so no one without it can slow a session down. Buckets are kept for at most `max_buckets`
+    sessions (oldest dropped).
     """
 
     def __init__(
