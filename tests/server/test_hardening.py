@@ -459,6 +459,7 @@ def test_refused_requests_slow_their_own_session_only(serve_factory):
     server = serve_factory(media=False, extra=["--max-session-rps", "1", "--refusal-cost", "5"])
     with server.client() as c:
         bad, good = create(c)["id"], create(c)["id"]
+        started = time.monotonic()
         for _ in range(2):  # a burst of 2 fits the bucket; each refusal then costs 5 more requests
             refused(c.post(f"/v1/sessions/{bad}/ask", json={"question": "why " * 1000}), 422)
         t0 = time.monotonic()
@@ -466,9 +467,28 @@ def test_refused_requests_slow_their_own_session_only(serve_factory):
         assert ok.status_code == 200 and time.monotonic() - t0 < 3.0
         for _ in range(20):
             assert c.get(f"/v1/sessions/{bad}").status_code == 200
-        t0 = time.monotonic()
         r = c.post(f"/v1/sessions/{bad}/text", json={"events": [{"text": "hello"}]})
-        waited = time.monotonic() - t0
+        waited = time.monotonic() - started
         assert r.status_code == 200, r.text
-        assert waited > 8.0, waited  # 2 requests + 2 x 5 refusal costs at 1 a second: ~10 s of debt
+        # 3 writes + 2 x 5 refusal costs = 13 tokens, 2 in the bucket, 1 a second: the third write ends
+        # no sooner than 11 s after the first began
+        assert waited > 10.5, waited
         assert c.get(f"/v1/sessions/{bad}").json()["blocks"] == 1
+
+
+def test_memory_set_cannot_grow_the_ingest_context_past_the_limit(serve_factory):
+    """`memory_set ingest.frames=100000` (or an unbounded window) would grow the ingest context outside the
+    session's byte budget: refused (422 naming --max-ingest-tokens); past the limit at ingest time, the
+    ingest is refused and the memory is unchanged."""
+    server = serve_factory(media=False, extra=["--max-ingest-tokens", "200"])
+    with server.client() as c:
+        for pair in ("ingest.frames=100000", "window=none", "window=5000"):
+            refused(c.post("/v1/sessions", json={"memory_set": [pair]}), 422, "--max-ingest-tokens")
+        assert c.get("/v1/sessions").json() == []
+        sid = create(c, memory_set=["ingest.frames=150"])["id"]  # 150 frames of a few tokens each: > 200
+        frames = np.zeros((4, 56, 84, 3), np.uint8)
+        assert c.post(f"/v1/sessions/{sid}/frames", json=raw_body(frames)).status_code == 200
+        before = memory_of(c, sid)
+        r = c.post(f"/v1/sessions/{sid}/frames", json=raw_body(np.repeat(frames, 25, 0)))
+        refused(r, 422, "--max-ingest-tokens", "ingest context")
+        assert memory_of(c, sid) == before

@@ -57,6 +57,7 @@ class Limits:
     max_json_mb: float = 16.0  # a JSON body, counted while it streams in
     max_time_jump: float = 3600.0  # seconds an item may lie ahead of the stream clock
     max_late_text: float = 60.0  # text up to this many seconds before the clock is placed at the clock
+    max_ingest_tokens: int = 32768  # stream tokens a retrieval session's ingest context may hold
     max_session_rps: float = 20.0  # requests per second to one session's routes (a token bucket)
     refusal_cost: float = 10.0  # requests a refused one (413/415/422: over a limit) counts as, in that bucket
 
@@ -154,6 +155,46 @@ async def offload(fn: Callable, *args):
     requests a client sends, they take at most one core between them, and they never occupy the event
     loop's default thread pool, where the ordinary requests' small steps run."""
     return await asyncio.get_running_loop().run_in_executor(_HEAVY, functools.partial(fn, *args))
+
+
+# ---- the ingest context -----------------------------------------------------------------------------------
+def check_ingest_window(limits: Limits, config, memory_set: list[str], frame_tokens: int | None) -> None:
+    """A `memory_set` that sets the ingest window of a retrieval preset (`window`, `ingest`, `ingest.*`) must
+    keep it bounded and within `--max-ingest-tokens`: that context is not in the session's byte budget
+    (`memory_set ingest.frames=100000` would grow it without bound). Refused before the session exists."""
+    if config.retrieve is None or not any(
+        p.partition("=")[0].strip().split(".")[0] in ("window", "ingest") for p in memory_set
+    ):
+        return
+    ingest = config.ingest
+    tokens, frames = getattr(ingest, "tokens", 0), getattr(ingest, "frames", None)
+    # a frame has at least one token: without the model's frame size, `frames` is a lower bound
+    bound = frames * (frame_tokens or 1) if frames is not None else tokens
+    if bound is None and hasattr(ingest, "tokens"):
+        raise Unprocessable(
+            "this memory_set makes the ingest window unbounded (every stream token stays in the ingest "
+            "context, outside the session's byte budget); give window=N with N <= "
+            f"{limits.max_ingest_tokens} tokens, or start the server with a larger --max-ingest-tokens"
+        )
+    if bound is not None and bound > limits.max_ingest_tokens:
+        raise over(
+            "max_ingest_tokens", limits, "the ingest window this memory_set asks for, in tokens", bound
+        )
+
+
+def check_ingest_context(limits: Limits, engine) -> None:
+    """After an ingest step (inside its transaction): a retrieval session's ingest context may hold at most
+    `--max-ingest-tokens` stream tokens (a window given in frames, or units, is only known in tokens here)."""
+    if not engine.memory_mode:
+        return  # full / window: the context is the memory, counted in the byte budget
+    held = int(engine.cache.lengths()[0]) - int(engine.n_sinks)
+    if held > limits.max_ingest_tokens:
+        raise over(
+            "max_ingest_tokens",
+            limits,
+            "the ingest context after this ingest (its memory_set window), in stream tokens",
+            held,
+        )
 
 
 # ---- pixels ---------------------------------------------------------------------------------------------
