@@ -492,3 +492,56 @@ def test_memory_set_cannot_grow_the_ingest_context_past_the_limit(serve_factory)
         r = c.post(f"/v1/sessions/{sid}/frames", json=raw_body(np.repeat(frames, 25, 0)))
         refused(r, 422, "--max-ingest-tokens", "ingest context")
         assert memory_of(c, sid) == before
+
+
+def test_a_redirect_given_to_ffmpeg_is_not_followed(serve_factory, tmp_path: Path):
+    """The server checks an http source's redirects itself; a redirect the remote gives only to FFmpeg's own
+    request (here: by its User-Agent) to a port not on --allow-url-host must not be followed."""
+    clip = make_clip(tmp_path / "c.mp4", seconds=2, fps=2).read_bytes()
+    hits: list[str] = []
+
+    class Target(http.server.BaseHTTPRequestHandler):  # the disallowed port: must never be reached
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(clip)))
+            self.end_headers()
+            self.wfile.write(clip)
+
+        def log_message(self, *a):
+            pass
+
+    class Sly(http.server.BaseHTTPRequestHandler):  # the allowed port: 200 to the checker, 302 to FFmpeg
+        def do_GET(self):  # noqa: N802
+            if self.headers.get("User-Agent", "").startswith("Lavf"):
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{target.server_address[1]}/c.mp4")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(clip)))
+            self.end_headers()
+            self.wfile.write(clip)
+
+        def log_message(self, *a):
+            pass
+
+    target = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Target)
+    sly = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sly)
+    for s in (target, sly):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    allowed = f"127.0.0.1:{sly.server_address[1]}"
+    server = serve_factory(media=False, extra=["--allow-url-host", allowed])
+    try:
+        with server.client() as c:
+            sid = create(c)["id"]
+            r = c.post(
+                f"/v1/sessions/{sid}/source", json={"url": f"http://{allowed}/c.mp4", "realtime": False}
+            )
+            assert r.status_code == 202, r.text
+            st = wait_for(lambda: (s := _status(c, sid))["source"]["state"] != "running" and s, 120)
+            assert st["source"]["state"] == "error" and st["frames"] == 0, st
+            assert hits == []
+    finally:
+        for s in (target, sly):
+            s.shutdown()

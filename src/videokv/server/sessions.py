@@ -617,6 +617,7 @@ class SessionManager:
             on_end=on_end,
             resume_after=resume_after,
             max_pixels=self.limits.max_frame_pixels,
+            follow_redirects=False,  # the app resolved and checked them (limits.resolve_redirects)
         )
         m.source = source
         m.error = None
