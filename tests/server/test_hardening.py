@@ -451,3 +451,97 @@ def test_chaos_kills_at_random_moments_resume_exactly(serve_factory, tmp_path: P
     _assert_matches_uninterrupted(c, sid, body, frames=CHAOS_SECONDS * 2)
     c.close()
     assert time.monotonic() - started < 240, "the chaos test must stay bounded"
+
+
+def test_refused_requests_slow_their_own_session_only(serve_factory):
+    """--max-session-rps / --refusal-cost: a session whose requests keep being refused for a limit waits its
+    turn (asleep, no work), another session's requests are not held up, and reads are never counted."""
+    server = serve_factory(media=False, extra=["--max-session-rps", "1", "--refusal-cost", "5"])
+    with server.client() as c:
+        bad, good = create(c)["id"], create(c)["id"]
+        started = time.monotonic()
+        for _ in range(2):  # a burst of 2 fits the bucket; each refusal then costs 5 more requests
+            refused(c.post(f"/v1/sessions/{bad}/ask", json={"question": "why " * 1000}), 422)
+        t0 = time.monotonic()
+        ok = c.post(f"/v1/sessions/{good}/text", json={"events": [{"text": "hello"}]})
+        assert ok.status_code == 200 and time.monotonic() - t0 < 3.0
+        for _ in range(20):
+            assert c.get(f"/v1/sessions/{bad}").status_code == 200
+        r = c.post(f"/v1/sessions/{bad}/text", json={"events": [{"text": "hello"}]})
+        waited = time.monotonic() - started
+        assert r.status_code == 200, r.text
+        # 3 writes + 2 x 5 refusal costs = 13 tokens, 2 in the bucket, 1 a second: the third write ends
+        # no sooner than 11 s after the first began
+        assert waited > 10.5, waited
+        assert c.get(f"/v1/sessions/{bad}").json()["blocks"] == 1
+
+
+def test_memory_set_cannot_grow_the_ingest_context_past_the_limit(serve_factory):
+    """`memory_set ingest.frames=100000` (or an unbounded window) would grow the ingest context outside the
+    session's byte budget: refused (422 naming --max-ingest-tokens); past the limit at ingest time, the
+    ingest is refused and the memory is unchanged."""
+    server = serve_factory(media=False, extra=["--max-ingest-tokens", "200"])
+    with server.client() as c:
+        for pair in ("ingest.frames=100000", "window=none", "window=5000"):
+            refused(c.post("/v1/sessions", json={"memory_set": [pair]}), 422, "--max-ingest-tokens")
+        assert c.get("/v1/sessions").json() == []
+        sid = create(c, memory_set=["ingest.frames=150"])["id"]  # 150 frames of a few tokens each: > 200
+        frames = np.zeros((4, 56, 84, 3), np.uint8)
+        assert c.post(f"/v1/sessions/{sid}/frames", json=raw_body(frames)).status_code == 200
+        before = memory_of(c, sid)
+        r = c.post(f"/v1/sessions/{sid}/frames", json=raw_body(np.repeat(frames, 25, 0)))
+        refused(r, 422, "--max-ingest-tokens", "ingest context")
+        assert memory_of(c, sid) == before
+
+
+def test_a_redirect_given_to_ffmpeg_is_not_followed(serve_factory, tmp_path: Path):
+    """The server checks an http source's redirects itself; a redirect the remote gives only to FFmpeg's own
+    request (here: by its User-Agent) to a port not on --allow-url-host must not be followed."""
+    clip = make_clip(tmp_path / "c.mp4", seconds=2, fps=2).read_bytes()
+    hits: list[str] = []
+
+    class Target(http.server.BaseHTTPRequestHandler):  # the disallowed port: must never be reached
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(clip)))
+            self.end_headers()
+            self.wfile.write(clip)
+
+        def log_message(self, *a):
+            pass
+
+    class Sly(http.server.BaseHTTPRequestHandler):  # the allowed port: 200 to the checker, 302 to FFmpeg
+        def do_GET(self):  # noqa: N802
+            if self.headers.get("User-Agent", "").startswith("Lavf"):
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{target.server_address[1]}/c.mp4")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(clip)))
+            self.end_headers()
+            self.wfile.write(clip)
+
+        def log_message(self, *a):
+            pass
+
+    target = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Target)
+    sly = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sly)
+    for s in (target, sly):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    allowed = f"127.0.0.1:{sly.server_address[1]}"
+    server = serve_factory(media=False, extra=["--allow-url-host", allowed])
+    try:
+        with server.client() as c:
+            sid = create(c)["id"]
+            r = c.post(
+                f"/v1/sessions/{sid}/source", json={"url": f"http://{allowed}/c.mp4", "realtime": False}
+            )
+            assert r.status_code == 202, r.text
+            st = wait_for(lambda: (s := _status(c, sid))["source"]["state"] != "running" and s, 120)
+            assert st["source"]["state"] == "error" and st["frames"] == 0, st
+            assert hits == []
+    finally:
+        for s in (target, sly):
+            s.shutdown()

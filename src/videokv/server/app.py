@@ -214,6 +214,7 @@ def create_app(
     )
     app.state.manager = manager
     app.state.limits = limits
+    app.add_middleware(L.RateLimitMiddleware, limits=limits, token=token)
     app.add_middleware(GuardMiddleware, policy=HostPolicy(bound_host, limits.allowed_hosts))
 
     # ---- errors: always {"detail": "<what to do>"} -----------------------------------------------------
@@ -400,7 +401,9 @@ def create_app(
             raw = None if body.raw is None else _decode_b64(body.raw, "raw")
             return frames_from_request(images, raw, body.shape)
 
-        frames = await asyncio.to_thread(decode)
+        size = len(body.raw or "") + sum(len(s) for s in body.images or ())
+        # a large request's decoding takes its turn in the heavy-work lane (one at a time, beside the model)
+        frames = await (L.offload(decode) if size > L.INLINE_BYTES else asyncio.to_thread(decode))
         added = await manager.ingest_chunks(m, lambda: manager.frame_chunks(m, frames, body.timestamps))
         return {"added": added, "status": status_of(m)}
 

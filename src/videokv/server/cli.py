@@ -96,6 +96,9 @@ def _add_limit_args(serve: argparse.ArgumentParser) -> None:
         "max_json_mb": "MiB of a JSON body, counted as it streams in",
         "max_time_jump": "seconds an item may lie ahead of the stream clock (or of the item before it)",
         "max_late_text": "seconds before the clock that pushed text is still placed at the clock",
+        "max_ingest_tokens": "stream tokens a retrieval session's ingest context (its window) may hold",
+        "max_session_rps": "requests a second to one session's routes; more wait their turn, then 429",
+        "refusal_cost": "requests that one refused for a limit (413/415/422) counts as in --max-session-rps",
     }
     for name, text in helps.items():
         default = getattr(d, name)
@@ -134,7 +137,9 @@ def _limits(args: argparse.Namespace):
 
     d = Limits()
     values = {
-        name: getattr(args, name) for name in vars(d) if name.startswith("max_") and hasattr(args, name)
+        name: getattr(args, name)
+        for name in vars(d)
+        if (name.startswith("max_") or name == "refusal_cost") and hasattr(args, name)
     }
     return Limits(
         **values,

@@ -8,10 +8,14 @@ flag that changes it (docs/SERVER.md has the table). Nothing here touches a sess
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import ipaddress
 import json
 import math
 import os
+import re
+import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -50,9 +54,12 @@ class Limits:
     max_request_tokens: int = 2048  # text tokens in one request (question + choices, or all text events)
     max_frame_pixels: int = 3840 * 2160  # one image or video frame, from its header, before decoding
     max_request_pixels: int = 64 * 2**20  # all pushed images of one request, after decoding
-    max_json_mb: float = 64.0  # a JSON body, counted while it streams in
+    max_json_mb: float = 16.0  # a JSON body, counted while it streams in
     max_time_jump: float = 3600.0  # seconds an item may lie ahead of the stream clock
     max_late_text: float = 60.0  # text up to this many seconds before the clock is placed at the clock
+    max_ingest_tokens: int = 32768  # stream tokens a retrieval session's ingest context may hold
+    max_session_rps: float = 20.0  # requests per second to one session's routes (a token bucket)
+    refusal_cost: float = 10.0  # requests a refused one (413/415/422: over a limit) counts as, in that bucket
 
     # not limits on a request, but what the server may be told to touch
     allowed_hosts: tuple[str, ...] = ()  # extra Host / Origin names (besides loopback and the bound host)
@@ -73,6 +80,8 @@ class Limits:
             value = getattr(self, f.name)
             if f.name.startswith("max_") and not (isinstance(value, int | float) and value > 0):
                 raise ValueError(f"{self.flag(f.name)} must be > 0; got {value!r}")
+        if not self.refusal_cost >= 0:
+            raise ValueError(f"--refusal-cost must be >= 0; got {self.refusal_cost!r}")
 
 
 def over(limit: str, limits: Limits, what: str, got: object, status: int = 422) -> ServiceError:
@@ -105,18 +114,87 @@ def check_text_events(limits: Limits, texts: list[str]) -> None:
         raise over("max_text_chars", limits, "the longest text event's length in characters", longest)
 
 
-def count_tokens(tokenize: Callable[[str], list[int]], texts: Iterable[str]) -> int:
-    return sum(len(tokenize(t)) for t in texts)
+def count_tokens(
+    tokenize: Callable[[str], list[int]], texts: Iterable[str], stop_after: int | None = None
+) -> int:
+    """Tokens of `texts`; with `stop_after`, counting stops once past it (a request far over the limit costs
+    no more than one at it)."""
+    n = 0
+    for t in texts:
+        n += len(tokenize(t))
+        if stop_after is not None and n > stop_after:
+            break
+    return n
 
 
 async def check_tokens(
     limits: Limits, tokenize: Callable[[str], list[int]], texts: list[str], what: str
 ) -> int:
-    """Tokenize off the event loop (the character limits bound the work) and refuse past the token limit."""
-    n = await asyncio.to_thread(count_tokens, tokenize, texts)
+    """Refuse past the token limit. Counting stops at the limit, so its cost is bounded whatever was sent;
+    short texts (an ordinary question) are counted inline, longer ones in the heavy-work lane (`offload`)."""
+    chars = sum(len(t) for t in texts)
+    if chars <= INLINE_CHARS:
+        n = count_tokens(tokenize, texts, limits.max_request_tokens)
+    else:
+        n = await offload(count_tokens, tokenize, texts, limits.max_request_tokens)
     if n > limits.max_request_tokens:
-        raise over("max_request_tokens", limits, f"the {what}'s length in tokens", n)
+        raise over("max_request_tokens", limits, f"the {what}'s length in tokens", f"at least {n}")
     return n
+
+
+# ---- heavy request work -------------------------------------------------------------------------------
+#: Work on at most this many characters (or body bytes) runs inline on the event loop: a few milliseconds.
+INLINE_CHARS = 16_384
+INLINE_BYTES = 256 * 2**10
+_HEAVY = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="videokv-heavy")
+
+
+async def offload(fn: Callable, *args):
+    """Run CPU-heavy request work (parsing a large JSON body, decoding base64 images, counting the tokens of
+    long texts) in the one heavy-work thread: such work runs one piece at a time, so however many large
+    requests a client sends, they take at most one core between them, and they never occupy the event
+    loop's default thread pool, where the ordinary requests' small steps run."""
+    return await asyncio.get_running_loop().run_in_executor(_HEAVY, functools.partial(fn, *args))
+
+
+# ---- the ingest context -----------------------------------------------------------------------------------
+def check_ingest_window(limits: Limits, config, memory_set: list[str], frame_tokens: int | None) -> None:
+    """A `memory_set` that sets the ingest window of a retrieval preset (`window`, `ingest`, `ingest.*`) must
+    keep it bounded and within `--max-ingest-tokens`: that context is not in the session's byte budget
+    (`memory_set ingest.frames=100000` would grow it without bound). Refused before the session exists."""
+    if config.retrieve is None or not any(
+        p.partition("=")[0].strip().split(".")[0] in ("window", "ingest") for p in memory_set
+    ):
+        return
+    ingest = config.ingest
+    tokens, frames = getattr(ingest, "tokens", 0), getattr(ingest, "frames", None)
+    # a frame has at least one token: without the model's frame size, `frames` is a lower bound
+    bound = frames * (frame_tokens or 1) if frames is not None else tokens
+    if bound is None and hasattr(ingest, "tokens"):
+        raise Unprocessable(
+            "this memory_set makes the ingest window unbounded (every stream token stays in the ingest "
+            "context, outside the session's byte budget); give window=N with N <= "
+            f"{limits.max_ingest_tokens} tokens, or start the server with a larger --max-ingest-tokens"
+        )
+    if bound is not None and bound > limits.max_ingest_tokens:
+        raise over(
+            "max_ingest_tokens", limits, "the ingest window this memory_set asks for, in tokens", bound
+        )
+
+
+def check_ingest_context(limits: Limits, engine) -> None:
+    """After an ingest step (inside its transaction): a retrieval session's ingest context may hold at most
+    `--max-ingest-tokens` stream tokens (a window given in frames, or units, is only known in tokens here)."""
+    if not engine.memory_mode:
+        return  # full / window: the context is the memory, counted in the byte budget
+    held = int(engine.cache.lengths()[0]) - int(engine.n_sinks)
+    if held > limits.max_ingest_tokens:
+        raise over(
+            "max_ingest_tokens",
+            limits,
+            "the ingest context after this ingest (its memory_set window), in stream tokens",
+            held,
+        )
 
 
 # ---- pixels ---------------------------------------------------------------------------------------------
@@ -336,10 +414,105 @@ class GuardMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
+# ---- per-session request rate ---------------------------------------------------------------------------
+SESSION_PATH = re.compile(r"^/v1/sessions/([0-9a-f]{12})(?:/|$)")
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    t: float
+
+
+class RateLimitMiddleware:
+    """Pure ASGI: a token bucket per session (`--max-session-rps` requests a second, bursts of twice that).
+
+    A request to a session's routes (reads excepted: status, timeline, thumbnails) takes one token; one the
+    server refuses for a limit (413, 415, 422) takes `refusal_cost` more once answered, so a client that keeps
+    sending requests over the limits is slowed to a trickle while an honest one never notices. A request
+    without a token waits (asleep, costing nothing) until the bucket has one again; past `max_wait` seconds of
+    debt it is answered 429 with Retry-After, after a second's pause (a client that ignores Retry-After cannot
+    flood the server with refusals). Requests that do not carry the server's token are not counted (they get
+    401 inside), so no one without it can slow a session down. Buckets are kept for at most `max_buckets`
+    sessions (oldest dropped).
+    """
+
+    def __init__(
+        self, app, limits: Limits, token: str | None, max_wait: float = 30.0, max_buckets: int = 4096
+    ):
+        self.app = app
+        self.rate = float(limits.max_session_rps)
+        self.capacity = 2.0 * self.rate
+        self.cost = float(limits.refusal_cost)
+        self.token = token
+        self.max_wait = max_wait
+        self.max_buckets = max_buckets
+        self.buckets: dict[str, _Bucket] = {}
+
+    def _authorized(self, scope) -> bool:
+        if self.token is None:
+            return True
+        for k, v in scope.get("headers", []):
+            if k.lower() == b"authorization":
+                scheme, _, given = v.decode("latin-1").partition(" ")
+                return scheme.lower() == "bearer" and secrets.compare_digest(given.strip(), self.token)
+        return False
+
+    def _bucket(self, sid: str, now: float) -> _Bucket:
+        b = self.buckets.pop(sid, None)  # re-inserted: the dict's order is least recently used first
+        if b is None:
+            b = _Bucket(self.capacity, now)
+            while len(self.buckets) >= self.max_buckets:
+                self.buckets.pop(next(iter(self.buckets)))
+        self.buckets[sid] = b
+        b.tokens = min(self.capacity, b.tokens + (now - b.t) * self.rate)
+        b.t = now
+        return b
+
+    async def __call__(self, scope, receive, send):
+        writes = scope["type"] == "http" and scope.get("method") not in ("GET", "HEAD")  # reads are cheap
+        match = SESSION_PATH.match(scope.get("path", "")) if writes else None
+        if match is None or not self._authorized(scope):
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        b = self._bucket(match.group(1), loop.time())
+        wait = (1.0 - b.tokens) / self.rate if b.tokens < 1.0 else 0.0
+        if wait > self.max_wait:
+            await asyncio.sleep(1.0)
+            body = json.dumps(
+                {
+                    "detail": f"too many requests to session {match.group(1)} (over {self.rate:g} a second, "
+                    "requests refused for a limit count as more): retry later, or start the server with a "
+                    "larger --max-session-rps"
+                }
+            ).encode()
+            retry = str(max(1, math.ceil(wait - self.max_wait)))
+            headers = [(b"content-type", b"application/json"), (b"retry-after", retry.encode())]
+            await send({"type": "http.response.start", "status": 429, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        b.tokens -= 1.0
+        if wait > 0:
+            await asyncio.sleep(wait)
+        status = 0
+
+        async def watch(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            if status in (413, 415, 422):
+                b.tokens -= self.cost
+
+
 # ---- JSON bodies ----------------------------------------------------------------------------------------
 async def read_json_body(request, max_bytes: int) -> tuple[bytes, object]:
     """Read a JSON body as it streams in, refusing past `max_bytes` (413) without holding more, then parse it
-    in a worker thread. Non-JSON content types (forms, text/plain) are refused with 415."""
+    off the event loop when it is large (`offload`). Non-JSON content types (forms, text/plain): 415."""
     ctype = request.headers.get("content-type")
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -362,8 +535,8 @@ async def read_json_body(request, max_bytes: int) -> tuple[bytes, object]:
         return body, None
     if ctype is None or not _is_json(ctype):
         raise _not_json(ctype)
-    try:
-        parsed = await asyncio.to_thread(json.loads, body)
+    try:  # a small body inline (fast), a large one in the heavy-work lane, one at a time
+        parsed = json.loads(body) if len(body) <= INLINE_BYTES else await offload(json.loads, body)
     except (ValueError, RecursionError) as e:
         raise BadRequest(f"the body is not valid JSON: {str(e)[:200]}") from None
     return body, parsed

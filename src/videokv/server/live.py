@@ -40,10 +40,18 @@ def is_live(source: str) -> bool:
 
 
 def _iter_url(
-    url: str, fps: float, start: float = 0.0, max_pixels: int | None = None
+    url: str,
+    fps: float,
+    start: float = 0.0,
+    max_pixels: int | None = None,
+    follow_redirects: bool = True,
 ) -> Iterator[tuple[float, np.ndarray]]:
-    """Sample a stream PyAV opens (http(s), rtsp, ...) at `fps`; times in seconds from its first frame."""
+    """Sample a stream PyAV opens (http(s), rtsp, ...) at `fps`; times in seconds from its first frame.
+    follow_redirects=False: FFmpeg must not follow an http(s) redirect itself (the server resolves and
+    checks them first: a redirect FFmpeg is given later, to another host or port, fails the source)."""
     options = {"rtsp_transport": "tcp"} if url.lower().startswith("rtsp") else {}
+    if not follow_redirects and url.lower().startswith(("http://", "https://")):
+        options["max_redirects"] = "0"
     try:
         container = av.open(url, options=options, timeout=(15.0, 15.0))
     except (av.error.FFmpegError, OSError) as e:
@@ -81,14 +89,18 @@ def _iter_url(
 
 
 def open_frames(
-    source: str, fps: float, start: float = 0.0, max_pixels: int | None = None
+    source: str,
+    fps: float,
+    start: float = 0.0,
+    max_pixels: int | None = None,
+    follow_redirects: bool = True,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """(time, RGB frame) pairs of a local video file (seekable, checked for truncation) or a URL; frames over
     `max_pixels` (width x height, read from the header) are refused before anything is decoded."""
     if not fps > 0 or not math.isfinite(fps):
         raise InputError(f"fps must be a positive number; got {fps}")
     if is_url(source) and not source.lower().startswith("file://"):
-        return _iter_url(source, fps, start, max_pixels)
+        return _iter_url(source, fps, start, max_pixels, follow_redirects)
     path = os.path.expanduser(source[len("file://") :] if source.lower().startswith("file://") else source)
     if max_pixels is not None:
         info = probe(path)
@@ -184,6 +196,7 @@ class LiveSource:
         on_end: Callable[[LiveSource], None] | None = None,
         resume_after: float | None = None,
         max_pixels: int | None = None,
+        follow_redirects: bool = True,
     ):
         if chunk_frames < 1:
             raise InputError(f"chunk_frames must be >= 1; got {chunk_frames}")
@@ -196,6 +209,7 @@ class LiveSource:
         self.chunk_frames = chunk_frames
         self.resume_after = None if resume_after is None else float(resume_after)
         self.max_pixels = max_pixels
+        self.follow_redirects = follow_redirects
         #: stream time of the last frame handed over and ingested (what a journal commit covers)
         self.last_t: float | None = self.resume_after
         self._handing: float | None = None  # the last frame time of the chunk being ingested right now
@@ -250,7 +264,7 @@ class LiveSource:
         try:
             skip = self.resume_after
             start = 0.0 if skip is not None else self.start_at  # an exact resume replays the grid from 0
-            frames = open_frames(self.url, self.fps, start, self.max_pixels)
+            frames = open_frames(self.url, self.fps, start, self.max_pixels, self.follow_redirects)
             events = [e for e in self._events if e.start >= start]
             dropped: list[TextEvent] = []
             items = merge_items(frames, events, self.offset, interval=1.0 / self.fps, dropped=dropped)

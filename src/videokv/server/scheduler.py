@@ -48,7 +48,7 @@ def _drop(job: tuple, why: str) -> None:
 class Scheduler:
     """Runs callables on a single worker thread, fairly across keys (session ids)."""
 
-    def __init__(self, name: str = "videokv-model", slice_s: float = 0.1, credit_s: float = 1.0) -> None:
+    def __init__(self, name: str = "videokv-model", slice_s: float = 0.02, credit_s: float = 1.0) -> None:
         self.slice_s = slice_s
         self.credit_s = credit_s
         # model seconds each session has used (virtual time): the waiting session with the least goes next

@@ -280,6 +280,11 @@ class SessionManager:
                 )
         try:
             config = resolve_memory(memory, memory_set or None)
+            from videokv.server.limits import check_ingest_window
+
+            check_ingest_window(
+                self.limits, config, memory_set, getattr(self.qa.adapter, "frame_tokens", None)
+            )
             return self._budgeted(config, folder)
         except (TypeError, ValueError) as e:
             if isinstance(e, InputError):
@@ -298,6 +303,9 @@ class SessionManager:
         return config.replace(device_bytes=half, host_bytes=max(1, budget - half), spill_dir=spill)
 
     def _check_budget(self, m: Managed) -> None:
+        from videokv.server.limits import check_ingest_context
+
+        check_ingest_context(self.limits, m.session.engine)
         if m.budget is None:
             return
         used = m.session.engine.memory_stats()["memory_bytes"]
@@ -611,6 +619,7 @@ class SessionManager:
             on_end=on_end,
             resume_after=resume_after,
             max_pixels=self.limits.max_frame_pixels,
+            follow_redirects=False,  # the app resolved and checked them (limits.resolve_redirects)
         )
         m.source = source
         m.error = None
