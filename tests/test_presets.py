@@ -8,8 +8,10 @@ import torch
 from tests.conftest import get_tiny, random_frames
 from tests.test_engine import stream_items
 from videokv import PRESETS, MemoryConfig, VideoQA
+from videokv.errors import ConfigError
 from videokv.policies.retrieve import AllBlocks, BilevelReload, Hierarchical, Recent, TopK
 from videokv.policies.retrieve.uniform import UniformSample
+from videokv.presets import resolve_memory
 from videokv.qa import question_text
 
 QUESTION = "what colour is the umbrella?"
@@ -68,3 +70,22 @@ def test_retrieve_all_equals_full(family, retriever):
     assert (probe_logits(mem) - probe_logits(full)).abs().max().item() < 1e-4
     a, b = full.ask(QUESTION, max_new_tokens=5), mem.ask(QUESTION, max_new_tokens=5)
     assert a.text == b.text
+
+
+def test_memory_set_reaches_nested_parameters():
+    config = resolve_memory("x2l", ["compress.high.stride=4", "compress.low=knorm", "compress.low.keep=0.25"])
+    assert config.compress.high.stride == 4
+    assert type(config.compress.low).__name__ == "KeyNorm" and config.compress.low.keep == 0.25
+    with pytest.raises(ConfigError, match="unknown parameter 'strid' of Pool"):
+        resolve_memory("x2l", ["compress.high.strid=4"])
+    with pytest.raises(ConfigError, match="'stride' of Pool is not a policy"):
+        resolve_memory("x2l", ["compress.high.stride.x=4"])
+
+
+def test_an_override_that_does_not_apply_is_an_error():
+    for overrides in (["compress=knorm"], ["compress=knorm", "compress.keep=0.5"], ["segment=semantic"]):
+        with pytest.raises(ConfigError, match="does not apply to memory 'full'.*what applies"):
+            resolve_memory("full", overrides)
+    # ...unless the same overrides make it a memory preset (in any order)
+    config = resolve_memory("full", ["compress=knorm", "retrieve=topk"])
+    assert config.retrieve is not None and type(config.compress).__name__ == "KeyNorm"

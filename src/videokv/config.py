@@ -92,6 +92,7 @@ class MemoryConfig:
         from videokv.policies import make_policy
 
         config = self
+        touched: list[tuple[str, str]] = []  # (policy field, key) of the policy overrides
         for pair in pairs:
             key, sep, raw = pair.partition("=")
             key, raw = key.strip(), raw.strip()
@@ -101,25 +102,30 @@ class MemoryConfig:
             if key == "window":
                 config = config.replace(ingest=Window(value))
             elif "." in key:
-                kind, _, param = key.partition(".")
+                kind, _, path = key.partition(".")
                 policy = getattr(config, kind, None) if kind in POLICY_FIELDS else None
                 if policy is None or not dataclasses.is_dataclass(policy):
                     raise ConfigError(f"{key!r}: {kind!r} is not a policy set in this config")
-                params = {f.name for f in dataclasses.fields(policy)}
-                if param not in params:
-                    raise ConfigError(
-                        f"unknown parameter {param!r} of {kind}={type(policy).__name__}; "
-                        f"valid: {', '.join(sorted(params)) or 'none'}"
-                    )
-                try:
-                    config = config.replace(**{kind: dataclasses.replace(policy, **{param: value})})
-                except TypeError as e:
-                    raise ConfigError(f"{key}={raw}: {e}") from e
+                touched.append((kind, key))
+                config = config.replace(**{kind: _set_nested(policy, path.split("."), value, key, raw)})
             elif key in POLICY_FIELDS:
+                touched.append((key, key))
                 config = config.replace(**{key: make_policy(key, raw)})
             else:
                 config = config.replace(**{key: value})
+        for kind, key in touched:
+            config._check_applies(kind, key)
         return config
+
+    def _check_applies(self, kind: str, key: str) -> None:
+        """An override of a memory-mode policy (segment, compress) under a context preset (no retriever:
+        `full`, `window`) would silently do nothing: refuse it and say what applies."""
+        if self.retrieve is None and kind in ("segment", "compress"):
+            raise ConfigError(
+                f"{key!r} does not apply to memory {self.name!r}: it answers from its context, without "
+                f"memory units, so segment and compress are unused; what applies: ingest (window=N), sinks, "
+                f"and retrieve=<name> to turn it into a memory preset"
+            )
 
     def describe(self) -> dict:
         """A JSON-friendly description (policies by class name and parameters)."""
@@ -130,6 +136,31 @@ class MemoryConfig:
                 value = {"policy": getattr(value, "name", type(value).__name__), **dataclasses.asdict(value)}
             out[f.name] = value
         return out
+
+
+def _set_nested(policy: Any, path: list[str], value: object, key: str, raw: str) -> Any:
+    """`policy` with the parameter at `path` (e.g. ["low", "keep"] for ``compress.low.keep``) set; a nested
+    policy is swapped by its registry name (``compress.low=knorm``)."""
+    from videokv.policies import make_policy
+
+    param, rest = path[0], path[1:]
+    params = {f.name for f in dataclasses.fields(policy)}
+    if param not in params:
+        raise ConfigError(
+            f"{key!r}: unknown parameter {param!r} of {type(policy).__name__}; "
+            f"valid: {', '.join(sorted(params)) or 'none'}"
+        )
+    if rest:
+        inner = getattr(policy, param)
+        if not dataclasses.is_dataclass(inner):
+            raise ConfigError(f"{key!r}: {param!r} of {type(policy).__name__} is not a policy")
+        value = _set_nested(inner, rest, value, key, raw)
+    elif dataclasses.is_dataclass(getattr(policy, param)) and isinstance(value, str):
+        value = make_policy(key.partition(".")[0], value)
+    try:
+        return dataclasses.replace(policy, **{param: value})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}={raw}: {e}") from e
 
 
 def _parse_value(raw: str) -> object:
