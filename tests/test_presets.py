@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from videokv import PRESETS, MemoryConfig, VideoQA
 from videokv.errors import ConfigError
 from videokv.policies.retrieve import AllBlocks, BilevelReload, Hierarchical, Recent, TopK
 from videokv.policies.retrieve.uniform import UniformSample
-from videokv.presets import resolve_memory
+from videokv.presets import get_preset, resolve_memory
 from videokv.qa import question_text
 
 QUESTION = "what colour is the umbrella?"
@@ -89,3 +91,18 @@ def test_an_override_that_does_not_apply_is_an_error():
     # ...unless the same overrides make it a memory preset (in any order)
     config = resolve_memory("full", ["compress=knorm", "retrieve=topk"])
     assert config.retrieve is not None and type(config.compress).__name__ == "KeyNorm"
+
+
+def test_bilevel_with_a_guidance_level_runs():
+    """Bilevel(low=Guidance) used to raise AttributeError (the engine read `compressor.prompt`)."""
+    from videokv.policies.compress import Bilevel, Pool
+    from videokv.policies.compress.guidance import Guidance
+
+    model, tok = get_tiny("llava_onevision")
+    base = get_preset("x2l")
+    config = dataclasses.replace(base, compress=Bilevel(low=Guidance(keep=0.5), high=Pool(stride=4)))
+    s = VideoQA.from_model(model, tok, memory=config).session()
+    s.add_frames(random_frames(8, seed=2), fps=1.0)
+    answer = s.ask("what is shown?", max_new_tokens=2)
+    levels = {b.level for b in s.engine.store.blocks}
+    assert levels == {"L", "H"} and answer.stats["blocks"] == len(s.engine.store.blocks)

@@ -346,8 +346,9 @@ class Engine:
         summary = self._summary_piece(frames) if self.config.summary and frames else None
         stored = pieces + ([summary] if summary is not None else [])
         guidance = None
-        if {"guidance", "guidance_qk"} & set(compressor.needs) and frames:
-            guidance = self.adapter.text_piece(compressor.prompt, self.cursor, kind="prompt")
+        prompt = compressor.forward_prompt()
+        if prompt is not None and frames:
+            guidance = self.adapter.text_piece(prompt, self.cursor, kind="prompt")
         forwarded = stored + ([guidance] if guidance is not None else [])
         n_stored = sum(p.n_tokens for p in stored)
         n_new = n_stored + (guidance.n_tokens if guidance is not None else 0)

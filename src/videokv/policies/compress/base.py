@@ -32,6 +32,11 @@ class Compressor(abc.ABC):
     def compress(self, unit: Unit) -> list[BlockDraft]:
         """The drafts (kept tokens or transformed K/V, per layer) of a prefilled unit."""
 
+    def forward_prompt(self) -> str | None:
+        """Text the engine forwards right after the unit, in the same pass, whose statistics the compressor
+        `needs` ("guidance", "guidance_qk"); its K/V leave the cache at once. None: nothing is added."""
+        return None
+
 
 def unit_kind(unit: Unit) -> str:
     """ "frame" for a unit with one frame piece, "segment" otherwise."""

@@ -53,6 +53,13 @@ class Bilevel(Compressor):
         """The statistics either level needs (an instance property: it depends on `low` and `high`)."""
         return tuple(dict.fromkeys(self.low.needs + self.high.needs))
 
+    def forward_prompt(self) -> str | None:
+        """The levels' prompt (one forward serves both; two different prompts are refused)."""
+        prompts = {p for p in (self.low.forward_prompt(), self.high.forward_prompt()) if p is not None}
+        if len(prompts) > 1:
+            raise ConfigError("Bilevel: low and high need different forward prompts; give them the same one")
+        return prompts.pop() if prompts else None
+
     def compress(self, unit: Unit) -> list[BlockDraft]:
         low = [dataclasses.replace(d, level="L") for d in self.low.compress(unit)]
         high = [dataclasses.replace(d, level="H") for d in self.high.compress(unit)]

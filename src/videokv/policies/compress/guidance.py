@@ -62,6 +62,9 @@ class Guidance(Compressor):
         if not self.temp >= 0:
             raise ConfigError(f"Guidance: temp must be >= 0; got {self.temp!r}")
 
+    def forward_prompt(self) -> str:
+        return self.prompt
+
     def frame_scores(self, unit: Unit) -> torch.Tensor:
         """[layers, frames]: the prompt's mean pre-RoPE query . each frame's mean pre-RoPE key."""
         q, k = unit.attention.get("guidance_q"), unit.attention.get("prerope_k")
