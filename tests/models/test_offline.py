@@ -13,8 +13,8 @@ import os
 import pytest
 import torch
 
-from videokv.errors import ModelNotAvailable
 from videokv import weights
+from videokv.errors import ModelNotAvailable
 from videokv.models import offline
 
 # --------------------------------------------------------------------------- without the real weights

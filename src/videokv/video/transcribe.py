@@ -48,6 +48,7 @@ __all__ = [
     "iter_audio",
     "load_whisper",
     "merge_transcript",
+    "require_audio",
     "transcribe",
     "transcribe_stream",
     "whisper_model_dir",
@@ -169,6 +170,17 @@ def has_audio(source: str | os.PathLike[str]) -> bool:
     container = _open(os.fspath(source))
     try:
         return bool(container.streams.audio)
+    finally:
+        container.close()
+
+
+def require_audio(source: str | os.PathLike[str]) -> None:
+    """Raise NoAudioError (saying what to do) unless ``source`` has an audio stream."""
+    name = os.fspath(source)
+    container = _open(name)
+    try:
+        if not container.streams.audio:
+            raise _no_audio(name, container)
     finally:
         container.close()
 
