@@ -262,7 +262,9 @@ def video_items(
     start in that range, in stream order, shifted by `offset` on the stream clock. Decoding is lazy.
     `transcribe` (True, or a language code): the audio's transcript too, transcribed window by window as
     the frames are consumed (`progress`: a bar of the audio transcribed)."""
-    language = _transcribe_language(transcribe)
+    from videokv.video.transcribe import merge_transcript, parse_transcribe, require_audio, transcribe_stream
+
+    language = parse_transcribe(transcribe)
     events = load_subtitles(subtitles) if subtitles is not None else []
     frames = (Frame(t + offset, img) for t, img in iter_frames(path, fps=fps, start=start, end=end))
     events = [
@@ -273,22 +275,9 @@ def video_items(
     items = _merge_by_time(frames, events)
     if language is False:
         return items
-    from videokv.video.transcribe import merge_transcript, require_audio, transcribe_stream
-
     require_audio(path)
     speech = transcribe_stream(path, language, offset=offset, start=start, end=end, progress=progress)
     return merge_transcript(items, speech)
-
-
-def _transcribe_language(transcribe: bool | str) -> str | None | bool:
-    """False (no transcript), None (detect the language) or a language code."""
-    if transcribe is False or transcribe is None:
-        return False
-    if transcribe is True:
-        return None
-    if isinstance(transcribe, str) and transcribe.strip().isalpha() and len(transcribe.strip()) <= 8:
-        return None if transcribe.strip().lower() == "auto" else transcribe.strip().lower()
-    raise InputError(f"transcribe must be True, False or a language code such as 'en'; got {transcribe!r}")
 
 
 def _merge_by_time(frames: Iterator[Frame], events: list[TextEvent]) -> Iterator[Frame | TextEvent]:

@@ -576,6 +576,7 @@ class SessionManager:
         offset: float | None = None,
         start: float = 0.0,
         resume_after: float | None = None,
+        transcribe: str | bool | None = None,
     ) -> LiveSource:
         if m.source is not None and m.source.running:
             raise Conflict(
@@ -609,6 +610,7 @@ class SessionManager:
             on_end=on_end,
             resume_after=resume_after,
             max_pixels=self.limits.max_frame_pixels,
+            transcribe=transcribe,
         )
         m.source = source
         m.error = None
@@ -801,6 +803,7 @@ class SessionManager:
                 fps=spec.get("fps"),
                 realtime=bool(spec.get("realtime", True)),
                 subtitles=spec.get("subtitles"),
+                transcribe=spec.get("transcribe"),
                 offset=offset,
                 start=start,
                 resume_after=resume_after,

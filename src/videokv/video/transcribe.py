@@ -35,7 +35,7 @@ import av
 import av.error
 import numpy as np
 
-from videokv.errors import ModelNotAvailable, VideoError
+from videokv.errors import InputError, ModelNotAvailable, VideoError
 from videokv.video.subtitles import TextEvent
 from videokv.weights import SplitFile, locked, temp_sibling, videokv_home
 
@@ -48,6 +48,7 @@ __all__ = [
     "iter_audio",
     "load_whisper",
     "merge_transcript",
+    "parse_transcribe",
     "require_audio",
     "transcribe",
     "transcribe_stream",
@@ -135,6 +136,25 @@ def load_whisper(progress: bool = False) -> Any:
             threads = min(8, os.cpu_count() or 1)
             _MODEL = WhisperModel(str(folder), device="cpu", compute_type="int8", cpu_threads=threads)
         return _MODEL
+
+
+def parse_transcribe(value: bool | str | None) -> str | None | bool:
+    """What a ``transcribe`` option asks for: False (no transcript), None (transcribe, detecting the
+    language) or a language code. Accepts True/False/None, "auto", a code such as "en" (or "no", Norwegian),
+    and the strings "true"/"false"/"1"/"0" (form fields). Raises InputError otherwise."""
+    if value is None or value is False:
+        return False
+    if value is True:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "0", "false"):
+            return False
+        if text in ("1", "true", "auto"):
+            return None
+        if text.isalpha() and len(text) <= 8:
+            return text
+    raise InputError(f"transcribe must be true, false or a language code such as 'en'; got {value!r}")
 
 
 # -------------------------------------------------------------------------------------------------- audio
