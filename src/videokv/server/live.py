@@ -146,7 +146,11 @@ def merge_items(
 
 
 def with_transcript(
-    items: Iterator[Item], source: str, transcribe: str | bool | None, offset: float, start: float = 0.0
+    items: Iterator[Item],
+    source: str | os.PathLike[str],
+    transcribe: str | bool | None,
+    offset: float,
+    start: float = 0.0,
 ) -> Iterator[Item]:
     """`items` with the transcript of `source`'s audio among them when `transcribe` asks for one (True,
     "auto" or a language code; videokv.video.transcribe). A file or a non-live URL is transcribed window by
@@ -158,6 +162,7 @@ def with_transcript(
     language = parse_transcribe(transcribe)
     if language is False:
         return items
+    source = os.fspath(source)
     speech = transcribe_stream(source, language, offset=offset, start=start)
     return merge_transcript(items, speech, wait=not is_live(source))
 
