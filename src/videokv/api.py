@@ -133,10 +133,14 @@ class Session:
         offset: float | None = None,
         chunk_frames: int = 8,
         progress: bool = False,
+        transcribe: bool | str = False,
     ) -> int:
         """Decode `path` at `fps` (default: the session's) from `start` to `end` seconds and ingest it, with
         its subtitle file interleaved by time. The video's time 0 is placed at `offset` on the stream clock
-        (default: where the stream is now). All-or-nothing; returns the number of blocks added."""
+        (default: where the stream is now). `transcribe`: also transcribe its audio track (faster-whisper,
+        Whisper base; True detects the language, a code such as "en" sets it) into timed text that is
+        memory like subtitles; a video without audio then raises NoAudioError before anything is ingested.
+        All-or-nothing; returns the number of blocks added."""
         fps = self.fps if fps is None else float(fps)
         if not fps > 0:
             raise InputError(f"fps must be > 0; got {fps}")
@@ -144,7 +148,16 @@ class Session:
         offset = self.clock if offset is None else float(offset)
         stop = info.duration if end is None else min(end, info.duration)
         total = max(0, math.ceil((stop - start) * fps - 1e-9))
-        items = video_items(path, fps, subtitles, start=start, end=end, offset=offset)
+        items = video_items(
+            path,
+            fps,
+            subtitles,
+            start=start,
+            end=end,
+            offset=offset,
+            transcribe=transcribe,
+            progress=progress,
+        )
         return self._ingest(items, chunk_frames, progress, total, f"ingest {Path(path).name}", 1.0 / fps)
 
     def add_items(
@@ -263,9 +276,16 @@ def video_items(
     start: float = 0.0,
     end: float | None = None,
     offset: float = 0.0,
+    transcribe: bool | str = False,
+    progress: bool = False,
 ) -> Iterator[Frame | TextEvent]:
     """The frames of `path` sampled at `fps` from `start` to `end` seconds, with the subtitle events that
-    start in that range, in stream order, shifted by `offset` on the stream clock. Decoding is lazy."""
+    start in that range, in stream order, shifted by `offset` on the stream clock. Decoding is lazy.
+    `transcribe` (True, or a language code): the audio's transcript too, transcribed window by window as
+    the frames are consumed (`progress`: a bar of the audio transcribed)."""
+    from videokv.video.transcribe import merge_transcript, parse_transcribe, require_audio, transcribe_stream
+
+    language = parse_transcribe(transcribe)
     events = load_subtitles(subtitles) if subtitles is not None else []
     frames = (Frame(t + offset, img) for t, img in iter_frames(path, fps=fps, start=start, end=end))
     events = [
@@ -273,7 +293,12 @@ def video_items(
         for e in events
         if e.end >= start and (end is None or e.start < end)
     ]
-    return _merge_by_time(frames, events)
+    items = _merge_by_time(frames, events)
+    if language is False:
+        return items
+    require_audio(path)
+    speech = transcribe_stream(path, language, offset=offset, start=start, end=end, progress=progress)
+    return merge_transcript(items, speech)
 
 
 def _merge_by_time(frames: Iterator[Frame], events: list[TextEvent]) -> Iterator[Frame | TextEvent]:

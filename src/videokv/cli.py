@@ -97,6 +97,18 @@ def _generation(args: argparse.Namespace):
     )
 
 
+def add_transcribe_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--transcribe",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="LANG",
+        help="transcribe the audio track (faster-whisper, Whisper base) into timed text that is memory like "
+        "subtitles; LANG sets the language, e.g. en (default: detected)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videokv", description="Long-term KV memory for video question answering."
@@ -107,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("video", help="video file (any format FFmpeg reads)")
     ask.add_argument("questions", nargs="+", metavar="QUESTION")
     ask.add_argument("--subtitles", help="SRT or WebVTT file of timed text, interleaved with the frames")
+    add_transcribe_arg(ask)
     ask.add_argument(
         "--choices",
         nargs="+",
@@ -184,7 +197,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
         )
     session = _open_session(args)
     session.add_video(
-        args.video, subtitles=args.subtitles, chunk_frames=args.chunk_frames, progress=not args.json
+        args.video,
+        subtitles=args.subtitles,
+        chunk_frames=args.chunk_frames,
+        progress=not args.json,
+        transcribe=args.transcribe or False,
     )
     for q in args.questions:
         answer = session.ask(

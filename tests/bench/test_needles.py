@@ -84,3 +84,26 @@ def test_cli_rejects_bad_minutes_with_a_usage_error(minutes, tmp_path, capsys):
         main(["bench", "make-needles", "--out", str(tmp_path), "--minutes", minutes])
     assert exc.value.code == 2 and "minutes" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_speech_needles_speak_the_facts_instead_of_subtitling_them(tmp_path):
+    from videokv.bench.speech import espeak_available
+    from videokv.video.transcribe import transcribe
+
+    if espeak_available() is None:
+        pytest.skip("espeak-ng is not installed (apt-get install -y espeak-ng; .ci/run installs it)")
+    path = make_needles(tmp_path, minutes=[1], questions=2, seed=3, speech=True)
+    (entry,) = load_dataset(path)
+    assert entry.subtitles is None and not (tmp_path / "subtitles").exists()
+    spoken = load_subtitles(tmp_path / "narration" / "needles-1min.srt")  # what was said, for reading
+    heard = transcribe(entry.video_path, language="en")
+    for conv in entry.conversations:
+        (span,) = conv.evidence
+        line = next(e for e in spoken if (e.start, e.end) == span)
+        assert conv.end_time >= span[1]  # asked after it was said
+        answer = conv.answer.lower()
+        assert answer in line.text.lower()
+        near = " ".join(e.text.lower() for e in heard if e.end >= span[0] - 1 and e.start <= span[1] + 1)
+        words = re.findall(r"[a-z0-9]+", line.text.lower())
+        heard_words = set(re.findall(r"[a-z0-9]+", near))
+        assert sum(w in heard_words for w in words) >= 0.6 * len(words), (line.text, near)  # said there

@@ -13,6 +13,7 @@ import os
 import pytest
 import torch
 
+from videokv import weights
 from videokv.errors import ModelNotAvailable
 from videokv.models import offline
 
@@ -92,7 +93,7 @@ def test_ensure_gguf_repairs_a_damaged_cache_and_refuses_bad_parts(monkeypatch, 
         raise AssertionError("ensure_gguf re-hashed a file its marker vouches for")
 
     with monkeypatch.context() as m:
-        m.setattr(offline, "_sha256_file", no_hashing)
+        m.setattr(weights, "sha256_file", no_hashing)
         assert offline.ensure_gguf(progress=False) == target
 
     # Same size, damaged content: the marker no longer matches, the checksum fails, the file is rebuilt.
@@ -103,7 +104,7 @@ def test_ensure_gguf_repairs_a_damaged_cache_and_refuses_bad_parts(monkeypatch, 
     # Coarse file-system clocks may give the same mtime within a few ms: make the damage visibly later.
     os.utime(target, ns=(created + 10**9, created + 10**9))
     assert offline.ensure_gguf(progress=False) == target
-    assert offline._sha256_file(target) == offline.GGUF_SHA256
+    assert weights.sha256_file(target) == offline.GGUF_SHA256
 
     # Parts that do not give the expected checksum: a clear error, and nothing half-written left behind.
     target.unlink()

@@ -46,6 +46,12 @@ def add_parser(sub: argparse._SubParsersAction, add_model_args: Callable) -> Non
     needles.add_argument("--questions", type=int, default=8, help="questions per stream (default: 8)")
     needles.add_argument("--seed", type=int, default=0)
     needles.add_argument("--name", default="needles", help="dataset name (default: needles)")
+    needles.add_argument(
+        "--speech",
+        action="store_true",
+        help="speak the lines (espeak-ng narration muxed into the videos) instead of writing subtitles; "
+        "run it with `bench run --transcribe en`",
+    )
     needles.set_defaults(func=cmd_make_needles)
 
     lmms = bsub.add_parser(
@@ -78,6 +84,14 @@ def add_parser(sub: argparse._SubParsersAction, add_model_args: Callable) -> Non
         default=None,
         help="count evidence recall over blocks of this kind only (e.g. text for subtitle needles)",
     )
+    run.add_argument(
+        "--transcribe",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="LANG",
+        help="transcribe each video's audio into timed text (for `make-needles --speech` streams)",
+    )
     run.set_defaults(func=cmd_run)
 
     report = bsub.add_parser("report", help="Markdown table and plots of a run folder")
@@ -91,7 +105,9 @@ def add_parser(sub: argparse._SubParsersAction, add_model_args: Callable) -> Non
 def cmd_make_needles(args: argparse.Namespace) -> int:
     from videokv.bench.needles import make_needles
 
-    path = make_needles(args.out, args.minutes, questions=args.questions, seed=args.seed, name=args.name)
+    path = make_needles(
+        args.out, args.minutes, questions=args.questions, seed=args.seed, name=args.name, speech=args.speech
+    )
     print(path)
     return 0
 
@@ -117,6 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         memory_set=args.memory_set,
         evidence_kind=args.evidence_kind,
+        transcribe=args.transcribe,
     )
     command = "videokv " + shlex.join(sys.argv[1:]) if sys.argv and "videokv" in sys.argv[0] else None
     results = run_benchmark(

@@ -8,7 +8,11 @@ last at the very end), alternately open and multiple choice, each with its evide
 determined by the seed.
 
 The facts are in the subtitles because the offline model reads text, not pixels (README); with a real
-video-LLM the frames carry the clips' real content.
+video-LLM the frames carry the clips' real content. With `speech=True` (`make-needles --speech`) the same
+lines are spoken instead (espeak-ng, muxed into the video as AAC; `videokv.bench.speech`) and the dataset
+has no subtitles: the facts reach the model only through a transcript (`bench run --transcribe en`). A line
+still being spoken when the next one is due crowds that one out (never a fact); the evidence spans are the
+spoken ones, and `narration/<video>.srt` records what was said when (for reading; not in the dataset).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from videokv.video.subtitles import TextEvent, write_srt
 CLIPS = ("bikes.mp4", "bigbuckbunny.mp4")
 VIDEO_FPS = 2.0  # frames per second of the generated videos (sampled lower by the runner)
 VIDEO_SIZE = (160, 90)  # width, height
+SPEECH_RATE = 16_000  # audio sample rate of the spoken variant
 
 
 @dataclass(frozen=True)
@@ -267,19 +272,42 @@ def _looped(pool: list[np.ndarray], n: int) -> Iterator[np.ndarray]:
         yield pool[i % len(pool)]
 
 
+def _speak_track(
+    events: list[TextEvent], conversations: list[dict], duration: float
+) -> tuple[np.ndarray, list[TextEvent]]:
+    """The narration of `events` (int16 at SPEECH_RATE) and the spoken events; the conversations' evidence
+    spans (and, where needed, their times) are moved to the spoken spans of their facts."""
+    from videokv.bench.speech import narration
+
+    by_start = {c["evidence"][0][0]: c for c in conversations}
+    facts = {i: by_start[e.start] for i, e in enumerate(events) if e.start in by_start}
+    track, spans = narration(
+        [(e.start, e.text) for e in events], duration, keep=[i in facts for i in range(len(events))]
+    )
+    for i, start, end, _ in spans:
+        conv = facts.get(i)
+        if conv is not None:
+            conv["evidence"] = [[start, end]]
+            conv["end_time"] = round(min(duration, max(conv["end_time"], end + 1.0)), 2)
+    conversations.sort(key=lambda c: c["end_time"])
+    return track, [TextEvent(a, b, text) for _, a, b, text in spans]
+
+
 def make_needles(
     out: str | Path,
     minutes: Sequence[float] = (1, 5, 30, 60),
     questions: int = 8,
     seed: int = 0,
     name: str = "needles",
+    speech: bool = False,
 ) -> Path:
-    """Write the needle streams and their dataset JSON (`out/<name>.json`); returns the JSON's path."""
+    """Write the needle streams and their dataset JSON (`out/<name>.json`); returns the JSON's path.
+    speech: speak the lines into the videos' audio instead of writing subtitle files."""
     out = Path(out)
     if not minutes or any(not m > 0 for m in minutes):
         raise InputError(f"minutes must be positive numbers; got {list(minutes)}")
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    (out / "subtitles").mkdir(parents=True, exist_ok=True)
+    (out / ("narration" if speech else "subtitles")).mkdir(parents=True, exist_ok=True)
     pool = _clip_frames()
     entries = []
     for m in minutes:
@@ -290,18 +318,18 @@ def make_needles(
         srt = out / "subtitles" / f"{vid}.srt"
         n_frames = int(round(duration * VIDEO_FPS))
         offset = rng.randrange(len(pool))
-        write_video(video, _looped(pool[offset:] + pool[:offset], n_frames), VIDEO_FPS, crf=30)
         events, conversations = subtitle_track(duration, questions, rng)
-        write_srt(events, srt)
-        entries.append(
-            {
-                "video_id": vid,
-                "video_path": str(video.relative_to(out)),
-                "duration": duration,
-                "subtitles": str(srt.relative_to(out)),
-                "conversations": conversations,
-            }
-        )
+        frames = _looped(pool[offset:] + pool[:offset], n_frames)
+        entry = {"video_id": vid, "video_path": str(video.relative_to(out)), "duration": duration}
+        if speech:
+            audio, spoken = _speak_track(events, conversations, duration)
+            write_srt(spoken, out / "narration" / f"{vid}.srt")
+            write_video(video, frames, VIDEO_FPS, crf=30, audio=audio, audio_rate=SPEECH_RATE)
+        else:
+            write_video(video, frames, VIDEO_FPS, crf=30)
+            write_srt(events, srt)
+            entry["subtitles"] = str(srt.relative_to(out))
+        entries.append({**entry, "conversations": conversations})
     path = out / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(entries, indent=1))

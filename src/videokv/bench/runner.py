@@ -40,6 +40,7 @@ class RunSettings:
     device: str | None = None
     memory_set: list[str] = field(default_factory=list)
     evidence_kind: str | None = None
+    transcribe: str | None = None  # transcribe the audio (a language code, or "auto")
 
 
 def machine() -> dict:

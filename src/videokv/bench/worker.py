@@ -72,7 +72,8 @@ def run_job(job: dict, emit: Callable[[dict], None], qa: VideoQA | None = None) 
     session = qa.session(memory=job["preset"], memory_set=job.get("memory_set") or None, fps=job["fps"])
     engine = session.engine
     max_tokens = int(getattr(qa.adapter.model.config.get_text_config(), "max_position_embeddings", 0) or 0)
-    items = _Cursor(video_items(entry.video_path, job["fps"], entry.subtitles))
+    speech = job.get("transcribe") or False
+    items = _Cursor(video_items(entry.video_path, job["fps"], entry.subtitles, transcribe=speech))
     done = set(job.get("done", []))
     kind = job.get("evidence_kind")
     order = sorted(range(len(entry.conversations)), key=lambda i: entry.conversations[i].end_time)

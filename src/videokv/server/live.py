@@ -157,6 +157,28 @@ def merge_items(
         yield TextEvent(e.start + offset, stop + offset, e.text)
 
 
+def with_transcript(
+    items: Iterator[Item],
+    source: str | os.PathLike[str],
+    transcribe: str | bool | None,
+    offset: float,
+    start: float = 0.0,
+) -> Iterator[Item]:
+    """`items` with the transcript of `source`'s audio among them when `transcribe` asks for one (True,
+    "auto" or a language code; videokv.video.transcribe). A file or a non-live URL is transcribed window by
+    window in stream order, exactly where subtitles go (so an exact resume replays it); a live stream is
+    transcribed in a background thread and its events join as soon as each window is done, with their own
+    times, so frames are never held back."""
+    from videokv.video.transcribe import merge_transcript, parse_transcribe, transcribe_stream
+
+    language = parse_transcribe(transcribe)
+    if language is False:
+        return items
+    source = os.fspath(source)
+    speech = transcribe_stream(source, language, offset=offset, start=start)
+    return merge_transcript(items, speech, wait=not is_live(source))
+
+
 def chunked(items: Iterable[Item], chunk_frames: int) -> Iterator[list[Item]]:
     """Lists of items with at most `chunk_frames` frames each (text events ride along)."""
     chunk: list[Item] = []
@@ -197,6 +219,7 @@ class LiveSource:
         resume_after: float | None = None,
         max_pixels: int | None = None,
         follow_redirects: bool = True,
+        transcribe: str | bool | None = None,
     ):
         if chunk_frames < 1:
             raise InputError(f"chunk_frames must be >= 1; got {chunk_frames}")
@@ -210,6 +233,7 @@ class LiveSource:
         self.resume_after = None if resume_after is None else float(resume_after)
         self.max_pixels = max_pixels
         self.follow_redirects = follow_redirects
+        self.transcribe = transcribe or None  # True / "auto" / a language code: the audio's transcript too
         #: stream time of the last frame handed over and ingested (what a journal commit covers)
         self.last_t: float | None = self.resume_after
         self._handing: float | None = None  # the last frame time of the chunk being ingested right now
@@ -236,6 +260,7 @@ class LiveSource:
             "fps": self.fps,
             "realtime": self.realtime,
             "subtitles": self.subtitles,
+            "transcribe": self.transcribe,
             "offset": self.offset,
             "state": self.state,
             # the last frame a commit covers: a commit made while a chunk is ingested includes that chunk
@@ -268,6 +293,7 @@ class LiveSource:
             events = [e for e in self._events if e.start >= start]
             dropped: list[TextEvent] = []
             items = merge_items(frames, events, self.offset, interval=1.0 / self.fps, dropped=dropped)
+            items = with_transcript(items, self.url, self.transcribe, self.offset, start)
             if skip is not None:
                 items = (it for it in items if _item_time(it) > skip + 1e-9)
             self._pump(items)

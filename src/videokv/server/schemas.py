@@ -84,6 +84,11 @@ class StartSource(BaseModel):
     fps: float | None = Field(None, gt=0, le=120, description="sampling rate (default: the session's)")
     realtime: bool = Field(True, description="follow the wall clock (false: as fast as the model goes)")
     subtitles: str | None = Field(None, max_length=4096, description="an SRT/WebVTT file path on the server")
+    transcribe: bool | str = Field(
+        False,
+        description="also transcribe the audio (faster-whisper) into timed text: true, or a language code "
+        "such as 'en'",
+    )
 
 
 class PushFrames(BaseModel):

@@ -586,6 +586,7 @@ class SessionManager:
         offset: float | None = None,
         start: float = 0.0,
         resume_after: float | None = None,
+        transcribe: str | bool | None = None,
     ) -> LiveSource:
         if m.source is not None and m.source.running:
             raise Conflict(
@@ -620,6 +621,7 @@ class SessionManager:
             resume_after=resume_after,
             max_pixels=self.limits.max_frame_pixels,
             follow_redirects=False,  # the app resolved and checked them (limits.resolve_redirects)
+            transcribe=transcribe,
         )
         m.source = source
         m.error = None
@@ -815,6 +817,7 @@ class SessionManager:
                 fps=spec.get("fps"),
                 realtime=bool(spec.get("realtime", True)),
                 subtitles=spec.get("subtitles"),
+                transcribe=spec.get("transcribe"),
                 offset=offset,
                 start=start,
                 resume_after=resume_after,

@@ -368,8 +368,10 @@ def write_video(
     codec: str | None = None,
     crf: int = 18,
     keyframe_interval: float = 2.0,
+    audio: np.ndarray | None = None,
+    audio_rate: int = 16000,
 ) -> None:
-    """Encode RGB frames into a video file (mp4 with H.264 when available).
+    """Encode RGB frames into a video file (mp4 with H.264 when available), with an optional audio track.
 
     Args:
         path: output file; its extension picks the container (``.mp4`` files get the index at the front,
@@ -381,6 +383,8 @@ def write_video(
         codec: encoder name; default ``libx264``, or ``mpeg4`` when this PyAV build lacks libx264.
         crf: quality for libx264 (0 = lossless, 18 = visually lossless, 23 = ffmpeg's default).
         keyframe_interval: seconds between keyframes; small values make seeking cheap.
+        audio: mono samples from time 0 (float in [-1, 1], or int16), encoded as AAC at ``audio_rate`` Hz
+            and interleaved with the frames; samples past the last frame are written too.
 
     Odd widths/heights are padded by one repeated row/column (yuv420p needs even sizes).
 
@@ -408,7 +412,13 @@ def write_video(
         raise VideoError(f"cannot write video {name!r}: {exc}") from exc
     count = 0
     done = False
+    sound = None if audio is None else _audio_samples(audio)
     try:
+        astream = None
+        if sound is not None:
+            astream = container.add_stream("aac", rate=int(audio_rate))
+            astream.layout = "mono"
+        written = 0  # audio samples encoded so far
         stream = None
         size: tuple[int, ...] = ()
         for i, item in enumerate(frames):
@@ -435,10 +445,17 @@ def write_video(
             for packet in stream.encode(vf):
                 container.mux(packet)
             count += 1
+            if astream is not None:  # the audio up to this frame's end, interleaved
+                upto = min(len(sound), round(count / float(fps) * audio_rate))
+                written = _encode_audio(container, astream, sound, written, upto, audio_rate)
         if stream is None:
             raise InputError("no frames to write: need at least one frame")
         for packet in stream.encode():
             container.mux(packet)
+        if astream is not None:
+            _encode_audio(container, astream, sound, written, len(sound), audio_rate)
+            for packet in astream.encode():
+                container.mux(packet)
         container.close()
         done = True
     except (av.error.FFmpegError, OSError) as exc:
@@ -449,6 +466,34 @@ def write_video(
                 container.close()
             with contextlib.suppress(OSError):
                 os.unlink(name)  # do not leave a half-written file behind
+
+
+def _audio_samples(audio: np.ndarray) -> np.ndarray:
+    arr = np.asarray(audio)
+    if arr.ndim != 1 or not len(arr):
+        raise InputError(f"audio must be a non-empty 1-D array of mono samples; got shape {arr.shape}")
+    if arr.dtype == np.int16:
+        return arr
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise InputError(f"audio samples must be float in [-1, 1] or int16; got {arr.dtype}")
+    return np.clip(arr, -1.0, 1.0).astype(np.float32)
+
+
+def _encode_audio(container: Any, stream: Any, sound: np.ndarray, lo: int, hi: int, rate: int) -> int:
+    """Encode samples [lo, hi) of ``sound`` (pieces of one second); returns ``hi``."""
+    for a in range(lo, hi, rate):
+        piece = sound[a : min(hi, a + rate)]
+        if piece.dtype == np.int16:
+            piece = piece.astype(np.float32) / 32768.0
+        af = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(piece[np.newaxis, :]), format="flt", layout="mono"
+        )
+        af.sample_rate = rate
+        af.pts = a
+        af.time_base = Fraction(1, rate)
+        for packet in stream.encode(af):
+            container.mux(packet)
+    return max(lo, hi)
 
 
 def find_sample_clip(name: str = "bikes.mp4") -> Path:
