@@ -192,3 +192,35 @@ def test_the_offline_model_answers_what_was_said(speech, preset):
     bare = qa.session(fps=1.0)
     bare.add_video(clip)
     assert "4721" not in bare.ask("What is the locker code?", max_new_tokens=16).text.replace(",", "")
+
+
+def test_live_merge_never_holds_frames_back_and_loses_no_event():
+    """wait=False: the transcript runs in a thread; frames pass at once, every event arrives (late ones
+    keep their own earlier times)."""
+    import threading
+
+    release = threading.Event()
+    said = [TextEvent(1.0, 2.0, "one"), TextEvent(3.0, 4.0, "two")]
+
+    def slow_transcript():
+        release.wait(30)  # the first window takes a while
+        yield said[:1], 2.5
+        yield said[1:], float("inf")
+
+    frames = [Frame(float(t), np.zeros((2, 2, 3), np.uint8)) for t in range(4)]
+    merged = T.merge_transcript(iter(frames), slow_transcript(), wait=False)
+    first = [next(merged) for _ in range(4)]
+    assert first == frames  # all frames out while the transcript is still busy
+    release.set()
+    assert list(merged) == said
+
+
+def test_write_video_refuses_bad_audio(tmp_path):
+    from videokv.video.decode import write_video
+
+    frames = np.zeros((2, 16, 16, 3), np.uint8)
+    with pytest.raises(InputError, match="1-D array of mono samples"):
+        write_video(tmp_path / "a.mp4", frames, 2.0, audio=np.zeros((2, 100), np.float32))
+    with pytest.raises(InputError, match="float in"):
+        write_video(tmp_path / "b.mp4", frames, 2.0, audio=np.zeros(100, np.int32))
+    assert not (tmp_path / "a.mp4").exists()

@@ -400,6 +400,7 @@ def write_video(
     codec = codec or _pick_codec()
     if isinstance(frames, np.ndarray) and frames.ndim != 4:
         raise InputError(f"frames must have shape [T, H, W, 3] (RGB); got {tuple(frames.shape)}")
+    sound = None if audio is None else _audio_samples(audio)
     rate = Fraction(fps).limit_denominator(100000)
     folder = Path(name).parent
     if not folder.is_dir():
@@ -412,7 +413,6 @@ def write_video(
         raise VideoError(f"cannot write video {name!r}: {exc}") from exc
     count = 0
     done = False
-    sound = None if audio is None else _audio_samples(audio)
     try:
         astream = None
         if sound is not None:
