@@ -49,7 +49,8 @@ from videokv.memory.attention import observe_attention
 from videokv.memory.block import KVBlock
 from videokv.memory.cache import ContextCache
 from videokv.memory.index import Index
-from videokv.memory.layerwise import layerwise_forward
+from videokv.memory.layerwise import layerwise_forward, summarize_queries
+from videokv.memory.projections import Projections, record_projections
 from videokv.memory.query import capture_query
 from videokv.memory.store import Store
 from videokv.models.base import Adapter, Piece
@@ -368,9 +369,9 @@ class Engine:
             observers.enter_context(
                 observe_attention(on_self, slice(0, n_stored), {self.adapter.num_layers - 1})
             )
-        prerope: dict[str, list] = {}
+        prerope: Projections = {}
         if "guidance_qk" in compressor.needs and guidance is not None:
-            observers.enter_context(_capture_prerope(self.adapter, prerope))
+            prerope = observers.enter_context(record_projections(self.adapter))
         with observers:
             embeds = torch.cat([p.embeds for p in forwarded])
             positions = torch.cat([p.positions for p in forwarded], dim=1)
@@ -806,35 +807,14 @@ def _lead_evidence(lead: list[Piece]) -> list[Evidence]:
 
 
 # ---- pre-RoPE statistics for compressors that need "guidance_qk" (StreamKV's guidance score) --------------
-@contextlib.contextmanager
-def _capture_prerope(adapter: Adapter, store: dict[str, list]) -> Iterator[None]:
-    """Record every attention layer's q_proj / k_proj outputs (pre-RoPE) during the forward, per layer."""
-    handles = []
-
-    def keep(what: str, layer: int):
-        def hook(module, args, output):
-            store.setdefault(f"{what}{layer}", []).append(output.detach()[0])  # [n, heads * d]
-
-        return hook
-
-    for i, layer in enumerate(adapter.language_model.layers):
-        handles.append(layer.self_attn.q_proj.register_forward_hook(keep("q", i)))
-        handles.append(layer.self_attn.k_proj.register_forward_hook(keep("k", i)))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _guidance_qk(store: dict[str, list], adapter: Adapter, n_stored: int, n_prompt: int) -> dict:
+def _guidance_qk(store: Projections, adapter: Adapter, n_stored: int, n_prompt: int) -> dict:
     """{"guidance_q": [layers, kv_heads, d]} (the prompt's pre-RoPE queries, mean over its tokens, summed
     within each KV-head group) and {"prerope_k": [layers, kv_heads, n_stored, d]} (the unit's k_proj keys)."""
     kv, d = adapter.num_kv_heads, adapter.head_dim
     qs, ks = [], []
     for i in range(adapter.num_layers):
-        q = torch.cat(store[f"q{i}"]).float()[-n_prompt:]
-        k = torch.cat(store[f"k{i}"]).float()[:n_stored]
-        qs.append(q.view(n_prompt, kv, -1, d).sum(2).mean(0))
+        q = torch.cat(store[("q", i)])[-n_prompt:]
+        k = torch.cat(store[("k", i)]).float()[:n_stored]
+        qs.append(summarize_queries(q, kv, d).view(kv, d))
         ks.append(k.view(n_stored, kv, d).transpose(0, 1))
     return {"guidance_q": torch.stack(qs), "prerope_k": torch.stack(ks)}

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from videokv.memory.cache import ContextCache, ContextLayer
+from videokv.memory.projections import record_projections
 from videokv.models.base import Adapter
 
 # choose(layer, q) -> (keys, values) [1, kv_heads, n, d]: the context this layer's question attends to,
@@ -51,22 +52,11 @@ def layerwise_forward(
     """Forward `embeds` at `positions` [P, n] (the question's last `n_query` tokens define the query; tokens
     before them, if any, are context the question sees after the memory); each layer's context comes from
     ``choose(layer, query_summary)``. Nothing is kept: the caller records what `choose` chose."""
-    captured: dict[int, torch.Tensor] = {}
-    handles = []
-    for i, layer in enumerate(adapter.language_model.layers):
-
-        def keep(module, args, output, i=i):
-            captured[i] = output.detach()
-
-        handles.append(layer.self_attn.q_proj.register_forward_hook(keep))
 
     def at_layer(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        q = summarize_queries(captured[i][0, -n_query:], adapter.num_kv_heads, adapter.head_dim)
+        q = summarize_queries(captured[("q", i)][-1][-n_query:], adapter.num_kv_heads, adapter.head_dim)
         return choose(i, q)
 
     cache = ContextCache(adapter.num_layers, [ChoosingLayer(i, at_layer) for i in range(adapter.num_layers)])
-    try:
+    with record_projections(adapter, ("q",)) as captured:
         adapter.forward(embeds, positions, cache, logits="none")
-    finally:
-        for h in handles:
-            h.remove()

@@ -13,37 +13,19 @@ import torch
 
 from videokv.memory.catalog import Query
 from videokv.memory.layerwise import summarize_queries
+from videokv.memory.projections import record_projections
 from videokv.models.base import Adapter
 
 
 def capture_query(adapter: Adapter, run, n_query: int | None = None) -> Query:
     """Call `run()` (a forward ending with the question) and return the Query its projections define: over
     the last `n_query` tokens (all tokens when None; earlier tokens are context, not query)."""
-    layers = adapter.language_model.layers
-    captured: dict[tuple[str, int], torch.Tensor] = {}
-    handles = []
-    for i, layer in enumerate(layers):
-        attn = layer.self_attn
-        handles.append(attn.q_proj.register_forward_hook(_keep(captured, "q", i)))
-        handles.append(attn.k_proj.register_forward_hook(_keep(captured, "k", i)))
-    try:
+    with record_projections(adapter) as captured:
         run()
-    finally:
-        for h in handles:
-            h.remove()
     kv, d = adapter.num_kv_heads, adapter.head_dim
     q_rows, k_rows = [], []
-    for i in range(len(layers)):
-        q = captured[("q", i)][0]  # [n, heads * d]
-        q = summarize_queries(q if n_query is None else q[-n_query:], kv, d)
-        k = captured[("k", i)][0, -1].float()  # last question token, [kv * d]
-        q_rows.append(q)
-        k_rows.append(k)
+    for i in range(adapter.num_layers):
+        q = captured[("q", i)][-1]  # [n, heads * d]
+        q_rows.append(summarize_queries(q if n_query is None else q[-n_query:], kv, d))
+        k_rows.append(captured[("k", i)][-1][-1].float())  # last question token, [kv * d]
     return Query(q=torch.stack(q_rows), last_key=torch.stack(k_rows))
-
-
-def _keep(store: dict, what: str, layer: int):
-    def hook(module, args, output):
-        store[(what, layer)] = output.detach()
-
-    return hook
