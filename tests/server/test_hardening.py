@@ -500,13 +500,16 @@ def test_a_redirect_given_to_ffmpeg_is_not_followed(serve_factory, tmp_path: Pat
     clip = make_clip(tmp_path / "c.mp4", seconds=2, fps=2).read_bytes()
     hits: list[str] = []
 
+    def send_clip(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(clip)))
+        handler.end_headers()
+        handler.wfile.write(clip)
+
     class Target(http.server.BaseHTTPRequestHandler):  # the disallowed port: must never be reached
         def do_GET(self):  # noqa: N802
             hits.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(clip)))
-            self.end_headers()
-            self.wfile.write(clip)
+            send_clip(self)
 
         def log_message(self, *a):
             pass
@@ -518,10 +521,7 @@ def test_a_redirect_given_to_ffmpeg_is_not_followed(serve_factory, tmp_path: Pat
                 self.send_header("Location", f"http://127.0.0.1:{target.server_address[1]}/c.mp4")
                 self.end_headers()
                 return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(clip)))
-            self.end_headers()
-            self.wfile.write(clip)
+            send_clip(self)
 
         def log_message(self, *a):
             pass
