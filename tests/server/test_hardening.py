@@ -379,10 +379,16 @@ def _status(c: httpx.Client, sid: str) -> dict:
 def _assert_matches_uninterrupted(c: httpx.Client, sid: str, body: dict, frames: int = GRID_FRAMES) -> None:
     """Wait for `sid`'s source to finish, run the same source uninterrupted in a new session and compare:
     identical frame times, frame and block counts, clock and (greedy) answers."""
-    done = wait_for(lambda: (s := _status(c, sid))["source"] and s["source"]["state"] == "done" and s)
+
+    def finished(session: str) -> dict | None:
+        s = _status(c, session)
+        assert not (s["source"] and s["source"]["state"] == "error"), f"the source failed: {s}"
+        return s if s["source"] and s["source"]["state"] == "done" else None
+
+    done = wait_for(lambda: finished(sid))
     ref = create(c, memory="rekv", fps=1.0)["id"]
     assert c.post(f"/v1/sessions/{ref}/source", json=body).status_code == 202
-    whole = wait_for(lambda: (s := _status(c, ref))["source"]["state"] == "done" and s)
+    whole = wait_for(lambda: finished(ref))
     times = c.get(f"/v1/sessions/{sid}/timeline").json()["thumbnails"]
     ref_times = c.get(f"/v1/sessions/{ref}/timeline").json()["thumbnails"]
     assert times == ref_times and len(times) == whole["frames"] == frames
