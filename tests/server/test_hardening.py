@@ -404,11 +404,15 @@ def test_resume_after_kill_continues_the_sampling_grid(serve_factory, tmp_path: 
     """A 5 fps clip sampled at 2 fps, killed mid-source twice: the same frame times, blocks and answers
     as an uninterrupted run of the same source."""
     server, body = _grid_source(serve_factory, tmp_path)
+    # pulled at stream pace: the tiny model otherwise can finish all 48 frames before the second kill, and a
+    # restarted server does not report a source that had already finished (source None, never "done")
+    body = dict(body, realtime=True)
     c = server.client()
     sid = create(c, memory="rekv", fps=1.0)["id"]
     assert c.post(f"/v1/sessions/{sid}/source", json=body).status_code == 202
     for at_least in (9, 22):
-        wait_for(lambda n=at_least, c=c: _status(c, sid)["frames"] >= n, 240, 0.05)
+        seen = wait_for(lambda n=at_least, c=c: (s := _status(c, sid))["frames"] >= n and s, 240, 0.05)
+        assert seen["frames"] < GRID_FRAMES, "the kill must land mid-source"
         c.close()
         server.restart()  # SIGKILL, then start on the same data dir: the source resumes
         c = server.client()
