@@ -190,3 +190,20 @@ def test_streamkv_two_pass_layerwise_retrieval_matches_reference():
     assert all(len(rows) <= k * (1 + temp) for rows in ref_rows)
     present = [sum(1 for b in blocks if b.keys[layer].shape[1]) for layer in range(n_layers)]
     assert all(len(rows) < n for rows, n in zip(ref_rows, present))  # a real choice on every layer
+
+
+def test_an_empty_question_retrieves_with_the_template_turn():
+    """A likelihood with no question text (lmms-eval asks for them) queries with the chat template's question
+    turn, not with whatever precedes it (the lead) nor with zero tokens."""
+    model, tok = get_tiny("llava_onevision")
+    config = dataclasses.replace(get_preset("rekv"), retrieve=RecordingTopK(k=2))
+    session = VideoQA.from_model(model, tok, memory=config).session()
+    session.add_frames(random_frames(8, seed=4), fps=1.0)
+    layout = session.engine.decoder.layout
+    with torch.no_grad():
+        session.loglikelihood("", "a car")
+        empty = dict(config.retrieve.log)
+        session.loglikelihood(layout.before_question + layout.tail, "a car")
+        turn = dict(config.retrieve.log)
+    assert all(torch.isfinite(torch.tensor(empty[layer])).all() for layer in empty)
+    assert empty == turn

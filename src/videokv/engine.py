@@ -671,6 +671,8 @@ class Engine:
         pieces = list(lead)
         start = self.adapter.next_cursor(lead[-1]) if lead else self.cursor
         bare = self.adapter.text_piece(question or prompt, start, kind="prompt")
+        if not bare.n_tokens:  # no question text (a likelihood with an empty context): the template's turn
+            bare = self.decoder.question_piece(prompt, start)
         pieces.append(bare)
         embeds = torch.cat([p.embeds for p in pieces])
         positions = torch.cat([p.positions for p in pieces], dim=1)
