@@ -549,7 +549,11 @@ class Engine:
             draft.text,
             draft.pinned,
         )
-        self.store.add(block)
+        self.keep(block)
+
+    def keep(self, block: KVBlock) -> None:
+        """Store and index a block, in the tier lane its compressor prefers for it."""
+        self.store.add(block, cold=self.config.compress.cold(block.level, block.kind))
         self.index.add(block)
 
     def flush(self) -> None:

@@ -235,8 +235,7 @@ def restore_engine(engine: Engine, manifest: dict, tensors: dict[str, torch.Tens
                 meta["text"],
                 meta["pinned"],
             )
-            engine.store.add(block)
-            engine.index.add(block)
+            engine.keep(block)
     except KeyError as e:
         raise SaveError(f"the save is incomplete: {e} is missing") from e
     if len(engine.cache.layers) and engine.cache.lengths()[0] < engine.n_sinks:

@@ -100,6 +100,11 @@ def test_x2l_evidence_gives_low_compression_to_top_chunks():
     ans = s.ask("what happens?", max_new_tokens=2)
     levels = [e.level for e in ans.evidence]
     assert levels.count("L") == 1 and levels.count("H") == 2  # 3 chunks of 4 frames
-    h_bytes = [b.nbytes for b in s.engine.store.blocks if b.level == "H"]
-    l_bytes = [b.nbytes for b in s.engine.store.blocks if b.level == "L"]
+    store = s.engine.store
+    h_bytes = [n for b, n in zip(store.blocks, store.nbytes_of) if b.level == "H"]
+    l_bytes = [n for b, n in zip(store.blocks, store.nbytes_of) if b.level == "L"]
     assert max(h_bytes) < min(l_bytes)
+    # X²L's economy: the H copies are resident, the L copies wait below (on a CPU machine: on disk)
+    assert {t for b, t in zip(store.blocks, store.tier) if b.level == "H"} == {"host"}
+    assert {t for b, t in zip(store.blocks, store.tier) if b.level == "L"} == {"disk"}
+    assert store.resident_bytes == sum(h_bytes)

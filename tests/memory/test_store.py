@@ -430,3 +430,74 @@ def test_cuda_tiers_pin_host_blocks(tmp_path):
             assert all(t.is_pinned() for t in (*held.keys, *held.values))
     for i in range(4):
         assert_same_block(store.get(i), blocks[i], device="cuda")
+
+
+# ---- 5. lanes: blocks a policy prefers in slower memory ---------------------------------------------------
+def expected_tiers(sizes: list[int], lanes: list[int], caps: dict[str, int | None]) -> list[str]:
+    """The placement rule written out directly: tier by tier, fastest first, the hot lane (0) takes the
+    longest run of its newest unplaced blocks that fits the tier's budget, then the cold lane (1, never in
+    the fastest tier) the longest run of its newest unplaced blocks that fits what is left; the last tier
+    takes the rest."""
+    tiers = ["device", "host", "disk"]
+    where = [""] * len(sizes)
+    left = {lane: [i for i in range(len(sizes)) if lanes[i] == lane] for lane in (0, 1)}
+    for k, tier in enumerate(tiers):
+        room = caps[tier]
+        for lane in (0, 1):
+            if lane == 1 and k == 0:
+                continue
+            rows = left[lane]
+            while rows and (room is None or sizes[rows[-1]] <= room):
+                i = rows.pop()
+                where[i] = tier
+                if room is not None:
+                    room -= sizes[i]
+    return where
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ops=st.lists(st.tuples(st.integers(1, 4), st.booleans()), min_size=1, max_size=14),
+    device_tokens=st.integers(4, 12),
+    host_tokens=st.integers(4, 12),
+    cut=st.integers(0, 14),
+)
+def test_lanes_place_cold_blocks_below_hot_ones(ops, device_tokens, host_tokens, cut):
+    """Three tiers (the accelerator tier kept in RAM, so this runs on a CPU): after every add and after a
+    truncate, every block is where the rule says, byte counts per tier are exact, and blocks read back
+    bit-identical."""
+    per_token = LAYERS * 2 * HEADS * DIM * 4
+    caps = {"device": device_tokens * per_token, "host": host_tokens * per_token, "disk": None}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store("cpu", caps["device"], caps["host"], tmp, device_tier=True)
+        added, lanes = [], []
+        for n, cold in ops:
+            block = make_block(len(added), n)
+            store.add(block, cold=cold)
+            added.append(block)
+            lanes.append(int(cold))
+            sizes = [kv_bytes(b) for b in added]
+            assert store.tier == expected_tiers(sizes, lanes, caps)
+        for tier in ("device", "host", "disk"):
+            assert store.bytes_by_tier()[tier] == sum(s for s, t in zip(sizes, store.tier) if t == tier)
+        n = min(cut, len(added))
+        store.truncate(n)
+        assert store.tier == expected_tiers(sizes[:n], lanes[:n], caps)
+        for i, block in enumerate(added[:n]):
+            assert_same_block(store.get(i), block)
+
+
+def test_cold_blocks_go_to_disk_on_a_cpu_machine(tmp_path):
+    """On a CPU-only machine the host tier is the fastest, so a cold block is written to disk at once and
+    is not resident; hot blocks are."""
+    blocks = [make_block(i, 3) for i in range(4)]
+    store = Store("cpu", spill_dir=tmp_path)
+    for i, b in enumerate(blocks):
+        store.add(b, cold=i % 2 == 1)
+    assert store.tier == ["host", "disk", "host", "disk"]
+    assert store.resident_bytes == kv_bytes(blocks[0]) + kv_bytes(blocks[2])
+    assert store.bytes_by_tier()["disk"] == kv_bytes(blocks[1]) + kv_bytes(blocks[3])
+    assert store.nbytes_of == [kv_bytes(b) for b in blocks]
+    assert len(spill_files(tmp_path)) == 2
+    for i, b in enumerate(blocks):
+        assert_same_block(store.get(i), b)

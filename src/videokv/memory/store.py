@@ -28,6 +28,8 @@ from videokv.errors import ConfigError
 from videokv.memory.block import KVBlock
 
 TIERS = ("device", "host", "disk")
+HOT, COLD = 0, 1
+LANES = (HOT, COLD)
 
 
 def _compact(t: torch.Tensor) -> torch.Tensor:
@@ -46,9 +48,12 @@ class Store:
         device_bytes: int | None = None,
         host_bytes: int | None = None,
         spill_dir: str | Path | None = None,
+        device_tier: bool | None = None,
     ):
         self.compute = torch.device(compute)
-        self.has_device_tier = self.compute.type != "cpu"
+        # None: an accelerator tier exactly when attention runs on one; True on a CPU keeps a separate
+        # fastest tier in RAM (the three-tier placement, testable on a CPU-only machine)
+        self.has_device_tier = self.compute.type != "cpu" if device_tier is None else device_tier
         self.budgets = {"device": device_bytes, "host": host_bytes, "disk": None}
         self._spill_root = Path(spill_dir) if spill_dir is not None else None
         self._tmp: tempfile.TemporaryDirectory | None = None
@@ -56,14 +61,18 @@ class Store:
         self.blocks: list[KVBlock] = []
         self.tier: list[str] = []
         self.nbytes_of: list[int] = []
+        self.lane: list[int] = []  # 0: hot (may use every tier), 1: cold (never the fastest tier)
         self.used = {t: 0 for t in TIERS}
-        # each tier holds the blocks [lo[tier], lo[next faster tier]) (the fastest one: up to the end)
-        self._lo = {t: 0 for t in TIERS}
+        self._lane_used = [{t: 0 for t in TIERS} for _ in LANES]
+        self._rows: tuple[list[int], list[int]] = ([], [])  # block ids of each lane, oldest first
+        # each lane's tier t holds its rows [lo[lane][t], lo[lane][next faster tier]) (its fastest tier: up
+        # to the end); the slowest tier starts at 0
+        self._lo = [{t: 0 for t in TIERS} for _ in LANES]
 
     # ---- adding and spilling ---------------------------------------------------------------------------
-    def check_fits(self, nbytes: int) -> None:
+    def check_fits(self, nbytes: int, cold: bool = False) -> None:
         """Raise ConfigError, before anything changes, if a block of `nbytes` exceeds a resident budget."""
-        for tier in self._tiers()[:-1]:
+        for tier in self._lane_tiers(int(cold))[:-1]:
             cap = self.budgets[tier]
             if cap is not None and nbytes > cap:
                 raise ConfigError(
@@ -71,46 +80,74 @@ class Store:
                     f"bytes); raise {tier}_bytes (--memory-set {tier}_bytes=N) or keep fewer tokens"
                 )
 
-    def add(self, block: KVBlock) -> None:
-        self.check_fits(block.nbytes)
-        first = self._tiers()[0]
+    def add(self, block: KVBlock, cold: bool = False) -> None:
+        """Store `block` in the fastest tier its lane may use: a `cold` block (one the policy prefers in
+        slower memory, such as Video-X²L's L-KV) never takes the fastest tier (the accelerator; on a CPU-only
+        machine the host, so cold blocks go to disk) and yields its tier to hot blocks under a budget."""
+        lane = int(cold)
+        self.check_fits(block.nbytes, cold)
+        first = self._lane_tiers(lane)[0]
+        nbytes = block.nbytes
         block = self._place(block, first)
+        i = len(self.blocks)
         self.blocks.append(block)
         self.tier.append(first)
-        self.nbytes_of.append(block.nbytes)
-        self.used[first] += block.nbytes
-        self._spill()
+        self.nbytes_of.append(nbytes)
+        self.lane.append(lane)
+        self._rows[lane].append(i)
+        self.used[first] += nbytes
+        self._lane_used[lane][first] += nbytes
+        self._settle()
 
     def _tiers(self) -> list[str]:
         return [t for t in TIERS if t != "device" or self.has_device_tier]
 
-    def _spill(self) -> None:
-        """Move the oldest blocks of every tier over its budget down one tier."""
+    def _lane_tiers(self, lane: int) -> list[str]:
         tiers = self._tiers()
-        for upper, lower in zip(tiers, tiers[1:]):
-            cap = self.budgets[upper]
-            while cap is not None and self.used[upper] > cap and self._lo[upper] < len(self.blocks):
-                i = self._lo[upper]
-                self._move(i, lower)
-                self._lo[upper] = i + 1
+        return tiers[1:] if lane == 1 and len(tiers) > 1 else tiers
 
-    def _promote(self) -> None:
-        """Bring the newest lower-tier blocks up while they fit (fastest tier first). Best effort: a block
-        that cannot be read back stays where it is (this runs while rolling back after an error)."""
+    def _settle(self) -> None:
+        """Place every block where the budgets say, fastest tier first: in each tier the hot lane holds the
+        longest run of its newest remaining blocks that fits the budget, and the cold lane the longest run of
+        its newest remaining blocks that fits what is left. Promotion is best effort: a block that cannot be
+        read back stays where it is (this runs while rolling back after an error)."""
         tiers = self._tiers()
-        for k, upper in enumerate(tiers[:-1]):
-            cap = self.budgets[upper]
-            while self._lo[upper] > 0:
-                j = self._lo[upper] - 1
-                if cap is not None and self.used[upper] + self.nbytes_of[j] > cap:
+        for k, tier in enumerate(tiers[:-1]):
+            cap = self.budgets[tier]
+            self._promote(HOT, tier, tiers[k + 1 :], cap, self._lane_used[HOT])
+            while cap is not None and self.used[tier] > cap:  # the cold lane yields first
+                lane = next((ln for ln in (COLD, HOT) if self._in_tier(ln, tier)), None)
+                if lane is None:
                     break
-                try:
-                    self._move(j, upper)
-                except Exception:  # keep the rollback going; the block stays where it is
-                    return
-                self._lo[upper] = j
-                for lower in tiers[k + 1 :]:
-                    self._lo[lower] = min(self._lo[lower], j)
+                pos = self._lo[lane][tier]
+                self._move(self._rows[lane][pos], tiers[k + 1])
+                self._lo[lane][tier] = pos + 1
+            if tier in self._lane_tiers(COLD):
+                self._promote(COLD, tier, tiers[k + 1 :], cap, self.used)
+
+    def _in_tier(self, lane: int, tier: str) -> bool:
+        """Whether `lane` has blocks in `tier`."""
+        tiers = self._lane_tiers(lane)
+        if tier not in tiers:
+            return False
+        k = tiers.index(tier)
+        end = len(self._rows[lane]) if k == 0 else self._lo[lane][tiers[k - 1]]
+        return self._lo[lane][tier] < end
+
+    def _promote(self, lane: int, tier: str, lower: list[str], cap: int | None, used: dict[str, int]) -> None:
+        """Bring `lane`'s newest blocks below `tier` up while `used[tier]` stays within `cap`."""
+        rows, lo = self._rows[lane], self._lo[lane]
+        while lo[tier] > 0:
+            j = rows[lo[tier] - 1]
+            if cap is not None and used[tier] + self.nbytes_of[j] > cap:
+                return
+            try:
+                self._move(j, tier)
+            except Exception:  # keep the rollback going; the block stays where it is
+                return
+            lo[tier] -= 1
+            for t in lower:
+                lo[t] = min(lo[t], lo[tier])
 
     def _move(self, i: int, tier: str) -> None:
         block, old = self.blocks[i], self.tier[i]
@@ -119,6 +156,8 @@ class Store:
             Path(block.meta["path"]).unlink(missing_ok=True)
         self.used[old] -= self.nbytes_of[i]
         self.used[tier] += self.nbytes_of[i]
+        self._lane_used[self.lane[i]][old] -= self.nbytes_of[i]
+        self._lane_used[self.lane[i]][tier] += self.nbytes_of[i]
         self.tier[i] = tier
 
     def _place(self, block: KVBlock, tier: str, old: str | None = None) -> KVBlock:
@@ -129,7 +168,7 @@ class Store:
             block = dataclasses.replace(block, keys=keys, values=values)
             if tier == "device":
                 return block.to(self.compute, non_blocking=True)
-            return block.to("cpu", pin=self.has_device_tier)
+            return block.to("cpu", pin=self.compute.type == "cuda")
         path = self.spill_dir / f"block-{self._serial:08d}.safetensors"
         self._serial += 1
         if old != "disk":
@@ -224,9 +263,13 @@ class Store:
         n = min(n, len(self.blocks))
         for i in range(len(self.blocks) - 1, n - 1, -1):
             self.used[self.tier[i]] -= self.nbytes_of[i]
+            self._lane_used[self.lane[i]][self.tier[i]] -= self.nbytes_of[i]
             if self.tier[i] == "disk":
                 Path(self.blocks[i].meta["path"]).unlink(missing_ok=True)
-        del self.blocks[n:], self.tier[n:], self.nbytes_of[n:]
-        for t in TIERS:
-            self._lo[t] = min(self._lo[t], n)
-        self._promote()
+        del self.blocks[n:], self.tier[n:], self.nbytes_of[n:], self.lane[n:]
+        for lane, rows in enumerate(self._rows):
+            while rows and rows[-1] >= n:
+                rows.pop()
+            for t in TIERS:
+                self._lo[lane][t] = min(self._lo[lane][t], len(rows))
+        self._settle()

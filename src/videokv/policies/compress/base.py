@@ -32,6 +32,12 @@ class Compressor(abc.ABC):
     def compress(self, unit: Unit) -> list[BlockDraft]:
         """The drafts (kept tokens or transformed K/V, per layer) of a prefilled unit."""
 
+    def cold(self, level: str, kind: str) -> bool:
+        """Whether a block of this `level` and `kind` waits in slower memory (the store's cold lane: host RAM
+        beside an accelerator, disk on a CPU-only machine) and is loaded only when a question retrieves it;
+        False (the default): it takes the fastest tier the budgets allow, like every other block."""
+        return False
+
     def forward_prompt(self) -> str | None:
         """Text the engine forwards right after the unit, in the same pass, whose statistics the compressor
         `needs` ("guidance", "guidance_qk"); its K/V leave the cache at once. None: nothing is added."""

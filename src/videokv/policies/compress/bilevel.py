@@ -30,6 +30,10 @@ class Bilevel(Compressor):
         the reloaded chunks are exact (full KV).
     high: the compressor of the H copy. Default `Pool(stride=8)`: between Video-XL-2's stride 4 and the
         ~32x H ratio reported for Video-X²L, so that H blocks stay cheap but keep coarse content.
+    offload_low: the exact copies (the L blocks, and text kept whole) wait in the store's cold lane while the
+        compact H copy of every unit stays in the fastest tier: X²L's economy (H-KV on the accelerator, L-KV
+        in CPU memory, reloaded for the chosen chunks only). Default False (every block in the fastest tier
+        the budgets allow).
 
     Source: Video-X²L (Qin et al., arXiv 2506.21184), bi-level KV compression with selective re-loading;
     code reference ``VectorSpaceLab/Video-XL``, ``Video-XL-2/eval/lvu/w_chunk_bilevel``.
@@ -38,6 +42,10 @@ class Bilevel(Compressor):
     name: ClassVar[str] = "bilevel"
     low: Compressor = field(default_factory=NoCompression)
     high: Compressor = field(default_factory=_default_high)
+    offload_low: bool = False
+
+    def cold(self, level: str, kind: str) -> bool:
+        return self.offload_low and (level == "L" or kind == "text")
 
     def __post_init__(self) -> None:
         for label, c in (("low", self.low), ("high", self.high)):
