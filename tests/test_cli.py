@@ -30,6 +30,8 @@ def test_ask_json_one_object_per_question_in_order(tmp_path):
             "--model",
             "tiny-llava_onevision",
             "--json",
+            "--memory",
+            "full",
             "--max-new-tokens",
             "3",
             "--logprobs",

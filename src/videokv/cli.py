@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Sequence
 
 from videokv.errors import VideoKVError
-from videokv.presets import PRESETS
+from videokv.presets import DEFAULT_PRESET, PRESETS
 
 OFFLINE_CLI_NOTICE = (
     "videokv: using the offline model (Qwen2.5-Coder-0.5B-Instruct's real language weights with an "
@@ -25,7 +25,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="checkpoint folder or hub id (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision); 'offline' (default) "
         "is the offline real-weights model; 'tiny-qwen2_vl' a tiny random model",
     )
-    p.add_argument("--memory", default="full", help=f"memory preset: {', '.join(PRESETS)} (default: full)")
+    p.add_argument(
+        "--memory",
+        default=DEFAULT_PRESET,
+        help=f"memory preset: {', '.join(PRESETS)} (default: {DEFAULT_PRESET}; `videokv presets` lists them)",
+    )
     p.add_argument(
         "--memory-set",
         action="append",

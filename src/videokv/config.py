@@ -2,7 +2,8 @@
 
 Presets (presets.py) are named MemoryConfigs. Overrides use `key=value` strings (the CLI's --memory-set):
 `positions=compact`, `retrieve=topk` (swap a policy by its registry name), `retrieve.k=32` (a policy's
-parameter), `window=4096` (shorthand for `ingest=window` with that many tokens).
+parameter, nested ones too: `compress.low.keep=0.5`), `window=4096` (shorthand for `ingest=window` with that
+many tokens), `text_k=4` (shorthand for wrapping the retriever in `WithText` with that many text blocks).
 """
 
 from __future__ import annotations
@@ -33,14 +34,12 @@ class MemoryConfig:
         (the `full` and `window` presets), without a block store.
     positions: "keep" (keys keep the positions they were computed at) or "compact" (re-rotate the assembled
         context to contiguous positions).
-    summary: add StreamKV's segment-summary pseudo-frame to every unit with frames (a block kept whole and
-        retrieved like the others).
+    summary: a pseudo-block policy run on every unit with frames (`SegmentSummary`: StreamKV's
+        segment-summary pseudo-frame, a block kept whole and retrieved like the others); None: none.
+        ``summary=true`` / ``false`` in overrides stand for SegmentSummary() / None.
     sinks: how many header tokens stay as attention sinks; None keeps the whole header.
     device_bytes / host_bytes: byte budgets of the accelerator and host tiers of the block store (None: no
         limit); older blocks spill to the next tier, finally to disk (spill_dir, default a temp folder).
-    text_k: add to every question's selection the `text_k` text blocks (subtitles, transcripts) whose words
-        best match the question (policies/retrieve/text_match.py); 0 (the presets) turns it off. Memory
-        presets only.
     index: the retrieval index backend: "torch" (one matrix product per layer) or "faiss" (a FAISS
         inner-product index per layer that top-k retrieval searches; needs faiss-cpu).
     """
@@ -51,23 +50,24 @@ class MemoryConfig:
     compress: Any = field(default_factory=NoCompression)
     retrieve: Any = None
     positions: str = "keep"
-    summary: bool = False
+    summary: Any = None
     sinks: int | None = None
     device_bytes: int | None = None
     host_bytes: int | None = None
     spill_dir: str | None = None
     index: str = "torch"
-    text_k: int = 0
 
     def __post_init__(self) -> None:
+        from videokv.policies.summary import SegmentSummary
+
+        if isinstance(self.summary, bool):  # the shorthand of configs and overrides
+            object.__setattr__(self, "summary", SegmentSummary() if self.summary else None)
+        if self.summary is not None and not callable(getattr(self.summary, "piece", None)):
+            raise ConfigError(
+                f"summary must be a pseudo-block policy (SegmentSummary) or None; got {self.summary!r}"
+            )
         if self.index not in ("torch", "faiss"):
             raise ConfigError(f"index must be 'torch' or 'faiss'; got {self.index!r}")
-        if isinstance(self.text_k, bool) or not isinstance(self.text_k, int) or self.text_k < 0:
-            raise ConfigError(f"text_k must be an int >= 0; got {self.text_k!r}")
-        if self.text_k and self.retrieve is None:
-            raise ConfigError(
-                "text_k needs a memory preset (a retriever); full and window answer from context"
-            )
         if self.positions not in ("keep", "compact"):
             raise ConfigError(f"positions must be 'keep' or 'compact'; got {self.positions!r}")
         if self.sinks is not None and self.sinks < 0:
@@ -101,6 +101,8 @@ class MemoryConfig:
             value = _parse_value(raw)
             if key == "window":
                 config = config.replace(ingest=Window(value))
+            elif key == "text_k":
+                config = config.replace(retrieve=_with_text(config, value))
             elif "." in key:
                 kind, _, path = key.partition(".")
                 policy = getattr(config, kind, None) if kind in POLICY_FIELDS else None
@@ -136,6 +138,21 @@ class MemoryConfig:
                 value = {"policy": getattr(value, "name", type(value).__name__), **dataclasses.asdict(value)}
             out[f.name] = value
         return out
+
+
+def _with_text(config: MemoryConfig, k: object) -> Any:
+    """`config`'s retriever extended with the `k` best-matching text blocks (`text_k=k`); 0 unwraps it."""
+    from videokv.policies.retrieve import WithText
+
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"text_k must be an int >= 0; got {k!r}")
+    base = config.retrieve.base if isinstance(config.retrieve, WithText) else config.retrieve
+    if base is None:
+        raise ConfigError(
+            f"text_k needs a memory preset (a retriever); {config.name!r} answers from its context: "
+            f"set retrieve=<name> first"
+        )
+    return WithText(base=base, k=k) if k else base
 
 
 def _set_nested(policy: Any, path: list[str], value: object, key: str, raw: str) -> Any:

@@ -56,7 +56,6 @@ from videokv.memory.store import Store
 from videokv.models.base import Adapter, Piece
 from videokv.models.rope import unrotate
 from videokv.policies.base import BlockDraft, Unit
-from videokv.policies.retrieve.text_match import TextMatch
 from videokv.qa import DEFAULT_SYSTEM, Answer, Decoder, Evidence, drain, prompt_layout, question_text
 from videokv.video.subtitles import TextEvent
 
@@ -344,7 +343,7 @@ class Engine:
         """Prefill one unit against the ingest context; store its blocks; trim the context."""
         compressor = self.config.compress
         frames = [p for p in pieces if p.kind == "frame"]
-        summary = self._summary_piece(frames) if self.config.summary and frames else None
+        summary = self._summary_piece(frames)
         stored = pieces + ([summary] if summary is not None else [])
         guidance = None
         prompt = compressor.forward_prompt()
@@ -407,7 +406,7 @@ class Engine:
         """Units per forward: >1 only where nothing is computed per unit (no summary pseudo-frame, no
         attention statistics for the compressor) and the ingest policy allows it (`Window.batch`)."""
         batch = getattr(self.config.ingest, "batch", 1)
-        if batch > 1 and not self.config.summary and not self.config.compress.needs:
+        if batch > 1 and self.config.summary is None and not self.config.compress.needs:
             return batch
         return 1
 
@@ -432,23 +431,11 @@ class Engine:
         self._trim_context()
 
     def _summary_piece(self, frames: list[Piece]) -> Piece | None:
-        """StreamKV's segment summary: the mean of the unit's frame embeddings as one more pseudo-frame (over
-        their visual tokens: the last `n` of each, past a video's opening token)."""
-        n = frames[-1].n_tokens
-        if any(f.n_tokens not in (n, n + 1) or f.grid != frames[-1].grid for f in frames):
-            return None
-        last = frames[-1]
-        shift = self.cursor - int(last.positions.min())
-        piece = Piece(
-            torch.stack([f.embeds[-n:] for f in frames]).mean(0),
-            last.positions + shift,
-            "summary",
-            frames[0].t0,
-            last.t1,
-            list(last.token_ids),
-            grid=last.grid,
-        )
-        self.cursor = self.adapter.next_cursor(piece)
+        """The unit's pseudo-block from the config's `summary` policy (None: no policy, or none for it);
+        the stream cursor moves past it."""
+        piece = self.config.summary.piece(frames, self.cursor) if self.config.summary is not None else None
+        if piece is not None:
+            self.cursor = self.adapter.next_cursor(piece)
         return piece
 
     def _drafts(self, unit: Unit) -> list[BlockDraft]:
@@ -666,9 +653,10 @@ class Engine:
     def _retrieve(
         self, prompt: str, question: str = "", lead: list[Piece] = ()
     ) -> tuple[ContextCache, int, list[Evidence]]:
-        """Retrieval forward(s) of the bare question, block selection (plus the text blocks matching the
-        question's words, when `text_k`), and assembly of [sinks | selected blocks]."""
+        """Retrieval forward(s) of the bare question, block selection, and assembly of [sinks | selected
+        blocks]."""
         catalog = self.index.catalog()
+        catalog.question = question or prompt
         retriever = self.config.retrieve
         loaded: dict[int, KVBlock] = {}
         # what is forwarded: the lead (seen after the memory, not part of the query), then the bare question
@@ -711,9 +699,6 @@ class Engine:
                 bare.n_tokens,
             )
             selection = retriever.select(catalog, query)
-        if self.config.text_k:
-            matched = TextMatch(self.config.text_k).select(question or prompt, catalog.texts or [])
-            selection = [catalog.in_stream_order([*layer, *matched]) for layer in selection]
         self.retrieved = selection  # for inspection: the rows each layer saw at the last question
         rows = sorted({r for layer in selection for r in layer})
         loaded = {r: self._load(r, loaded) for r in rows}

@@ -15,9 +15,10 @@ from videokv.errors import ConfigError
 from videokv.policies.compress import Bilevel, MultiGrain, NoCompression, Pool
 from videokv.policies.compress.guidance import Guidance
 from videokv.policies.ingest import Independent, PrevBlocks, Window
-from videokv.policies.retrieve import BilevelReload, Hierarchical, LayerAdaptive, TopK
+from videokv.policies.retrieve import BilevelReload, Hierarchical, LayerAdaptive, TopK, WithText
 from videokv.policies.retrieve.uniform import UniformSample
 from videokv.policies.segment import Semantic, Uniform
+from videokv.policies.summary import SegmentSummary
 
 # ReKV's local window holds 15000 tokens = about 77 frames of LLaVA-OV's 196 tokens; here it is given in
 # frames, so it follows the model's frame size. Units of one chunk are prefilled 8 per forward (Window.batch):
@@ -72,7 +73,7 @@ PRESETS: dict[str, Preset] = {
             ingest=INGEST_WINDOW,
             segment=Semantic(0.99, 4, 64),
             compress=Guidance(keep=0.6, temp=1.0),
-            summary=True,
+            summary=SegmentSummary(),
             retrieve=LayerAdaptive(k=64, temp=0.5, recent=8, max_k=128),
             positions="compact",
         ),
@@ -108,7 +109,25 @@ PRESETS: dict[str, Preset] = {
         "compression; L reloaded for the 4 chunks most relevant to the question, H for the rest",
         "Video-X²L (arXiv 2506.21184); Video-XL-2 chunked prefill + bi-level KV (VectorSpaceLab/Video-XL)",
     ),
+    "videokv": Preset(
+        MemoryConfig(
+            name="videokv",
+            ingest=INGEST_WINDOW,
+            segment=Uniform(1),
+            compress=NoCompression(offload=True),
+            retrieve=WithText(TopK(k=64, per_layer=True, layerwise=True), k=4),
+            positions="compact",
+        ),
+        "videokv's own: rekv's faithful layer-wise per-layer top-64 frame blocks, plus the 4 subtitle or "
+        "transcript blocks whose words best match the question; every block waits off the fastest tier "
+        "(host RAM beside an accelerator, disk on a CPU) and only the retrieved ones are loaded",
+        "ReKV (retrieval, ingest window, compact positions) + Video-RAG-style lexical text retrieval "
+        "(WithText) + ReKV's / Video-X²L's offloaded KV (the store's cold lane)",
+    ),
 }
+
+# the memory of `ask`, `stream`, `serve` and the Python API when none is given
+DEFAULT_PRESET = "videokv"
 
 
 def get_preset(name: str) -> MemoryConfig:

@@ -11,7 +11,7 @@ from videokv import TextEvent, VideoQA, get_preset
 from videokv.engine import Frame
 from videokv.errors import ConfigError
 from videokv.policies.retrieve import TopK
-from videokv.policies.retrieve.text_match import TextMatch, words
+from videokv.policies.retrieve.text_match import TextMatch, WithText, words
 
 LINES = [
     "[1.0s] The weather is grey again today.\n",
@@ -51,13 +51,20 @@ def test_text_k_needs_a_memory_preset():
         get_preset("full").with_overrides(["text_k=2"])
     with pytest.raises(ConfigError, match="text_k"):
         get_preset("rekv").with_overrides(["text_k=-1"])
-    assert get_preset("rekv").with_overrides(["text_k=2"]).text_k == 2
+    wrapped = get_preset("rekv").with_overrides(["text_k=2"])
+    assert wrapped.retrieve == WithText(base=get_preset("rekv").retrieve, k=2)
+    # a second text_k replaces the first (no double wrapping); text_k=0 unwraps
+    assert wrapped.with_overrides(["text_k=3"]).retrieve == WithText(base=get_preset("rekv").retrieve, k=3)
+    assert wrapped.with_overrides(["text_k=0"]).retrieve == get_preset("rekv").retrieve
+    # the combinator's own parameters are reachable as nested overrides
+    assert wrapped.with_overrides(["retrieve.base.k=5"]).retrieve.base.k == 5
 
 
 def _session(family: str, text_k: int):
     """A rekv session retrieving one block per layer, over 6 frames and 4 subtitle lines (one planted)."""
     model, tok = get_tiny(family)
-    config = dataclasses.replace(get_preset("rekv"), retrieve=TopK(k=1), text_k=text_k)
+    retrieve = WithText(TopK(k=1), k=text_k) if text_k else TopK(k=1)
+    config = dataclasses.replace(get_preset("rekv"), retrieve=retrieve)
     s = VideoQA.from_model(model, tok, memory=config).session()
     lines = [
         TextEvent(2.0 * i + 0.5, 2.0 * i + 1.0, f"ordinary line number {i} about the street")
@@ -89,5 +96,5 @@ def test_session_adds_the_matching_line_to_every_layer(family, tmp_path):
     with_text.save(tmp_path / "s")
     model, tok = get_tiny(family)
     loaded = VideoQA.from_model(model, tok).load_session(tmp_path / "s")
-    assert loaded.engine.config.text_k == 1
+    assert loaded.engine.config.retrieve == WithText(TopK(k=1), k=1)
     assert fact in spans(loaded.ask(question, max_new_tokens=2))

@@ -40,6 +40,8 @@ class Catalog:
     # [N, L] bool: which layers a block holds tokens at (None: every block at every layer). A block absent
     # from a layer (StreamKV keeps different frames per layer) scores -inf there.
     present: torch.Tensor | None = None
+    # the question's text (what `WithText` matches the text blocks' words against); "" when not given
+    question: str = ""
 
     def __post_init__(self) -> None:
         if self.rkeys.dim() != 3:

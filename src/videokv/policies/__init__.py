@@ -19,6 +19,7 @@ def registry() -> dict[str, dict[str, type]]:
         retrieve.LayerAdaptive,
         retrieve.Hierarchical,
         retrieve.BilevelReload,
+        retrieve.WithText,
         UniformSample,
     )
     return {

@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 
 from videokv.api import GenerationOptions, VideoQA
 from videokv.errors import InputError, SubtitleError, VideoError, VideoKVError
-from videokv.presets import PRESETS
+from videokv.presets import DEFAULT_PRESET, PRESETS
 from videokv.server import limits as L
 from videokv.server import schemas as S
 from videokv.server.limits import GuardMiddleware, HostPolicy, Limits
@@ -191,7 +191,7 @@ def create_app(
     max_sessions: int = 16,
     session_bytes: int | None = None,
     *,
-    default_memory: str = "rekv",
+    default_memory: str = DEFAULT_PRESET,
     chunk_frames: int = 8,
     model_name: str | None = None,
     limits: Limits | None = None,

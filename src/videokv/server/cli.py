@@ -50,11 +50,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args: Callable) -> No
     )
     _add_limit_args(serve)
     add_model_args(serve)
-    for action in serve._actions:  # the model options' --memory says "default: full"; the server's is rekv
-        if action.dest == "memory":
-            action.default = "rekv"
-            action.help = (action.help or "").replace("(default: full)", "(default: rekv)")
-    serve.set_defaults(func=cmd_serve, memory="rekv")
+    serve.set_defaults(func=cmd_serve)
 
     stream = sub.add_parser(
         "stream",
@@ -78,7 +74,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args: Callable) -> No
     )
     stream.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     add_model_args(stream)
-    stream.set_defaults(func=cmd_stream, memory="rekv")
+    stream.set_defaults(func=cmd_stream)
 
 
 def _add_limit_args(serve: argparse.ArgumentParser) -> None:

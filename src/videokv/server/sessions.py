@@ -35,7 +35,7 @@ from videokv.config import MemoryConfig
 from videokv.engine import Frame
 from videokv.errors import ConfigError, InputError, VideoKVError
 from videokv.persist import SaveError, load_config, read_save, restore_engine, save_engine
-from videokv.presets import resolve_memory
+from videokv.presets import DEFAULT_PRESET, resolve_memory
 from videokv.qa import DEFAULT_SYSTEM
 from videokv.server.journal import Journal
 from videokv.server.live import Item, LiveSource, chunked, is_live
@@ -414,7 +414,7 @@ class SessionManager:
 
     async def create(
         self,
-        memory: str = "rekv",
+        memory: str = DEFAULT_PRESET,
         memory_set: list[str] | None = None,
         fps: float = 1.0,
         name: str | None = None,

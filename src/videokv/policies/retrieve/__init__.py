@@ -6,7 +6,7 @@
 - `LayerAdaptive`: StreamKV's top-k with layer-adaptive counts.
 - `Hierarchical`: MuKV's multi-granularity retrieval with context re-ranking.
 - `BilevelReload`: Video-X²L's selective re-loading of lightly compressed units.
-- `TextMatch`: the text blocks matching the question's words, added on top of any of them (`text_k`).
+- `WithText`: any of them plus the text blocks matching the question's words (`TextMatch`; `text_k=N`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from videokv.policies.retrieve.bilevel_reload import BilevelReload
 from videokv.policies.retrieve.hierarchical import Hierarchical
 from videokv.policies.retrieve.layer_adaptive import LayerAdaptive
 from videokv.policies.retrieve.recent import Recent
-from videokv.policies.retrieve.text_match import TextMatch
+from videokv.policies.retrieve.text_match import TextMatch, WithText
 from videokv.policies.retrieve.topk import TopK
 
 __all__ = [
@@ -31,4 +31,5 @@ __all__ = [
     "Retriever",
     "TextMatch",
     "TopK",
+    "WithText",
 ]

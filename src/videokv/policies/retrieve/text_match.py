@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from videokv.errors import ConfigError
+from videokv.policies.retrieve.base import Catalog, LayerwiseForward, Query, Retriever
+from videokv.policies.retrieve.topk import TopK
 
 _WORD = re.compile(r"[^\W_]+")
 # question and function words that say nothing about where the answer is
@@ -39,8 +41,8 @@ class TextMatch:
     retrieves ASR/OCR text for the question); this does the same, training-free and on the CPU: a text
     block's score is the sum of the inverse document frequencies ``log((N + 1) / (df + 0.5))`` (N text
     blocks in memory, df those containing the word) of the question's content words it contains. Blocks
-    scoring 0 are never added; ties go to the newer block. An addition on top of any retriever (the
-    config's ``text_k`` field), off in the paper presets.
+    scoring 0 are never added; ties go to the newer block. Added on top of any retriever by the `WithText`
+    combinator (``--memory-set text_k=N``), off in the paper presets.
 
     Parameters
     ----------
@@ -68,3 +70,51 @@ class TextMatch:
         scored = [(s, r) for s, r in scored if s > 0]
         scored.sort(key=lambda x: (-x[0], -x[1]))
         return [r for _, r in scored[: self.k]]
+
+
+def _default_base() -> Retriever:
+    return TopK()
+
+
+@dataclass(frozen=True)
+class WithText(Retriever):
+    """A retriever combinator: `base`'s blocks on every layer, plus the `k` text blocks whose words best
+    match the question (`TextMatch`), merged in stream order without duplicates.
+
+    Lexical matching of timed text is videokv's addition to the papers' dense retrieval (named, off in their
+    presets, on in `videokv`); ``--memory-set text_k=N`` wraps a preset's retriever in it.
+
+    Parameters
+    ----------
+    base : Retriever
+        The dense retriever whose choice is extended (default: ReKV's `TopK`).
+    k : int
+        Text blocks added (>= 0; 0 adds nothing).
+    """
+
+    name: ClassVar[str] = "with_text"
+    base: Retriever = field(default_factory=_default_base)
+    k: int = 4
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, Retriever):
+            raise ConfigError(f"WithText: base must be a retriever; got {self.base!r}")
+        TextMatch(self.k)  # validates k
+
+    def _matched(self, catalog: Catalog) -> list[int]:
+        return TextMatch(self.k).select(catalog.question, catalog.texts or [])
+
+    def _extend(self, catalog: Catalog, selection: list[list[int]]) -> list[list[int]]:
+        matched = self._matched(catalog)
+        if not matched:
+            return selection
+        return [catalog.in_stream_order(set(layer) | set(matched)) for layer in selection]
+
+    def layerwise_query(self) -> bool:
+        return self.base.layerwise_query()
+
+    def select(self, catalog: Catalog, query: Query) -> list[list[int]]:
+        return self._extend(catalog, self.base.select(catalog, query))
+
+    def select_layerwise(self, catalog: Catalog, forward: LayerwiseForward) -> list[list[int]]:
+        return self._extend(catalog, self.base.select_layerwise(catalog, forward))

@@ -209,7 +209,7 @@ async function loadPresets() {
     select.append(el("option", { value: p.name, title: p.summary || "" }, p.name));
   }
   const names = presets.map((p) => p.name);
-  select.value = names.includes(previous) ? previous : names.includes("rekv") ? "rekv" : names[0] || "";
+  select.value = names.includes(previous) ? previous : names.includes("videokv") ? "videokv" : names[0] || "";
   select.presets = presets;
   showPresetSummary();
 }
@@ -252,7 +252,7 @@ async function createSession(event) {
   await guarded($("session-create"), async () => {
     const fps = parseFloat($("fps").value);
     const body = {
-      memory: $("preset").value || "rekv",
+      memory: $("preset").value || "videokv",
       memory_set: [],
       fps: Number.isFinite(fps) ? fps : 1.0,
       name: $("session-name").value.trim() || null,
