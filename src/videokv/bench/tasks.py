@@ -16,9 +16,10 @@ families in `tasks` in turn:
 - ``multihop``: two lines that only together answer ("The florist is called Aisha." ... "Aisha works at the
   harbour." -> "Where does the florist work?").
 
-Every question is asked after all its lines (evidence: every needed line's span), alternately open and
-multiple choice; no event, role, name or place is planted twice in a stream (a counting line is repeated by
-design, and nothing else says it), so each question has one answer; distractors name none of them.
+Every question is asked after all its lines (evidence: every needed line's span); each family's questions
+are alternately open and multiple choice (so are the questions of one round of the families); no event,
+role, name or place is planted twice in a stream (a counting line is repeated by design, and nothing else
+says it), so each question has one answer; distractors name none of them.
 Everything is determined by the rng.
 """
 
@@ -119,6 +120,65 @@ EVENTS = (
         "A sand sculptor finishes a dragon made of sand.",
         "the sand sculptor finished the sand dragon",
     ),
+)
+
+EVENTS += (
+    Event(
+        "the stilt walker",
+        "A performer on stilts strides through the crowd.",
+        "the stilt walker strode through the crowd",
+    ),
+    Event(
+        "the ice cream van", "An ice cream van stops and plays its tune.", "the ice cream van played its tune"
+    ),
+    Event(
+        "the cycle rickshaw",
+        "A cycle rickshaw carries two passengers past.",
+        "the cycle rickshaw carried two passengers past",
+    ),
+    Event(
+        "the tractor", "A tractor towing hay bales rumbles through town.", "the tractor rumbled through town"
+    ),
+    Event(
+        "the chalk artist",
+        "A chalk artist finishes a portrait on the paving stones.",
+        "the chalk artist finished a portrait",
+    ),
+    Event(
+        "the drummer",
+        "A drummer starts playing on upturned buckets.",
+        "the drummer started playing on buckets",
+    ),
+    Event("the magpie", "A magpie steals a spoon from a terrace table.", "the magpie stole a spoon"),
+    Event(
+        "the hailstorm", "A short hailstorm rattles on the awnings.", "the hailstorm rattled on the awnings"
+    ),
+    Event("the rainbow", "A rainbow appears over the hills.", "the rainbow appeared over the hills"),
+    Event("the mounted officer", "A police officer on horseback rides by.", "the mounted officer rode by"),
+    Event(
+        "the street lights",
+        "The street lights flicker and go out for a moment.",
+        "the street lights went out",
+    ),
+    Event(
+        "the public piano",
+        "Someone starts playing the public piano.",
+        "someone started playing the public piano",
+    ),
+    Event(
+        "the tightrope walker",
+        "A tightrope walker balances high above the street.",
+        "the tightrope walker balanced above the street",
+    ),
+    Event(
+        "the goat",
+        "A goat escapes from the petting zoo and trots by.",
+        "the goat escaped from the petting zoo",
+    ),
+    Event(
+        "the skydivers", "Skydivers with smoke trails drift down from the sky.", "the skydivers drifted down"
+    ),
+    Event("the bagpiper", "A bagpiper in a kilt plays a slow tune.", "the bagpiper played a slow tune"),
 )
 
 #: Repeated events for counting questions: (the line, planted verbatim each time; the question).
@@ -399,7 +459,7 @@ def task_track(
             "task": plan.family,
             "evidence": [list(s) for s in sorted(needed)],
         }
-        if j % 2 == 1:  # every other question is multiple choice
+        if (j // len(tasks) + j % len(tasks)) % 2 == 1:  # each family alternately open and multiple choice
             if "time" in q:
                 choices = [q["answer"], *_time_choices(q["time"], asked, rng)]
             elif "options" in q:
