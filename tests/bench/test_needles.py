@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,15 @@ def test_speech_needles_speak_the_facts_instead_of_subtitling_them(tmp_path):
         words = re.findall(r"[a-z0-9]+", line.text.lower())
         heard_words = set(re.findall(r"[a-z0-9]+", near))
         assert sum(w in heard_words for w in words) >= 0.6 * len(words), (line.text, near)  # said there
+
+
+def test_default_streams_are_byte_identical_to_the_generator_before_task_families(needles):
+    """`--tasks retrieval` (the default) writes exactly what the generator wrote before the task families
+    existed: tests/bench/samples/needles/ holds that generator's output for these arguments."""
+    out, path = needles
+    golden = Path(__file__).parent / "samples" / "needles"
+    assert path.read_bytes() == (golden / "needles.json").read_bytes()
+    for name in ("needles-0.5min.srt", "needles-1min.srt"):
+        assert (out / "subtitles" / name).read_bytes() == (golden / "subtitles" / name).read_bytes()
+    explicit = make_needles(out / "again", minutes=[0.5, 1], questions=4, seed=3, tasks=["retrieval"])
+    assert explicit.read_bytes() == path.read_bytes()

@@ -1,6 +1,7 @@
 """Benchmarks of answer quality: the dataset format, converters, needle streams, the runner and the report."""
 
 from videokv.bench.dataset import (
+    TASKS,
     Conversation,
     DatasetError,
     VideoEntry,
@@ -10,6 +11,7 @@ from videokv.bench.dataset import (
 )
 
 __all__ = [
+    "TASKS",
     "Conversation",
     "DatasetError",
     "VideoEntry",

@@ -26,6 +26,18 @@ def _minutes(text: str) -> list[float]:
     return values
 
 
+def _tasks(text: str) -> list[str]:
+    from videokv.bench.tasks import FAMILIES
+
+    values = _csv(text)
+    unknown = [t for t in values if t not in FAMILIES]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated task families from {','.join(FAMILIES)}; got {text!r}"
+        )
+    return values
+
+
 def add_parser(sub: argparse._SubParsersAction, add_model_args: Callable) -> None:
     bench = sub.add_parser("bench", help="quality benchmarks: datasets, needle streams, runs and reports")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
@@ -46,6 +58,18 @@ def add_parser(sub: argparse._SubParsersAction, add_model_args: Callable) -> Non
     needles.add_argument("--questions", type=int, default=8, help="questions per stream (default: 8)")
     needles.add_argument("--seed", type=int, default=0)
     needles.add_argument("--name", default="needles", help="dataset name (default: needles)")
+    needles.add_argument(
+        "--tasks",
+        type=_tasks,
+        default=["retrieval"],
+        metavar="FAMILIES",
+        help="comma-separated task families, dealt to the questions in turn (default: retrieval): "
+        "retrieval (one planted fact), ordering (which of 3-4 events came first / last, in what order), "
+        "counting (how many times an event happened, 2-9 times over the stream), temporal (what happened "
+        "just before / after an event, at about what time), multihop (a fact that needs two lines: "
+        "'The florist is called Aisha.' + 'Aisha works at the harbour.'); e.g. "
+        "--tasks retrieval,ordering,counting,temporal,multihop",
+    )
     needles.add_argument(
         "--speech",
         action="store_true",
@@ -106,7 +130,13 @@ def cmd_make_needles(args: argparse.Namespace) -> int:
     from videokv.bench.needles import make_needles
 
     path = make_needles(
-        args.out, args.minutes, questions=args.questions, seed=args.seed, name=args.name, speech=args.speech
+        args.out,
+        args.minutes,
+        questions=args.questions,
+        seed=args.seed,
+        name=args.name,
+        speech=args.speech,
+        tasks=args.tasks,
     )
     print(path)
     return 0

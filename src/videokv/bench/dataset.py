@@ -16,6 +16,7 @@ The shape is the one used by ReKV-style streaming benchmarks, plus subtitles::
             "start_time": 0.0,
             "end_time": 120.0,                   # the stream is ingested up to here, then it is asked
             "question_type": "attribute",        # optional
+            "task": "retrieval",                 # optional: the task family (TASKS), default retrieval
             "evidence": [[95.0, 101.5]]          # optional: where the answer is
           }
         ]
@@ -44,6 +45,7 @@ from videokv.qa import normalize
 
 __all__ = [
     "DURATION_TOLERANCE",
+    "TASKS",
     "Conversation",
     "DatasetError",
     "VideoEntry",
@@ -54,6 +56,11 @@ __all__ = [
 
 #: Seconds by which an end time or evidence span may pass the declared duration (rounding in annotations).
 DURATION_TOLERANCE = 1.0
+
+#: The task families a question may belong to (its ``task`` field; docs/DATASET.md). The scorer reads open
+#: answers by family (a count as a digit or a word, an order as a sequence, a time with a tolerance), and
+#: the report breaks accuracy down by family. ``other``: a converted question whose source names none.
+TASKS = ("retrieval", "ordering", "counting", "temporal", "multihop", "other")
 
 #: At most this many problems are listed in one error message.
 MAX_LISTED_PROBLEMS = 20
@@ -191,6 +198,7 @@ class Conversation:
     """One question about a video, asked when the stream has reached ``end_time`` seconds.
 
     Lists given for ``choices`` and ``evidence`` are stored as tuples; numbers are stored as floats.
+    ``task`` is the question's task family (one of :data:`TASKS`; the scorer reads open answers by it).
 
     Raises:
         DatasetError: a field is invalid (the message names the field and what was expected).
@@ -203,6 +211,7 @@ class Conversation:
     choices: tuple[str, ...] | None = None
     question_type: str | None = None
     evidence: tuple[tuple[float, float], ...] = ()
+    task: str = "retrieval"
 
     def __post_init__(self) -> None:
         if not isinstance(self.question, str) or not self.question.strip():
@@ -215,6 +224,8 @@ class Conversation:
         object.__setattr__(self, "end_time", end)
         if self.question_type is not None and not isinstance(self.question_type, str):
             raise FieldError("question_type", "a string or null", self.question_type)
+        if self.task not in TASKS:
+            raise FieldError("task", f"one of {', '.join(TASKS)} (or no task: retrieval)", self.task)
         object.__setattr__(self, "evidence", _check_evidence(self.evidence))
         index = None
         if self.choices is not None:
@@ -247,6 +258,8 @@ class Conversation:
         out["end_time"] = self.end_time
         if self.question_type is not None:
             out["question_type"] = self.question_type
+        if self.task != "retrieval":
+            out["task"] = self.task
         if self.evidence:
             out["evidence"] = [[t0, t1] for t0, t1 in self.evidence]
         return out
@@ -368,7 +381,16 @@ def _rel(path: Path, base: Path | None) -> str:
 # Loading
 
 
-_CONV_FIELDS = ("question", "answer", "choices", "start_time", "end_time", "question_type", "evidence")
+_CONV_FIELDS = (
+    "question",
+    "answer",
+    "choices",
+    "start_time",
+    "end_time",
+    "question_type",
+    "evidence",
+    "task",
+)
 
 
 def _conversation_from(raw: Any, prefix: str) -> Conversation:
@@ -381,8 +403,9 @@ def _conversation_from(raw: Any, prefix: str) -> Conversation:
     kwargs = {k: raw[k] for k in _CONV_FIELDS if k in raw}
     if kwargs.get("start_time") is None:
         kwargs["start_time"] = 0.0
-    if kwargs.get("evidence") is None:
-        kwargs.pop("evidence", None)
+    for optional in ("evidence", "task"):
+        if kwargs.get(optional) is None:
+            kwargs.pop(optional, None)
     try:
         return Conversation(**kwargs)
     except FieldError as e:

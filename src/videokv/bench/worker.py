@@ -106,7 +106,7 @@ def run_job(job: dict, emit: Callable[[dict], None], qa: VideoQA | None = None) 
                 reached = step
         if skip_reason is not None:
             if i not in done:
-                emit({**base, "skipped": skip_reason, "question": conv.question})
+                emit({**base, "skipped": skip_reason, "question": conv.question, "task": conv.task})
             continue
         wall_ingest = time.perf_counter() - t0
         if i in done:
@@ -123,6 +123,7 @@ def run_job(job: dict, emit: Callable[[dict], None], qa: VideoQA | None = None) 
                 **base,
                 "question": conv.question,
                 "question_type": conv.question_type,
+                "task": conv.task,
                 "gold": conv.answer,
                 "choices": list(conv.choices) if conv.choices else None,
                 "prediction": answer.text,
@@ -133,6 +134,7 @@ def run_job(job: dict, emit: Callable[[dict], None], qa: VideoQA | None = None) 
                     conv.choices,
                     answer.choice,
                     conv.answer_index,
+                    conv.task,
                 ),
                 "evidence_recall": evidence_recall(conv.evidence, attended),
                 "evidence": [[e.t0, e.t1, e.kind, e.level] for e in answer.evidence],

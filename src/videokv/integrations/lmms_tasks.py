@@ -3,7 +3,8 @@
 `write_lmms_tasks(dataset, out, name)` writes into `out`:
   <name>.jsonl     one row per question: the video and subtitle paths (absolute), question, options, answer
   <name>.yaml      task `<name>`: the open questions, `generate_until`, metric `accuracy` (the answer
-                   matches the reference as videokv's benchmarks judge it: `videokv.qa.matches`)
+                   matches the reference as videokv's benchmarks judge it: `videokv.bench.metrics.is_correct`,
+                   by the question's task family)
   <name>_mc.yaml   task `<name>_mc`: the multiple-choice questions, lmms-eval's `multiple_choice` (each
                    option scored by `loglikelihood`), metrics `acc` / `acc_norm`
   utils.py         the tasks' functions (this module's `doc_to_*` / `process_results`)
@@ -19,8 +20,9 @@ import json
 from pathlib import Path
 
 from videokv.bench.dataset import load_dataset
+from videokv.bench.metrics import is_correct
 from videokv.errors import InputError
-from videokv.qa import matches, question_text
+from videokv.qa import question_text
 
 _TASK = """\
 task: {task}
@@ -61,6 +63,7 @@ def write_lmms_tasks(dataset: str | Path, out: str | Path, name: str = "videokv_
                     "answer": conv.answer,
                     "answer_index": -1 if conv.answer_index is None else conv.answer_index,
                     "question_type": conv.question_type or "",
+                    "task": conv.task,
                 }
             )
     if not rows:
@@ -133,5 +136,7 @@ def doc_to_choice(doc: dict) -> list[str]:
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
-    """accuracy 1.0 when the answer matches the reference (`videokv.qa.matches`), else 0.0."""
-    return {"accuracy": float(matches(results[0], doc["answer"]))}
+    """accuracy 1.0 when the answer matches the reference as `videokv bench` judges an open answer of the
+    question's task family (`videokv.bench.metrics.is_correct`), else 0.0."""
+    task = doc.get("task") or "retrieval"
+    return {"accuracy": float(is_correct(results[0], doc["answer"], None, None, None, task))}

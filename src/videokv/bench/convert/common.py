@@ -40,6 +40,7 @@ __all__ = [
     "read_list",
     "read_records",
     "strip_option_labels",
+    "task_family",
     "video_candidates",
 ]
 
@@ -323,6 +324,18 @@ def parse_clock(value: Any) -> float:
     return seconds
 
 
+def task_family(question_type: str | None, families: dict[str, str], *, prefix: bool = False) -> str:
+    """The task family (`videokv.bench.dataset.TASKS`) that a source's question type names, by ``families``
+    (source type, lower case -> family; with ``prefix``, the type's part before the first ``_``), or
+    ``"other"`` when the source's type names none of them (or there is no type)."""
+    if not question_type:
+        return "other"
+    key = question_type.strip().lower()
+    if prefix:
+        key = key.split("_", 1)[0]
+    return families.get(key, "other")
+
+
 def strip_option_labels(options: Sequence[str]) -> list[str]:
     """Drop ``"A. "``-style labels from options when every option carries its own letter in order
     (``["A. Red", "B. Blue"]`` -> ``["Red", "Blue"]``); otherwise return the options unchanged."""
@@ -361,6 +374,7 @@ class _Question:
     end_time: float | None  # None: the whole video (its duration)
     question_type: str | None
     evidence: list[tuple[float, float]]
+    task: str = "other"
 
 
 @dataclass
@@ -431,9 +445,11 @@ class Builder:
         end_time: float | None = None,
         question_type: str | None = None,
         evidence: Sequence[tuple[float, float]] = (),
+        task: str = "other",
     ) -> None:
         """Add a question to a registered video. ``end_time=None`` means the whole video: the end time
-        becomes the video's duration (from the annotation, else probed from the file)."""
+        becomes the video's duration (from the annotation, else probed from the file). ``task``: the task
+        family the source's question type names (:func:`task_family`); ``"other"`` when it names none."""
         self._videos[video_id].questions.append(
             _Question(
                 record,
@@ -444,6 +460,7 @@ class Builder:
                 end_time,
                 question_type,
                 list(evidence),
+                task,
             )
         )
 
@@ -506,6 +523,7 @@ class Builder:
                     choices=tuple(q.choices) if q.choices is not None else None,
                     question_type=q.question_type,
                     evidence=tuple(q.evidence),
+                    task=q.task,
                 )
             except FieldError as e:
                 raise DatasetError(f"{self.annotation}: {q.record}: {e}") from None

@@ -16,16 +16,21 @@ or the folder of them (every ``*.json`` in it, sorted by name).
 Mapping: one entry per video file (``video_id`` = the file name without extension; the task folder is put
 in front when two tasks have different files of the same name); ``candidates`` -> ``choices``; the answer is
 kept as the text of the right candidate (a letter answer is resolved to it); ``question_type`` as given;
-``duration`` from the record; offline benchmark, so every question has ``start_time`` 0 and ``end_time`` =
-the duration (probed from the file when the record has none).
+``question_type`` -> ``task`` where it names a family (``count`` -> counting, ``order`` -> ordering,
+``needle`` -> retrieval; any other type -> other); ``duration`` from the record; offline benchmark, so
+every question has ``start_time`` 0 and ``end_time`` = the duration (probed from the file when the record
+has none).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from videokv.bench.convert.common import Builder, Converted, Record, check_folder, read_list
+from videokv.bench.convert.common import Builder, Converted, Record, check_folder, read_list, task_family
 from videokv.bench.dataset import DatasetError
+
+#: MLVU's task names (``question_type``) that are task families of videokv's benchmarks.
+FAMILIES = {"count": "counting", "order": "ordering", "needle": "retrieval", "needleqa": "retrieval"}
 
 
 def _annotation_files(annotation: Path) -> list[Path]:
@@ -102,5 +107,6 @@ def convert_mlvu(
                 answer=answer,
                 choices=choices,
                 question_type=rec.optional_text("question_type"),
+                task=task_family(rec.optional_text("question_type"), FAMILIES),
             )
     return builder.build()

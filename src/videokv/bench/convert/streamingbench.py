@@ -20,7 +20,8 @@ Videos: ``<video folder>/<file name of video_path>`` (the repository's ``src/dat
 
 Mapping: one entry per video file (``video_id`` = file name without extension); ``time_stamp`` ->
 ``end_time`` (``start_time`` 0: the whole stream up to that moment); ``options`` without their ``"A. "``
-labels -> ``choices``; the answer letter -> the text of that option; ``task_type`` -> ``question_type``;
+labels -> ``choices``; the answer letter -> the text of that option; ``task_type`` -> ``question_type`` (and
+``Counting`` -> ``task`` counting, any other type -> other);
 questions sorted by ``end_time``. The entry ``time`` field (a span whose meaning the repository does not
 document) is not mapped.
 """
@@ -36,6 +37,7 @@ from videokv.bench.convert.common import (
     check_folder,
     read_list,
     strip_option_labels,
+    task_family,
 )
 
 
@@ -106,5 +108,6 @@ def convert_streamingbench(
                 start_time=0.0,
                 end_time=q.seconds("time_stamp"),
                 question_type=q.optional_text("task_type"),
+                task=task_family(q.optional_text("task_type"), {"counting": "counting"}),
             )
     return builder.build(sort_by_time=True)

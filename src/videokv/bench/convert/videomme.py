@@ -21,8 +21,9 @@ record has no ``videoID`` (the template), ``<video_id>.mp4``. Subtitles: ``<subt
 
 Mapping: one entry per video (``video_id`` = ``videoID``, the file's name, else ``video_id``); ``options``
 without their ``"A. "`` labels -> ``choices``; the answer letter -> the text of that option; ``task_type`` ->
-``question_type``; ``subtitles`` as above; offline benchmark, so ``start_time`` 0 and ``end_time`` = the
-video's duration, probed from the file (the ``duration`` field is a category: short, medium or long).
+``question_type`` (and ``Counting Problem`` -> ``task`` counting, any other type -> other); ``subtitles``
+as above; offline benchmark, so ``start_time`` 0 and ``end_time`` = the video's duration, probed from the
+file (the ``duration`` field is a category: short, medium or long).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from videokv.bench.convert.common import (
     check_folder,
     read_list,
     strip_option_labels,
+    task_family,
     video_candidates,
 )
 
@@ -70,6 +72,7 @@ def _add_question(builder: Builder, rec: Record, video: Record, root: Path, subs
         answer=answer,
         choices=options,
         question_type=rec.optional_text("task_type"),
+        task=task_family(rec.optional_text("task_type"), {"counting problem": "counting"}),
     )
 
 

@@ -16,7 +16,8 @@ Videos: ``<video folder>/<video>`` (the path as given), else ``<video folder>/<f
 
 Mapping: one entry per video file (``video_id`` = file name without extension) with one question per try,
 in file order; ``options`` -> ``choices``; ``gt`` -> the answer, as the option's text; ``type`` ->
-``question_type``; offline benchmark, so ``start_time`` 0 and ``end_time`` = the video's duration, probed
+``question_type``, and its prefix -> ``task`` (``ret`` -> retrieval, ``ord`` -> ordering, ``cnt`` ->
+counting); offline benchmark, so ``start_time`` 0 and ``end_time`` = the video's duration, probed
 from the file.
 """
 
@@ -24,7 +25,10 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from videokv.bench.convert.common import Builder, Converted, Record, check_folder, read_list
+from videokv.bench.convert.common import Builder, Converted, Record, check_folder, read_list, task_family
+
+#: VNBench's task prefixes (``type`` before the first ``_``: ``ord_insert2`` -> ``ord``) and their families.
+FAMILIES = {"ret": "retrieval", "ord": "ordering", "cnt": "counting"}
 
 
 def convert_vnbench(
@@ -71,5 +75,6 @@ def convert_vnbench(
             answer=answer,
             choices=options,
             question_type=rec.optional_text("type"),
+            task=task_family(rec.optional_text("type"), FAMILIES, prefix=True),
         )
     return builder.build()
