@@ -18,7 +18,7 @@ from videokv.bench.dataset import TASKS
 from videokv.bench.runner import read_records
 from videokv.errors import InputError
 
-PRESET_ORDER = ("full", "window", "uniform", "rekv", "streamkv", "mukv", "x2l")
+PRESET_ORDER = ("full", "window", "uniform", "rekv", "streamkv", "mukv", "x2l", "videokv")
 
 
 def _mean(xs: list[float]) -> float | None:
