@@ -151,6 +151,7 @@ class Engine:
         self.last_interval = frame_interval  # the frame interval of the last ingest (for pending frames)
         self.trace: list[Piece] | None = None  # set to [] to record every piece forwarded into the context
         self.retrieved: list[list[int]] | None = None  # memory mode: per layer, the last question's rows
+        self.context_lengths: list[int] | None = None  # per layer, the last question's context (with sinks)
         # 1. the header: its first `sinks` tokens are the attention sinks
         with torch.no_grad():
             piece = adapter.text_piece(self.layout.header, 0, kind="prompt")
@@ -602,6 +603,7 @@ class Engine:
             evidence = sorted(evidence + _lead_evidence(lead), key=lambda e: (e.t0, e.t1))
             retrieval_s = time.perf_counter() - t_start
             context_tokens = context.lengths()
+            self.context_lengths = context_tokens  # for inspection: per layer, sinks included
             if choices:
                 best, scores, free, stats = yield from self.decoder.pick_choice_steps(
                     context, cursor, question, choices, max_new_tokens, lead
@@ -675,7 +677,7 @@ class Engine:
 
             def forward(choose: Callable[[int, torch.Tensor], list[int]]) -> None:
                 def context(layer: int, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                    rows = choose(layer, q)
+                    rows = catalog.one_level(choose(layer, q))
                     blocks = sorted((self._load(r, loaded) for r in rows), key=lambda b: b.index)
                     return assemble_layer(
                         *sinks[layer],
@@ -699,6 +701,7 @@ class Engine:
                 bare.n_tokens,
             )
             selection = retriever.select(catalog, query)
+        selection = [catalog.one_level(layer) for layer in selection]  # never a unit at two levels
         self.retrieved = selection  # for inspection: the rows each layer saw at the last question
         rows = sorted({r for layer in selection for r in layer})
         loaded = {r: self._load(r, loaded) for r in rows}

@@ -12,6 +12,8 @@ Positions follow the PositionPolicy:
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from videokv.memory.block import KVBlock
@@ -19,6 +21,38 @@ from videokv.memory.cache import ContextCache
 from videokv.models.rope import angles, apply_rotation
 
 POSITION_POLICIES = ("keep", "compact")
+
+
+def distinct_tokens(blocks: list[KVBlock], layer: int) -> list[KVBlock]:
+    """`blocks` with every stream token at most once on `layer`: where blocks of one unit overlap (MuKV's
+    patch, frame and segment blocks keep tokens of the same frames), a later block drops the tokens an
+    earlier one already holds (a token is known by its stored stream position). Blocks of distinct units
+    pass untouched (the usual case, at no cost)."""
+    units = [b.unit for b in blocks]
+    if len(set(units)) == len(units):
+        return blocks
+    seen: dict[int, set[tuple[int, ...]]] = {}
+    out = []
+    for b in blocks:
+        if units.count(b.unit) == 1:
+            out.append(b)
+            continue
+        have = seen.setdefault(b.unit, set())
+        cols = [tuple(c) for c in b.positions[layer].T.tolist()]
+        fresh = [i for i, c in enumerate(cols) if c not in have]
+        have.update(cols)
+        if len(fresh) == len(cols):
+            out.append(b)
+            continue
+        if not fresh:
+            continue
+        idx = torch.tensor(fresh, dtype=torch.long, device=b.keys[layer].device)
+        keys, values, positions = list(b.keys), list(b.values), list(b.positions)
+        keys[layer] = b.keys[layer].index_select(-2, idx)
+        values[layer] = b.values[layer].index_select(-2, idx)
+        positions[layer] = b.positions[layer].index_select(1, idx.to(b.positions[layer].device))
+        out.append(dataclasses.replace(b, keys=keys, values=values, positions=positions))
+    return out
 
 
 def compact_positions(positions: list[torch.Tensor], start: int) -> tuple[list[torch.Tensor], int]:
@@ -51,6 +85,7 @@ def assemble(
     sink_keys/values: per layer [1, kv_heads, n_sinks, d] (positions 0..sink_end-1). selection: per layer,
     the blocks that layer sees, in stream order. cursor: the stream's next position (for "keep").
     """
+    selection = [distinct_tokens(blocks, layer) for layer, blocks in enumerate(selection)]
     keys, values = [], []
     if policy == "keep":
         for layer, blocks in enumerate(selection):
@@ -100,6 +135,7 @@ def assemble_layer(
     since the question's positions are fixed before the forward (`cursor`), the whole context is shifted by
     the same offset instead (RoPE sees only relative positions, per row for M-RoPE; exact). rows: P, the rows
     of the question's position ids (3 for M-RoPE)."""
+    blocks = distinct_tokens(blocks, layer)
     k = torch.cat([sink_keys, *(b.keys[layer][None] for b in blocks)], dim=-2)
     v = torch.cat([sink_values, *(b.values[layer][None] for b in blocks)], dim=-2)
     if policy == "keep":

@@ -100,6 +100,22 @@ class Catalog:
         order = sorted(range(len(unique)), key=lambda i: (t0[i], unique[i]))
         return [unique[i] for i in order]
 
+    def one_level(self, rows: list[int]) -> list[int]:
+        """`rows` (order kept) with at most one level per unit: where the rows hold a unit at several levels
+        (both copies of a bi-level unit), only those of its first level in "full" > "L" > "H" (then the
+        first met) stay, so a context never holds the same stream tokens twice."""
+        levels: dict[int, set[str]] = {}
+        units = self.units.tolist()
+        for r in rows:
+            levels.setdefault(units[r], set()).add(self.levels[r])
+        if all(len(v) == 1 for v in levels.values()):
+            return list(rows)
+        keep: dict[int, str] = {}
+        for r in rows:
+            have = levels[units[r]]
+            keep.setdefault(units[r], next((lv for lv in LEVEL_PREFERENCE if lv in have), self.levels[r]))
+        return [r for r in rows if self.levels[r] == keep[units[r]]]
+
     def pinned_rows(self) -> list[int]:
         return [int(r) for r in torch.nonzero(self.pinned.bool()).flatten().tolist()]
 
