@@ -29,7 +29,7 @@ COMBOS = list(itertools.product(COMPRESSORS, RETRIEVERS))
 def _config(i: int, compress: str, retrieve: str) -> MemoryConfig:
     return MemoryConfig(
         name=f"{compress}+{retrieve}",
-        ingest=INGESTS[i % len(INGESTS)],
+        ingest=Independent(restart=True) if i % 8 == 5 else INGESTS[i % len(INGESTS)],  # 5: compact
         segment=SEGMENTERS[(i // 2) % len(SEGMENTERS)],
         compress=registry()["compress"][compress](),
         retrieve=registry()["retrieve"][retrieve](),

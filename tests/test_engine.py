@@ -324,3 +324,49 @@ def test_questions_never_reshape_memory(family):
         assert (a.kind, a.t0, a.t1) == (b.kind, b.t0, b.t1)
         assert all(torch.equal(ka, kb) for ka, kb in zip(a.keys, b.keys))
     assert max(e.t1 for e in answer.evidence) == pytest.approx(6.0)  # the open frames were seen
+
+
+def test_independent_restart_encodes_every_unit_as_if_it_came_first():
+    """MuKV's block encoding (Independent(restart=True)): a unit's stored keys and values do not depend on
+    where in the stream it came: unit k of a stream equals unit 0 of a fresh stream holding only that frame
+    (K/V within 1e-5, the same positions, starting right after the sinks). Without restart they differ."""
+    from videokv import MemoryConfig
+    from videokv.policies.ingest import Independent
+    from videokv.policies.retrieve import TopK
+    from videokv.policies.segment import Uniform
+
+    model, tok = get_tiny("llava_onevision")
+    frames = random_frames(5, seed=3)
+
+    def blocks(restart: bool, fs) -> list:
+        config = MemoryConfig(
+            name="t",
+            ingest=Independent(restart=restart),
+            segment=Uniform(1),
+            retrieve=TopK(k=2),
+            positions="compact",
+        )
+        s = VideoQA.from_model(model, tok, memory=config).session()
+        s.add_frames(fs, timestamps=[float(i) for i in range(len(fs))])
+        s.engine.flush()
+        return [s.engine.store.get(r) for r in range(len(s.engine.store))], s.engine.n_sinks
+
+    stream, n_sinks = blocks(True, frames)
+    alone, _ = blocks(True, frames[4:5])
+    last, first = stream[-1], alone[0]
+    assert int(last.positions[0].min()) == n_sinks
+    assert all(torch.equal(a, b) for a, b in zip(last.positions, first.positions))
+    for a, b in zip((*last.keys, *last.values), (*first.keys, *first.values)):
+        assert torch.allclose(a, b, atol=1e-5)
+    plain, _ = blocks(False, frames)
+    assert int(plain[-1].positions[0].min()) > n_sinks
+    assert not torch.allclose(plain[-1].keys[1], first.keys[1], atol=1e-5)
+
+
+def test_restart_needs_compact_positions():
+    from videokv import MemoryConfig
+    from videokv.errors import ConfigError
+    from videokv.policies.ingest import Independent
+
+    with pytest.raises(ConfigError, match="compact"):
+        MemoryConfig(ingest=Independent(restart=True), positions="keep")

@@ -70,6 +70,11 @@ class MemoryConfig:
             raise ConfigError(f"index must be 'torch' or 'faiss'; got {self.index!r}")
         if self.positions not in ("keep", "compact"):
             raise ConfigError(f"positions must be 'keep' or 'compact'; got {self.positions!r}")
+        if getattr(self.ingest, "restart", False) and self.positions != "compact":
+            raise ConfigError(
+                "ingest.restart places every unit at the same positions; it needs positions=compact "
+                "(the retrieved blocks re-placed one after another)"
+            )
         if self.sinks is not None and self.sinks < 0:
             raise ConfigError(f"sinks must be >= 0 or None; got {self.sinks}")
         for name in ("device_bytes", "host_bytes"):

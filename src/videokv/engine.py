@@ -350,6 +350,11 @@ class Engine:
         prompt = compressor.forward_prompt()
         if prompt is not None and frames:
             guidance = self.adapter.text_piece(prompt, self.cursor, kind="prompt")
+        start = self.config.ingest.unit_start(self.n_sinks)
+        if start is not None and stored:  # the ingest policy places every unit at one start (MuKV)
+            delta = start - int(stored[0].positions.min())
+            stored = [p.shifted(delta) for p in stored]
+            guidance = guidance.shifted(delta) if guidance is not None else None
         forwarded = stored + ([guidance] if guidance is not None else [])
         n_stored = sum(p.n_tokens for p in stored)
         n_new = n_stored + (guidance.n_tokens if guidance is not None else 0)

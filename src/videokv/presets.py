@@ -85,14 +85,15 @@ PRESETS: dict[str, Preset] = {
     "mukv": Preset(
         MemoryConfig(
             name="mukv",
-            ingest=Independent(),
+            ingest=Independent(restart=True),
             segment=Uniform(4),
             compress=MultiGrain(),
             retrieve=Hierarchical(),
-            positions="keep",
+            positions="compact",
         ),
-        "4-frame units prefilled independently, kept as patch/frame/segment blocks by dual-signal (attention "
-        "+ key frequency) selection; semi-hierarchical retrieval with context re-ranking",
+        "4-frame units prefilled independently, each right after the sinks; kept as patch/frame/segment "
+        "blocks by dual-signal (attention + key frequency) selection; semi-hierarchical retrieval with "
+        "context re-ranking; the retrieved blocks placed one after another, the question after them",
         "MuKV (CVPR 2026, arXiv 2605.22269), IMBALDY/MuKV",
     ),
     "x2l": Preset(

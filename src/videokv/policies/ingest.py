@@ -53,19 +53,38 @@ class Window:
             return max(1, round(self.frames * tokens_per_frame)) if tokens_per_frame else None
         return self.tokens
 
+    def unit_start(self, sink_end: int) -> int | None:
+        """Where a unit's positions start (None: at the stream's cursor)."""
+        return None
+
 
 @dataclass(frozen=True)
 class Independent:
     """Every unit is prefilled seeing only the sinks: blocks are independent of each other.
 
+    Parameters
+    ----------
+    restart: True (MuKV): every unit is prefilled at positions starting right after the sinks, as MuKV
+        encodes each block after its `n_init` initial tokens, so a block's keys do not depend on where in
+        the stream it came; blocks then share positions, and a question re-places the retrieved ones one
+        after another (needs positions="compact", which MuKV's question answering does: the retrieved
+        blocks are concatenated after the init tokens and the question follows them). False (default):
+        positions stay those of the stream.
+
     Source: MuKV (CVPR 2026, arXiv 2605.22269), which prefills each block with only the initial prompt as
-    context. Unlike MuKV, positions stay those of the stream (no aliasing of every block at one offset).
+    context (IMBALDY/MuKV ``model/abstract_mukv.py`` block encoding; ``model/attention/mukv_attention.py``
+    applies RoPE over [init | retrieved | question] at question time).
     """
 
     name: ClassVar[str] = "independent"
+    restart: bool = False
 
     def keep_tokens(self, unit_tokens: list[int], tokens_per_frame: float = 0.0) -> int | None:
         return 0
+
+    def unit_start(self, sink_end: int) -> int | None:
+        """Where a unit's positions start: right after the sinks with `restart`, else the stream's cursor."""
+        return sink_end if self.restart else None
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,10 @@ class PrevBlocks:
 
     def keep_tokens(self, unit_tokens: list[int], tokens_per_frame: float = 0.0) -> int | None:
         return sum(unit_tokens[-self.n :]) if self.n else 0
+
+    def unit_start(self, sink_end: int) -> int | None:
+        """Where a unit's positions start (None: at the stream's cursor)."""
+        return None
 
 
 INGEST_POLICIES = {cls.name: cls for cls in (Window, Independent, PrevBlocks)}
