@@ -172,6 +172,16 @@ def _add_ray_args(serve: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica (default: 1)"
     )
+    _add_gpu_arg(g)
+
+
+def _add_gpu_arg(g) -> None:
+    g.add_argument(
+        "--replica-gpus",
+        type=float,
+        default=None,
+        help="GPUs Ray reserves per replica (default: 1 with --device cuda, else 0)",
+    )
 
 
 def _serve_ray(args: argparse.Namespace, token: str | None, limits) -> int:
@@ -216,6 +226,9 @@ def _serve_ray(args: argparse.Namespace, token: str | None, limits) -> int:
         max_replicas=args.max_replicas,
         target_sessions=args.target_sessions,
         replica_cpus=args.replica_cpus,
+        replica_gpus=args.replica_gpus
+        if args.replica_gpus is not None
+        else (1.0 if (args.device or "").startswith("cuda") else 0.0),
         limits=limit_values,
     )
     return serve_cluster(options, None if args.ray == "local" else args.ray)

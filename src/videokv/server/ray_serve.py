@@ -43,6 +43,7 @@ class ServeOptions:
     max_replicas: int | None = None  # > replicas: autoscale between them on sessions held
     target_sessions: int | None = None  # sessions per replica the autoscaler aims at
     replica_cpus: float = 1.0
+    replica_gpus: float = 0.0  # GPUs Ray reserves per replica (1 with --device cuda)
     limits: dict = dataclasses.field(default_factory=dict)
     app_name: str = APP_NAME
     secret: str = dataclasses.field(default_factory=lambda: secrets.token_hex(16))
@@ -110,7 +111,7 @@ def build(options: ServeOptions):
     replica = serve.deployment(
         VideoKVReplica,
         name="VideoKVReplica",
-        ray_actor_options={"num_cpus": options.replica_cpus},
+        ray_actor_options={"num_cpus": options.replica_cpus, "num_gpus": options.replica_gpus},
         health_check_period_s=2.0,
         health_check_timeout_s=30.0,
         graceful_shutdown_timeout_s=30.0,
