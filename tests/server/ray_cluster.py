@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,12 +36,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @dataclass
 class RayCluster:
     """A head + `workers` worker nodes; `serve(...)` starts `videokv serve --ray` on it."""
@@ -69,6 +62,8 @@ class RayCluster:
         return proc
 
     def start(self) -> RayCluster:
+        """Start the head, then each worker node in turn (each started before the next: nodes started at
+        once on a loaded machine can time out registering)."""
         head = [RAY, "start", "--head", "--port", str(self.port), "--include-dashboard=false"]
         head += [
             "--ray-client-server-port",
@@ -77,19 +72,22 @@ class RayCluster:
             str(self.root / "ray"),
             *NODE_ARGS,
         ]
-        self._spawn(head, "head.log")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _listening(self.port):
-            if time.monotonic() > deadline or self.procs[0].poll() is not None:
-                raise RuntimeError(f"the Ray head did not start:\n{self.log('head.log')}")
-            time.sleep(0.2)
+        self._wait_started(self._spawn(head, "head.log"), "head.log")
         for i in range(self.workers):
-            self._spawn([RAY, "start", "--address", self.address, *NODE_ARGS], f"worker{i}.log")
+            args = [RAY, "start", "--address", self.address, *NODE_ARGS]
+            self._wait_started(self._spawn(args, f"worker{i}.log"), f"worker{i}.log")
         return self
+
+    def _wait_started(self, proc: subprocess.Popen, log: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while "Ray runtime started" not in self.log(log):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"a Ray node did not start ({log}):\n{self.log(log)}")
+            time.sleep(0.2)
 
     def log(self, name: str) -> str:
         path = self.root / name
-        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
+        return path.read_text(errors="replace")[-20000:] if path.exists() else ""
 
     def serve(self, data_dir: Path, extra: list[str], replicas: int = 2) -> str:
         """Start `videokv serve --ray` with `replicas` replicas; returns its URL once they all serve."""
