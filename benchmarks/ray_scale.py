@@ -15,7 +15,7 @@ question while the session moves) and the registry's own time to re-home it. Fin
 `--replica-mb` budgets, sessions are created until the cluster answers 429: how many each replica holds, and
 each one's peak resident bytes after ingest against its budget.
 
-    python benchmarks/ray_scale.py --out benchmarks/results/ray_scale.json     # about 8 minutes here
+    python benchmarks/ray_scale.py --out benchmarks/results/ray_scale.json     # about 6 minutes here
     python benchmarks/ray_scale.py --replicas 1 2 --sessions 4 --frames 16     # shorter
 """
 
