@@ -276,3 +276,26 @@ def test_sigkill_during_upload_rolls_the_upload_back(serve_factory, tmp_path: Pa
         )
         assert r.status_code == 200, r.text
         assert r.json()["status"]["frames"] == 4 + 80 and journal_blocks(folder) == 4 + 80
+
+
+def test_a_finished_source_is_reported_after_a_restart(serve_factory, tmp_path: Path):
+    """A source that had ended before a SIGKILL shows its terminal state ("done") after the restart, not None
+    (the journal keeps it), and is not resumed: nothing is ingested twice."""
+    clip = make_clip(tmp_path / "short.mp4", seconds=3, fps=2, seed=3)
+    server: ServerHandle = serve_factory()
+    with server.client() as client:
+        sid = client.post("/v1/sessions", json={"memory": "rekv", "fps": 2.0}).json()["id"]
+        r = client.post(f"/v1/sessions/{sid}/source", json={"url": str(clip), "realtime": False})
+        assert r.status_code == 202
+        deadline = time.monotonic() + 120
+        while (status := client.get(f"/v1/sessions/{sid}").json())["source"]["state"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert status["source"]["state"] == "done" and status["frames"] == 6
+    server.restart()
+    with server.client() as client:
+        after = client.get(f"/v1/sessions/{sid}").json()
+        assert after["source"] == status["source"]
+        assert (after["frames"], after["blocks"], after["state"]) == (6, status["blocks"], "idle")
+        time.sleep(1.0)
+        assert client.get(f"/v1/sessions/{sid}").json()["frames"] == 6

@@ -196,6 +196,9 @@ def create_app(
     model_name: str | None = None,
     limits: Limits | None = None,
     bound_host: str = "127.0.0.1",
+    restore_sessions: bool = True,
+    replica: dict | None = None,
+    manager_cls: type[SessionManager] = SessionManager,
 ) -> FastAPI:
     """The videokv service over `qa` (one model shared by every session), keeping sessions in `data_dir`.
 
@@ -204,11 +207,14 @@ def create_app(
     bytes (blocks over it spill to the session's folder; presets that cannot spill refuse ingest past it).
     limits: the per-request limits and what requests may name (server paths, URLs); bound_host: the
     address the server listens on (a Host name it answers besides loopback names and IP literals).
-    Sessions already in `data_dir` are restored from their journals when the app starts.
+    Sessions already in `data_dir` are restored from their journals when the app starts (with
+    restore_sessions=False none are: a replica of a cluster restores only the sessions it is given).
+    replica: this process's place in a cluster ({"id", "pid", "node"}), reported in every session's status.
+    manager_cls: the SessionManager (sub)class that holds the sessions.
     """
     limits = limits or Limits()
     limits.check()
-    manager = SessionManager(
+    manager = manager_cls(
         qa,
         data_dir,
         max_sessions=max_sessions,
@@ -225,7 +231,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(manager.restore_all)
+        if restore_sessions:
+            await asyncio.to_thread(manager.restore_all)
         yield
         await asyncio.to_thread(manager.close)
 
@@ -244,7 +251,9 @@ def create_app(
     # ---- errors: always {"detail": "<what to do>"} -----------------------------------------------------
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": clean(str(exc))}, status_code=exc.status)
+        retry = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry)} if retry is not None else None
+        return JSONResponse({"detail": clean(str(exc))}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(VideoKVError)
     async def _videokv_error(request: Request, exc: VideoKVError) -> JSONResponse:
@@ -281,6 +290,8 @@ def create_app(
                 st[key] = clean(st[key])
         if st.get("source") and st["source"].get("error"):
             st["source"] = {**st["source"], "error": clean(st["source"]["error"])}
+        if replica is not None:
+            st["replica"] = replica
         return st
 
     # ---- service ---------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args: Callable) -> No
         help="each session's budget of resident KV memory in MiB; older blocks spill to disk (default: none)",
     )
     _add_limit_args(serve)
+    _add_ray_args(serve)
     add_model_args(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -131,6 +132,104 @@ def _add_limit_args(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_ray_args(serve: argparse.ArgumentParser) -> None:
+    """Many replicas on Ray Serve (videokv.server.ray_serve; docs/SERVER.md, "Many workers")."""
+    g = serve.add_argument_group("many workers: Ray Serve (pip install 'videokv[ray]')")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="serve with Ray Serve: 'auto' (the running cluster), a cluster address (host:port or "
+        "ray://...), or nothing (a local Ray started for this command); --data-dir must be a folder every "
+        "node reaches",
+    )
+    g.add_argument("--replicas", type=int, default=2, help="replicas, one model each (default: 2)")
+    g.add_argument(
+        "--max-replicas",
+        type=int,
+        default=None,
+        help="autoscale between --replicas and this many on sessions held (default: no autoscaling)",
+    )
+    g.add_argument(
+        "--target-sessions",
+        type=int,
+        default=None,
+        help="sessions per replica the autoscaler aims at (default: half of --max-sessions)",
+    )
+    g.add_argument(
+        "--replica-mb",
+        type=float,
+        default=None,
+        help="each replica's budget of resident KV memory in MiB: a new session goes to a replica with room "
+        "for its --session-mb, 429 when none has (default: none; --max-sessions is per replica)",
+    )
+    g.add_argument(
+        "--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica (default: 1)"
+    )
+    _add_gpu_arg(g)
+
+
+def _add_gpu_arg(g) -> None:
+    g.add_argument(
+        "--replica-gpus",
+        type=float,
+        default=None,
+        help="GPUs Ray reserves per replica (default: 1 with --device cuda, else 0)",
+    )
+
+
+def _serve_ray(args: argparse.Namespace, token: str | None, limits) -> int:
+    import dataclasses
+
+    from videokv.server.ray_serve import ServeOptions, serve_cluster
+
+    for name in ("replicas", "max_replicas", "target_sessions"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            print(f"videokv serve: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    if args.replica_mb is not None and args.replica_mb <= 0:
+        print("videokv serve: --replica-mb must be > 0", file=sys.stderr)
+        return 2
+    session_bytes = None if args.session_mb is None else int(args.session_mb * 2**20)
+    replica_bytes = None if args.replica_mb is None else int(args.replica_mb * 2**20)
+    if replica_bytes is not None and session_bytes is not None and session_bytes > replica_bytes:
+        print(
+            "videokv serve: --session-mb is larger than --replica-mb: no session would fit", file=sys.stderr
+        )
+        return 2
+    limit_values = {
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(limits).items()
+    }
+    options = ServeOptions(
+        model=args.model,
+        data_dir=args.data_dir,
+        memory=args.memory,
+        memory_set=args.memory_set,
+        frame_tokens=_frame_tokens(args),
+        device=args.device,
+        chunk_frames=args.chunk_frames,
+        token=token,
+        host=args.host,
+        port=args.port,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_sessions=args.max_sessions,
+        session_bytes=session_bytes,
+        replica_bytes=replica_bytes,
+        replicas=args.replicas,
+        max_replicas=args.max_replicas,
+        target_sessions=args.target_sessions,
+        replica_cpus=args.replica_cpus,
+        replica_gpus=args.replica_gpus
+        if args.replica_gpus is not None
+        else (1.0 if (args.device or "").startswith("cuda") else 0.0),
+        limits=limit_values,
+    )
+    return serve_cluster(options, None if args.ray == "local" else args.ray)
+
+
 def _limits(args: argparse.Namespace):
     from videokv.server.limits import Limits
 
@@ -196,9 +295,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from videokv.presets import get_preset
-    from videokv.server.app import create_app
 
     get_preset(args.memory)  # an unknown preset fails before the model loads
+    if args.ray is not None:
+        return _serve_ray(args, token, limits)
+
+    from videokv.server.app import create_app
+
     qa = _load_qa(args)
     app = create_app(
         qa,
@@ -215,7 +318,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     where = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}"
     print(f"videokv serve: {args.model} on {where} (data in {args.data_dir})", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10)
+    # asyncio + h11 as always: the ray extra installs uvloop and httptools, which uvicorn would pick otherwise
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+        loop="asyncio",
+        http="h11",
+    )
     return 0
 
 

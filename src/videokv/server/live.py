@@ -263,6 +263,7 @@ class LiveSource:
             "transcribe": self.transcribe,
             "offset": self.offset,
             "state": self.state,
+            "error": self.error,
             # the last frame a commit covers: a commit made while a chunk is ingested includes that chunk
             "last_t": self._handing if self._handing is not None else self.last_t,
         }
@@ -343,6 +344,32 @@ class LiveSource:
         self.last_t = handed
         self.frames += n_frames
         self.chunks += 1
+
+
+class FinishedSource:
+    """A source that had ended (done, stopped or failed) before the session was restored from its journal:
+    nothing runs, but the session still reports how its source ended and keeps it in the journal."""
+
+    def __init__(self, spec: dict):
+        self._spec = dict(spec)
+        self.url: str = spec["url"]
+        self.fps = float(spec.get("fps") or 1.0)
+        self.state: str = spec.get("state") or "done"
+        self.error: str | None = spec.get("error")
+
+    running = False
+
+    def describe(self) -> dict:
+        return {"url": self.url, "fps": self.fps, "state": self.state, "error": self.error}
+
+    def spec(self) -> dict:
+        return dict(self._spec)
+
+    def stop(self) -> None:
+        """Nothing runs: a no-op."""
+
+    def join(self, timeout: float | None = None) -> bool:
+        return True
 
 
 def _item_time(item: Item) -> float:

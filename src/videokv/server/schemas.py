@@ -45,6 +45,12 @@ class SourceStatus(BaseModel):
     error: str | None = None
 
 
+class ReplicaInfo(BaseModel):
+    id: str = Field(description="the Ray Serve replica's id")
+    pid: int = Field(description="its process id")
+    node: str = Field(description="the address of its node")
+
+
 class SessionStatus(BaseModel):
     id: str
     name: str | None
@@ -63,6 +69,9 @@ class SessionStatus(BaseModel):
     source: SourceStatus | None
     error: str | None
     created: float = Field(description="unix time")
+    replica: ReplicaInfo | None = Field(
+        None, description="with `videokv serve --ray`: the replica that holds the session (else null)"
+    )
 
 
 class Added(BaseModel):

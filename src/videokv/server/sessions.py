@@ -38,7 +38,7 @@ from videokv.persist import SaveError, load_config, read_save, restore_engine, s
 from videokv.presets import DEFAULT_PRESET, resolve_memory
 from videokv.qa import DEFAULT_SYSTEM
 from videokv.server.journal import Journal
-from videokv.server.live import Item, LiveSource, chunked, is_live
+from videokv.server.live import FinishedSource, Item, LiveSource, chunked, is_live
 from videokv.server.scheduler import Scheduler
 from videokv.server.thumbnails import Thumbnails
 from videokv.video.subtitles import TextEvent
@@ -47,6 +47,7 @@ log = logging.getLogger("videokv.server")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RESERVED_MEMORY_KEYS = ("spill_dir", "device_bytes", "host_bytes")
+MOVED_GRACE_S = 10.0
 
 
 # ---- errors with an HTTP status ---------------------------------------------------------------------------
@@ -88,6 +89,20 @@ class SessionGone(ServiceError):
     status = 404
 
 
+class SessionMoved(ServiceError):
+    """The session left this process (handed to another replica): retry, and the request reaches it there."""
+
+    status = 503
+    retry_after = 1
+
+
+def gone(m: Managed) -> ServiceError:
+    """The error for work on a session this process no longer holds: deleted (404) or moved away (503)."""
+    if m.moved:
+        return SessionMoved(f"session {m.id} is moving to another replica; retry in a moment")
+    return SessionGone(f"session {m.id} was deleted")
+
+
 # ---- one session ------------------------------------------------------------------------------------------
 @dataclass
 class Managed:
@@ -102,13 +117,14 @@ class Managed:
     name: str | None = None
     created: float = field(default_factory=time.time)
     budget: int | None = None
-    source: LiveSource | None = None
+    source: LiveSource | FinishedSource | None = None
     error: str | None = None
     busy: int = 0  # request ingests in progress
     ingest_fps: float = 0.0
     stats: dict = field(default_factory=dict)  # engine.memory_stats() after the last job
     spans: list[dict] = field(default_factory=list)  # the timeline after the last job
-    deleted: bool = False
+    deleted: bool = False  # gone from this process: deleted, or handed to another (`moved`)
+    moved: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one request ingest at a time
     outer: contextlib.ExitStack | None = None  # the transaction of a multi-chunk request ingest
     outer_clock: float = 0.0
@@ -268,6 +284,9 @@ class SessionManager:
         self.session_bytes = session_bytes
         self.chunk_frames = chunk_frames
         self.sessions: dict[str, Managed] = {}
+        # sessions released to another process (release) -> when: a request that was routed here just before
+        # the move gets a retryable 503 for MOVED_GRACE_S, not a 404
+        self.moved_away: dict[str, float] = {}
         self._lock = threading.Lock()
         self.closing = False
 
@@ -324,13 +343,13 @@ class SessionManager:
 
     def _commit(self, m: Managed) -> None:
         if m.deleted:
-            raise SessionGone(f"session {m.id} was deleted")
+            raise gone(m)
         m.journal.commit(m.session, m.info())
 
     def _step(self, m: Managed, items: list[Item], interval: float | None = None) -> int:
         """One chunk of ingest, all-or-nothing: ingest, close the unit, check the budget, commit."""
         if m.deleted:
-            raise SessionGone(f"session {m.id} was deleted")
+            raise gone(m)
         engine = m.session.engine
         interval = 1.0 / m.fps if interval is None else interval
         frames = [it for it in items if isinstance(it, Frame)]
@@ -461,6 +480,8 @@ class SessionManager:
 
     def get(self, sid: str) -> Managed:
         m = self.sessions.get(sid)
+        if m is None and time.monotonic() - self.moved_away.get(sid, -MOVED_GRACE_S) < MOVED_GRACE_S:
+            raise SessionMoved(f"session {sid} is moving to another replica; retry in a moment")
         if m is None:
             raise NotFound(f"no session {sid!r}; list the sessions with GET /v1/sessions")
         return m
@@ -654,7 +675,7 @@ class SessionManager:
 
         def run():  # a generator: the scheduler runs it in slices, other sessions' jobs in between
             if m.deleted:
-                raise SessionGone(f"session {m.id} was deleted")
+                raise gone(m)
             answer = yield from m.session.ask_steps(
                 question, choices, max_new_tokens, on_token, logprobs, generation
             )
@@ -750,24 +771,55 @@ class SessionManager:
         for folder in sorted(self.sessions_dir.iterdir()):
             if not folder.is_dir() or folder.name.startswith("."):
                 continue
-            journal = Journal(folder / "journal")
-            if not journal.exists():
-                log.warning(
-                    "videokv: %s has no journal (a session created while the server died); removed", folder
-                )
-                shutil.rmtree(folder, ignore_errors=True)
-                continue
             try:
-                m = self.scheduler.call(folder.name, self._restore_one, folder, journal)
+                m = self.restore_one(folder)
             except (SaveError, VideoKVError, OSError, ValueError, KeyError, RuntimeError) as e:
                 log.error("videokv: cannot restore the session in %s: %s (left on disk)", folder, e)
                 continue
-            self.sessions[m.id] = m
-            restored.append(m.id)
-            spec = m.resume
-            if spec and spec.get("state") == "running":
-                self._resume(m, spec)
+            if m is not None:
+                restored.append(m.id)
         return restored
+
+    def restore_one(self, folder: Path) -> Managed | None:
+        """Bring back the session journaled in `folder` (under `sessions_dir`), resuming its live source if
+        it was running; None (and the folder removed) if it has no journal: a session created while the
+        process died. Raises what reading the journal raises (the folder is left on disk). This is also how
+        a session moves between processes that share `data_dir`: one `release`s it, the other restores it."""
+        journal = Journal(folder / "journal")
+        if not journal.exists():
+            log.warning(
+                "videokv: %s has no journal (a session created while the server died); removed", folder
+            )
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        if folder.name in self.sessions:
+            return self.sessions[folder.name]
+        self.moved_away.pop(folder.name, None)
+        m = self.scheduler.call(folder.name, self._restore_one, folder, journal)
+        self.sessions[m.id] = m
+        spec = m.resume
+        if spec and spec.get("state") == "running":
+            self._resume(m, spec)
+        return m
+
+    async def release(self, sid: str) -> None:
+        """Hand session `sid` over to another process that shares `data_dir`: stop its live source (its
+        journal keeps it "running", so the process that restores it resumes it exactly where the last commit
+        ends), let the job in progress finish (a chunk it had not committed is rolled back; jobs waiting for
+        the session end with a retryable 503), and drop it from this process, its folder untouched."""
+        m = self.get(sid)
+        if m.lock.locked() or m.busy:
+            raise Conflict(f"session {sid} is ingesting a request; move it when that is done")
+        m.moved = m.deleted = True
+        self.moved_away[sid] = time.monotonic()
+        self.sessions.pop(sid, None)
+        if m.source is not None:
+            m.source.stop()
+        with contextlib.suppress(Exception):
+            await self.scheduler.run(sid, lambda: None)  # after the job in progress: nothing writes now
+        self.scheduler.forget(sid)
+        if m.source is not None:
+            await asyncio.to_thread(m.source.join, 30)
 
     def _restore_one(self, folder: Path, journal: Journal) -> Managed:
         if journal.recover():
@@ -795,6 +847,10 @@ class SessionManager:
         )
         m.thumbs.remove_after(session.clock)  # thumbnails of frames whose chunk never committed
         m.resume = info.get("source")
+        if m.resume and m.resume.get("state") != "running":  # it had ended: report how, keep it journaled
+            m.source = FinishedSource(m.resume)
+            if m.source.state == "error" and m.source.error:
+                m.error = f"live source {m.source.url}: {m.source.error}"
         self._refresh(m)
         return m
 
