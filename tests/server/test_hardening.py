@@ -356,7 +356,10 @@ def test_serve_help_states_the_real_default_memory():
         [sys.executable, "-m", "videokv.server", "--help"], capture_output=True, text=True, timeout=120
     ).stdout
     flat = " ".join(out.split())
-    assert "(default: rekv)" in flat and "(default: full)" not in flat
+    from videokv.presets import DEFAULT_PRESET
+
+    assert DEFAULT_PRESET == "videokv"
+    assert f"(default: {DEFAULT_PRESET})" in flat and "(default: full)" not in flat
     for flag in ("--max-question-chars", "--max-json-mb", "--allowed-host", "--media-dir", "--allow-urls"):
         assert flag in flat
 
