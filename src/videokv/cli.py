@@ -28,7 +28,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--memory",
         default=DEFAULT_PRESET,
-        help=f"memory preset (`videokv presets` describes them): {', '.join(PRESETS)} (default: {DEFAULT_PRESET})",
+        help=f"memory preset (`videokv presets` describes them): {', '.join(PRESETS)} "
+        f"(default: {DEFAULT_PRESET})",
     )
     p.add_argument(
         "--memory-set",
