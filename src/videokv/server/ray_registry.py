@@ -354,10 +354,12 @@ class Registry:
                 self._spawn(self._adopt(sid))
 
 
-def get_registry(app: str, **options: object):
-    """The registry actor of application `app`: the running one, or a new one with `options`."""
+def get_registry(options: dict):
+    """The registry actor of the application `options["app_name"]` (the cluster options the router and the
+    replicas share): the running one, or a new one built from those options."""
     import ray
 
+    app = options["app_name"]
     actor = ray.remote(Registry).options(
         name=registry_name(app),
         namespace=NAMESPACE,
@@ -368,7 +370,13 @@ def get_registry(app: str, **options: object):
         num_cpus=0,
         max_concurrency=1000,
     )
-    return actor.remote(**options)
+    return actor.remote(
+        data_dir=options["data_dir"],
+        secret=options["secret"],
+        max_sessions=options["max_sessions"],
+        replica_bytes=options.get("replica_bytes"),
+        session_bytes=options.get("session_bytes"),
+    )
 
 
 def kill_registry(app: str) -> None:

@@ -181,14 +181,7 @@ class ReplicaServer:
             if not self._thread.is_alive():
                 raise RuntimeError("the replica's HTTP server did not start")
             time.sleep(0.05)
-        self.registry = get_registry(
-            options["app_name"],
-            data_dir=options["data_dir"],
-            secret=options["secret"],
-            max_sessions=options["max_sessions"],
-            replica_bytes=options.get("replica_bytes"),
-            session_bytes=options.get("session_bytes"),
-        )
+        self.registry = get_registry(options)
         self._stop = threading.Event()  # the first beat registers it (the registry may still be starting)
         self._beats = threading.Thread(target=self._heartbeats, name="videokv-heartbeat", daemon=True)
         self._beats.start()

@@ -68,14 +68,7 @@ class Router:
         self.options = options
         self.token: str | None = options.get("token")
         self.max_json = int(options.get("limits", {}).get("max_json_mb", 16.0) * 2**20)
-        self.registry = get_registry(
-            options["app_name"],
-            data_dir=options["data_dir"],
-            secret=options["secret"],
-            max_sessions=options["max_sessions"],
-            replica_bytes=options.get("replica_bytes"),
-            session_bytes=options.get("session_bytes"),
-        )
+        self.registry = get_registry(options)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=5.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
