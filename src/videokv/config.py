@@ -146,7 +146,8 @@ class MemoryConfig:
 
 
 def _with_text(config: MemoryConfig, k: object) -> Any:
-    """`config`'s retriever extended with the `k` best-matching text blocks (`text_k=k`); 0 unwraps it."""
+    """`config`'s retriever extended with the `k` best-matching text blocks (`text_k=k`); 0 unwraps it. A
+    retriever already wrapped keeps its other matching parameters (`ratio`, `bridges`, `neighbours`)."""
     from videokv.policies.retrieve import WithText
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
@@ -157,7 +158,11 @@ def _with_text(config: MemoryConfig, k: object) -> Any:
             f"text_k needs a memory preset (a retriever); {config.name!r} answers from its context: "
             f"set retrieve=<name> first"
         )
-    return WithText(base=base, k=k) if k else base
+    if not k:
+        return base
+    if isinstance(config.retrieve, WithText):
+        return dataclasses.replace(config.retrieve, k=k)
+    return WithText(base=base, k=k)
 
 
 def _set_nested(policy: Any, path: list[str], value: object, key: str, raw: str) -> Any:

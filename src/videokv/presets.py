@@ -116,12 +116,15 @@ PRESETS: dict[str, Preset] = {
             ingest=INGEST_WINDOW,
             segment=Uniform(1),
             compress=NoCompression(offload=True),
-            retrieve=WithText(TopK(k=64, per_layer=True, layerwise=True), k=4),
+            retrieve=WithText(
+                TopK(k=64, per_layer=True, layerwise=True), k=12, ratio=0.25, bridges=2, neighbours=1
+            ),
             positions="compact",
         ),
-        "videokv's own: rekv's faithful layer-wise per-layer top-64 frame blocks, plus the 4 subtitle or "
-        "transcript blocks whose words best match the question; every block waits off the fastest tier "
-        "(host RAM beside an accelerator, disk on a CPU) and only the retrieved ones are loaded",
+        "videokv's own: rekv's faithful layer-wise per-layer top-64 frame blocks, plus up to 12 subtitle or "
+        "transcript blocks matching the question's words (each adding new words or repeating a kept line; "
+        "two-hop bridges; a line's neighbours for before/after questions); every block waits off the fastest "
+        "tier (host RAM beside an accelerator, disk on a CPU) and only the retrieved ones are loaded",
         "ReKV (retrieval, ingest window, compact positions) + Video-RAG-style lexical text retrieval "
         "(WithText) + ReKV's / Video-X²L's offloaded KV (the store's cold lane)",
     ),

@@ -98,3 +98,114 @@ def test_session_adds_the_matching_line_to_every_layer(family, tmp_path):
     loaded = VideoQA.from_model(model, tok).load_session(tmp_path / "s")
     assert loaded.engine.config.retrieve == WithText(TopK(k=1), k=1)
     assert fact in spans(loaded.ask(question, max_new_tokens=2))
+
+
+def test_stems_meet_across_inflections():
+    # the question's form and the line's form of the same word stem alike
+    pairs = [
+        ("ring", "rings"),
+        ("fly", "flies"),
+        ("screech", "screeches"),
+        ("buzz", "buzzes"),
+        ("work", "works"),
+    ]
+    pairs += [
+        ("call", "called"),
+        ("cry", "crying"),
+        ("march", "marches"),
+        ("string", "strings"),
+        ("glass", "glasses"),
+    ]
+    for a, b in pairs:
+        assert words(a) == words(b), (a, b)
+    # short words, digits and doubled s stay as they are
+    assert words("bus 60 boss dogs") == {"bus", "60", "boss", "dog"}
+
+
+STREET = [
+    "[10.0s] A taxi goes by with the number 33 painted on its side.\n",  # 0
+    "[20.0s] A cyclist waits at the crossing.\n",  # 1
+    "[30.0s] A fire engine goes by with the number 60 painted on its side.\n",  # 2
+    "[40.0s] A church bell rings.\n",  # 3
+    "[50.0s] The florist is called Aisha.\n",  # 4
+    "[60.0s] A church bell rings.\n",  # 5
+    "[70.0s] A parrot steals a biscuit.\n",  # 6
+    "[80.0s] Aisha works at the harbour.\n",  # 7
+    "[90.0s] A crane lifts a steel beam.\n",  # 8
+    "[95.0s] A cyclist crosses the street.\n",  # 9
+]
+
+
+def test_a_line_is_kept_only_for_new_words_or_as_a_repeat():
+    """Worked by hand (N = 10 lines; idf = log(11 / (df + 0.5))): "number" and "paint" are in lines 0 and
+    2 (df 2), "fire" and "engine" in line 2 only (df 1). The fire engine's line scores 2 idf(1) + 2 idf(2);
+    the taxi's line adds no question word the fire engine's lacks, so with ratio > 0 it is not kept. With
+    ratio 0 it is (the k best)."""
+    q = "What number is painted on the fire engine?"
+    assert TextMatch(k=4, ratio=0.25).select(q, STREET) == [2]
+    assert TextMatch(k=4).select(q, STREET) == [2, 0]
+    # a repeated line is kept however little it adds: both bells, newest first
+    assert TextMatch(k=4, ratio=0.25).select("How many times did a church bell ring?", STREET) == [5, 3]
+    assert TextMatch(k=1, ratio=0.25).select("How many times did a church bell ring?", STREET) == [5]
+    # each event named in the question brings its own words, so every event's line is kept: the crane's
+    # (3 df-1 words: crane, lift, beam), the bells' (2 df-2 words, 2 x 1.48 > 1.99), the parrot's (1 df-1
+    # word: 1.99 >= 0.25 x 3 x 1.99)
+    q = "Which of these came first: the parrot, the crane lifting the beam, or the church bell?"
+    assert TextMatch(k=6, ratio=0.25).select(q, STREET) == [8, 5, 3, 6]
+    # at ratio 0.5 neither the bells' 2.96 nor the parrot's 1.99 reach half the crane's 5.97
+    assert TextMatch(k=6, ratio=0.5).select(q, STREET) == [8]
+
+
+PEOPLE = [
+    "[1.0s] A dog walker passes by.\n",  # 0
+    "[2.0s] The florist is called Aisha.\n",  # 1
+    "[3.0s] A dog barks at a pigeon.\n",  # 2
+    "[4.0s] Aisha has a dog called Nala.\n",  # 3
+    "[5.0s] The baker is called Tomasz.\n",  # 4
+]
+
+
+def test_bridges_follow_a_rare_word_of_the_best_line():
+    """By hand (N = 5; idf = log(6 / (df + 0.5))): "What is the name of the florist's dog?" wants {name,
+    florist, dog}. "florist" (df 1, 1.39) makes line 1 the best; the three "dog" lines (df 3, 0.54) add
+    less than half of it, so at ratio 0.5 only line 1 is kept. Line 1's words outside the question are
+    "call" (df 3) and "aisha" (df 2); line 3 shares them and has the missing "dog": the bridge. Line 4
+    shares "call" but no missing word."""
+    q = "What is the name of the florist's dog?"
+    assert TextMatch(k=4, ratio=0.5).select(q, PEOPLE) == [1]
+    assert TextMatch(k=4, ratio=0.5, bridges=2).select(q, PEOPLE) == [1, 3]
+    assert TextMatch(k=4, ratio=0.5, bridges=1).select(q, PEOPLE) == [1, 3]  # "aisha" alone (df 2)
+    assert TextMatch(k=4, ratio=0.5, bridges=0).select(q, PEOPLE) == [1]
+    assert TextMatch(k=1, ratio=0.5, bridges=2).select(q, PEOPLE) == [1]  # the bridge counts against k
+    # ratio 0: the k best, newest first among equals
+    assert TextMatch(k=4).select(q, PEOPLE) == [1, 3, 2, 0]
+    # a question the best line covers needs no bridge
+    assert TextMatch(k=4, ratio=0.5, bridges=2).select("Who is the florist?", PEOPLE) == [1]
+
+
+def test_neighbours_only_for_time_order_questions():
+    q = "What happened just before the parrot stole a biscuit?"
+    # line 6 is the best; its neighbours 5 and 7 join only because of "before"
+    assert TextMatch(k=4, ratio=0.25, neighbours=1).select(q, STREET) == [6, 5, 7]
+    assert TextMatch(k=4, ratio=0.25, neighbours=0).select(q, STREET) == [6]
+    assert TextMatch(k=4, ratio=0.25, neighbours=1).select("Did the parrot steal a biscuit?", STREET) == [6]
+    # neighbours are text blocks: the frame block between two lines is skipped
+    assert TextMatch(k=4, ratio=0.25, neighbours=1).select("What came after the lifeguard?", LINES) == [4, 2]
+
+
+@pytest.mark.parametrize(
+    "field,value", [("ratio", 1.5), ("ratio", -0.1), ("bridges", -1), ("neighbours", 0.5)]
+)
+def test_bad_matching_parameters_are_config_errors(field, value):
+    with pytest.raises(ConfigError, match=field):
+        TextMatch(**{field: value})
+    with pytest.raises(ConfigError, match=field):
+        WithText(**{field: value})
+
+
+def test_text_k_keeps_the_other_matching_parameters():
+    preset = get_preset("videokv")
+    assert isinstance(preset.retrieve, WithText) and preset.retrieve.ratio > 0
+    changed = preset.with_overrides(["text_k=3"]).retrieve
+    assert changed == dataclasses.replace(preset.retrieve, k=3)
+    assert preset.with_overrides(["retrieve.neighbours=0"]).retrieve.neighbours == 0
