@@ -39,7 +39,11 @@ def _run(name: str, tmp_path: Path, *extra: str) -> dict:
     assert machine["cpu_cores"] >= 1 and machine["device"] == "cpu" and machine["date"]
     table = on_disk["table"].splitlines()
     assert table[0].startswith("| ") and set(table[1]) <= set("|-")
-    assert all(line.count("|") == table[0].count("|") for line in table[2:] if line.startswith("|"))
+    width = table[0].count("|")  # every Markdown table in the text has rows as wide as its header
+    for prev, line in zip(table, table[1:]):
+        if line.startswith("|"):
+            width = width if prev.startswith("|") else line.count("|")
+            assert line.count("|") == width, line
     return on_disk
 
 
@@ -112,7 +116,17 @@ def test_latency_vs_length(tmp_path):
         assert len(last["first_samples"]) == len(last["samples"]) == data["args"]["repeats"]
         assert last["first_samples"][0]["context_tokens"] == first["context_tokens"]
         assert _positive(last["ttft_ratio_to_first"]) and _positive(last["total_ratio_to_first"])
+        # the physical floor attended to as many tokens as the preset's question did
+        for cp in (first, last):
+            assert {s["floor_tokens"] for s in cp["samples"]} == {int(round(cp["context_tokens"]))}
+            assert _positive(cp["floor_s"]) and _positive(cp["cold_s"]) and _positive(cp["total_to_floor"])
+            assert cp["dominant_step"] in ("retrieval", "question prefill", "decode")
+        assert res["presets"][name]["ingest_tokens"] == last["stream_tokens"]
+    assert set(res["bare_tokens_per_s"]) == {"0.2", "0.4"} and all(
+        map(_positive, res["bare_tokens_per_s"].values())
+    )
     assert res["presets"]["rekv"]["meets_1_3x"] in (True, False)
+    assert "total / floor" in data["table"] and "bare forward tokens / s" in data["table"]
 
 
 def test_latency_scaled_llava(tmp_path):

@@ -8,6 +8,7 @@ import json
 import random
 import re
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -319,12 +320,19 @@ def test_a_scored_run_is_reported_per_family(stream, tmp_path):
         mine = [r for r in records if r["task"] == row["task"]]
         assert row["answered"] == len(mine) == 2
         assert row["accuracy"] == sum(r["correct"] for r in mine) / 2 and row["evidence_recall"] == 1.0
+        assert row["video_id"] == records[0]["video_id"]
+        assert row["context_tokens"] == statistics.median(r["context_tokens"] for r in mine)
+        assert row["resident_mib"] == pytest.approx(
+            statistics.fmean(r["resident_bytes"] / 2**20 for r in mine)
+        )
     write_report(tmp_path / "run", tmp_path / "docs", "tasks")
     md = (tmp_path / "docs" / "tasks.md").read_text()
-    assert (
-        "**By task family**" in md
-        and "| preset | retrieval | ordering | counting | temporal | multihop |" in md
-    )
+    header = "| preset | retrieval | ordering | counting | temporal | multihop | attended tokens | resident"
+    assert "**By task family**" in md and f"*{records[0]['video_id']}*" in md and header in md
+    family_table = md.split(header)[1].split("\n\n")[0]
+    (line,) = [x for x in family_table.splitlines() if x.startswith("| `full` |")]
+    attended = statistics.median(row["context_tokens"] for row in rows)  # the median of the families' medians
+    assert line.split(" | ")[-2] == f"{attended:.0f}"
     assert json.loads((tmp_path / "docs" / "tasks.json").read_text())["tasks"] == rows
 
 

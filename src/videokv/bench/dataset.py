@@ -164,9 +164,9 @@ def option_label(option: str) -> tuple[str | None, str]:
 def resolve_answer(answer: str, choices: Sequence[str]) -> int | None:
     """Index of the choice that ``answer`` designates, or None.
 
-    In order: the exact text of a choice; a letter (``"B"``, ``"(B)"``, ``"B."``, ``"B) text"``) within the
-    number of choices; a single choice equal after :func:`normalize_answer` (also ignoring a choice's own
-    ``"A. "`` label).
+    In order: the exact text of a choice (then with surrounding spaces stripped); a letter (``"B"``,
+    ``"(B)"``, ``"B."``, ``"B) text"``) within the number of choices; a single choice equal after
+    :func:`normalize_answer` (also ignoring a choice's own ``"A. "`` label).
     """
     for i, choice in enumerate(choices):
         if answer == choice:

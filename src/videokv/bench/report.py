@@ -80,56 +80,98 @@ def summarize(folder: str | Path) -> tuple[dict, list[dict]]:
 
 
 def summarize_tasks(folder: str | Path) -> list[dict]:
-    """One row per (preset, task family) of a run folder: questions, answered, accuracy, evidence recall."""
+    """One row per (preset, video, task family) of a run folder: questions, answered, accuracy, evidence
+    recall, tokens attended (median) and resident / offloaded KV (MiB, mean at question time)."""
     rows = []
     for f in sorted((Path(folder) / "results").glob("*.jsonl")):
-        by_task: dict[str, list[dict]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
         for r in read_records(f):
-            by_task[r.get("task") or "retrieval"].append(r)
-        for task, recs in by_task.items():
+            groups[(r["video_id"], r.get("task") or "retrieval")].append(r)
+        for (video, task), recs in groups.items():
             answered = [r for r in recs if "skipped" not in r]
             rows.append(
                 {
                     "preset": f.stem,
+                    "video_id": video,
                     "task": task,
                     "questions": len(recs),
                     "answered": len(answered),
                     "accuracy": _mean([float(r["correct"]) for r in answered]),
                     "evidence_recall": _mean([r["evidence_recall"] for r in answered]),
+                    "context_tokens": _median([r.get("context_tokens") for r in answered]),
+                    "resident_mib": _mean(
+                        [r["resident_bytes"] / 2**20 for r in answered if "resident_bytes" in r]
+                    ),
+                    "offloaded_mib": _mean(
+                        [r["offloaded_bytes"] / 2**20 for r in answered if "offloaded_bytes" in r]
+                    ),
+                    "stream_seconds": max(
+                        (r["stream_seconds"] for r in recs if "stream_seconds" in r), default=0.0
+                    ),
                 }
             )
     order = {p: i for i, p in enumerate(PRESET_ORDER)}
     tasks = {t: i for i, t in enumerate(TASKS)}
-    rows.sort(key=lambda r: (order.get(r["preset"], 99), r["preset"], tasks.get(r["task"], 99), r["task"]))
+    length: dict[str, float] = defaultdict(float)  # a video's stream length: its last question's clock
+    for r in rows:
+        length[r["video_id"]] = max(length[r["video_id"]], r["stream_seconds"])
+    rows.sort(
+        key=lambda r: (
+            order.get(r["preset"], 99),
+            r["preset"],
+            length[r["video_id"]],
+            r["video_id"],
+            tasks.get(r["task"], 99),
+            r["task"],
+        )
+    )
     return rows
 
 
 def tasks_markdown(rows: list[dict]) -> str:
-    """The per-family table: presets as rows, task families as columns."""
+    """The per-family tables, one per video (stream length): presets as rows, task families as columns,
+    then the tokens the answers attended to (median) and the resident / offloaded KV (mean)."""
     known = {t: i for i, t in enumerate(TASKS)}
     tasks = sorted({r["task"] for r in rows}, key=lambda t: (known.get(t, 99), t))
-    presets = list(dict.fromkeys(r["preset"] for r in rows))
-    cell = {(r["preset"], r["task"]): r for r in rows}
+    seconds: dict[str, float] = defaultdict(float)
+    for r in rows:
+        seconds[r["video_id"]] = max(seconds[r["video_id"]], r.get("stream_seconds") or 0.0)
+    videos = sorted(seconds, key=lambda v: (seconds[v], v))
+    cell = {(r["preset"], r["video_id"], r["task"]): r for r in rows}
     lines = [
         "**By task family**: accuracy (correct / answered) and evidence recall (share of the evidence spans "
-        "the answer attended to, mean):",
-        "",
-        "| preset | " + " | ".join(tasks) + " |",
-        "|---|" + "---|" * len(tasks),
+        "the answer attended to, mean); tokens attended (median of the families' medians) and "
+        "resident / offloaded KV (MiB, mean at question time):",
     ]
-    for p in presets:
-        cells = []
-        for t in tasks:
-            r = cell.get((p, t))
-            if r is None:
-                cells.append("-")
-            elif r["answered"] == 0:
-                cells.append("n/a")
-            else:
-                ok = round(r["accuracy"] * r["answered"])
-                recall = _fmt(r["evidence_recall"] and 100 * r["evidence_recall"], ".0f")
-                cells.append(f"{100 * r['accuracy']:.0f}% ({ok}/{r['answered']}), recall {recall}%")
-        lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
+    for v in videos:
+        presets = list(dict.fromkeys(r["preset"] for r in rows if r["video_id"] == v))
+        lines += [
+            "",
+            f"*{v}*",
+            "",
+            "| preset | " + " | ".join(tasks) + " | attended tokens | resident / offloaded MiB |",
+            "|---|" + "---|" * (len(tasks) + 2),
+        ]
+        for p in presets:
+            cells, mine = [], []
+            for t in tasks:
+                r = cell.get((p, v, t))
+                if r is None:
+                    cells.append("-")
+                    continue
+                mine.append(r)
+                if r["answered"] == 0:
+                    cells.append("n/a")
+                else:
+                    ok = round(r["accuracy"] * r["answered"])
+                    recall = _fmt(r["evidence_recall"] and 100 * r["evidence_recall"], ".0f")
+                    cells.append(f"{100 * r['accuracy']:.0f}% ({ok}/{r['answered']}), recall {recall}%")
+            attended = _median([r["context_tokens"] for r in mine])
+            resident = _mean([r["resident_mib"] for r in mine])
+            offloaded = _mean([r["offloaded_mib"] for r in mine])
+            cells.append(_fmt(attended, ".0f"))
+            cells.append(f"{_fmt(resident, '.1f')} / {_fmt(offloaded, '.1f')}")
+            lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
