@@ -90,7 +90,11 @@ class Floor:
     def __init__(self, model: torch.nn.Module, vocab: int, seed: int) -> None:
         self.model, self.vocab = model, vocab
         # transformers 5.2x renames `past_key_values` to `cache`; pass whichever this version takes
-        self.arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        params = inspect.signature(model.forward).parameters
+        self.arg = "cache" if "cache" in params else "past_key_values"
+        # logits for the last position only, as `generate` asks: the vocabulary projection of every prompt
+        # position is work no answer needs
+        self.last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.gen = torch.Generator().manual_seed(seed)
         self.cache = None
         self.n = 0
@@ -102,7 +106,7 @@ class Floor:
     def _answer(self, cache, prompt: int, answer: int) -> None:
         nxt = self._ids(prompt)
         for _ in range(max(1, answer)):  # the prompt's pass gives the first token; each later step one more
-            out = self.model(input_ids=nxt, use_cache=True, **{self.arg: cache})
+            out = self.model(input_ids=nxt, use_cache=True, **self.last, **{self.arg: cache})
             nxt = out.logits[:, -1:].argmax(-1)
 
     @torch.no_grad()
@@ -114,7 +118,8 @@ class Floor:
         if self.cache is None or self.n != n:
             self.cache, self.n = DynamicCache(), n
             for i in range(0, n, 2048):  # in pieces: the CPU's attention memory stays small
-                self.model(input_ids=self._ids(min(2048, n - i)), use_cache=True, **{self.arg: self.cache})
+                ids = self._ids(min(2048, n - i))
+                self.model(input_ids=ids, use_cache=True, **self.last, **{self.arg: self.cache})
         self._answer(self.cache, prompt, answer)
         self.cache.crop(-(self.cache.get_seq_length() - n))
 
@@ -130,7 +135,7 @@ class Floor:
         """One bare forward of `n` tokens from an empty cache (an ingest chunk's model cost)."""
         from transformers import DynamicCache
 
-        self.model(input_ids=self._ids(n), use_cache=True, **{self.arg: DynamicCache()})
+        self.model(input_ids=self._ids(n), use_cache=True, **self.last, **{self.arg: DynamicCache()})
 
 
 def dominant(retrieval_s: float, prefill_s: float, decode_s: float) -> str:
