@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from tests.conftest import get_tiny, random_frames
 from videokv import VideoQA
-from videokv.policies.retrieve import TopK
+from videokv.policies.retrieve import Hierarchical, TopK
 from videokv.presets import get_preset
 
 
@@ -207,3 +207,126 @@ def test_an_empty_question_retrieves_with_the_template_turn():
         turn = dict(config.retrieve.log)
     assert all(torch.isfinite(torch.tensor(empty[layer])).all() for layer in empty)
     assert empty == turn
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordingHierarchical(Hierarchical):
+    """Hierarchical that also records the keys and similarities it scored the blocks with."""
+
+    log: dict = dataclasses.field(default_factory=dict, compare=False)
+
+    def similarity(self, catalog, query):
+        keys, sim = super().similarity(catalog, query)
+        self.log.update(keys=keys.clone(), sim=sim.clone(), catalog=catalog, query=query)
+        return keys, sim
+
+
+def last_layer_keys(model, engine, h: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The last layer's keys [kv, n, d] of the tokens h [n, hidden] at positions pos [n], rotated, from a
+    causal forward written out by hand (each token attends to itself and the tokens before it)."""
+    cfg = model.config.get_text_config()
+    theta = cfg.rope_parameters["rope_theta"]
+    heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    d = cfg.hidden_size // heads
+    group = heads // kv
+    n = h.shape[0]
+    mask = torch.ones(n, n, dtype=torch.bool).tril()
+    layers = engine.adapter.language_model.layers
+    for i, layer in enumerate(layers):
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        k = rope(attn.k_proj(x).view(n, kv, d).transpose(0, 1), pos, theta)
+        if i == len(layers) - 1:
+            return k
+        q = rope(attn.q_proj(x).view(n, heads, d).transpose(0, 1), pos, theta)
+        v = attn.v_proj(x).view(n, kv, d).transpose(0, 1)
+        out = F.scaled_dot_product_attention(
+            q, k.repeat_interleave(group, 0), v.repeat_interleave(group, 0), attn_mask=mask
+        )
+        h = h + attn.o_proj(out.transpose(0, 1).reshape(n, heads * d))
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+    raise AssertionError("no layers")
+
+
+def mukv_select(query, reprs, kinds, topk, alpha, beta, top_n):
+    """MuKV `question_answering` + `_rerank_with_context` (IMBALDY/MuKV `model/mukv_rerank.py`), loop by
+    loop: per granularity the 2 x topk best blocks by cosine with the query; the global context is the
+    mean of the top_n coarse (segment) candidates; medium (frame) candidates re-scored with alpha, fine
+    (patch) ones with beta, as (1 - w) sim + w cos(repr, context); each granularity keeps its topk."""
+    sims = [float(torch.cosine_similarity(query[None], r[None], dim=1)) for r in reprs]
+    cands = {}
+    for g in ("patch", "frame", "segment"):
+        rows = [i for i in range(len(reprs)) if kinds[i] == g]
+        cands[g] = sorted(rows, key=lambda i: -sims[i])[: 2 * topk[g]]
+    context = torch.stack([reprs[i] for i in cands["segment"][:top_n]]).mean(0)
+    picked = list(cands["segment"][: topk["segment"]])
+    for g, w in (("frame", alpha), ("patch", beta)):
+        score = {
+            i: (1 - w) * sims[i] + w * float(torch.cosine_similarity(reprs[i][None], context[None], dim=1))
+            for i in cands[g]
+        }
+        picked += sorted(cands[g], key=lambda i: -score[i])[: topk[g]]
+    return sorted(picked), sims
+
+
+def test_mukv_rotated_retrieval_matches_reference():
+    """MuKV (IMBALDY/MuKV `model/mukv_rerank.py` `question_answering`; blocks from
+    `model/mukv_dualsignal_compression.py` `_encode_granularity_chunk_with_compression`): the question is
+    encoded after the init tokens and its query is the last token's last-layer key as cached (rotated at
+    its position); a block's representative vector is the mean of its cached (rotated) last-layer keys, the
+    block encoded after the init tokens; similarity is the cosine. Here both are redone by hand from the
+    model's weights: each unit re-encoded right after the sinks, each block's vector the mean of that
+    encoding's last-layer keys at the block's tokens; the question (after the lead, which videokv shows
+    every question) right after the sinks."""
+    model, tok = get_tiny("llava_onevision")
+    k = {"patch": 3, "frame": 2, "segment": 1}
+    retriever = RecordingHierarchical(k=k, over=2.0, context_top=5, alpha=0.3, rotated=True)
+    config = dataclasses.replace(get_preset("mukv"), retrieve=retriever)
+    assert config.retrieve.rotated == get_preset("mukv").retrieve.rotated is True
+    session = VideoQA.from_model(model, tok, memory=config).session()
+    engine = session.engine
+    units = []
+    ingest_unit = engine._ingest_unit
+    engine._ingest_unit = lambda pieces: (units.append(list(pieces)), ingest_unit(pieces))[1]
+    session.add_frames(random_frames(16, seed=7), fps=1.0)
+    engine.flush()
+    blocks = engine.store.blocks
+    kinds = [b.kind for b in blocks]
+    assert all(sum(kd == g for kd in kinds) > 2 * k[g] for g in k)  # a real choice at every granularity
+    embed = model.get_input_embeddings()
+    n_sinks = engine.n_sinks
+    sinks = embed(torch.tensor(engine.header_ids[:n_sinks])).float()
+    question = "What colour is the car at the start?"
+    lead = engine.question_pieces(question)[:-1]
+    with torch.no_grad():
+        # blocks: each unit encoded after the sinks; a block is a subset of its unit's tokens
+        reprs = []
+        unit_keys = []
+        for pieces in units:
+            h = torch.cat([sinks, *[p.embeds.float() for p in pieces]])
+            unit_keys.append(last_layer_keys(model, engine, h, torch.arange(h.shape[0]))[:, n_sinks:])
+        for b in blocks:
+            idx = b.positions[-1][0] - n_sinks  # the unit's tokens start right after the sinks
+            reprs.append(unit_keys[b.unit][:, idx].mean(1).reshape(-1))
+        # the question: init (sinks), then the lead and the bare question, from the position after the sinks
+        ids = tok(question).input_ids
+        h = torch.cat([sinks, *[p.embeds.float() for p in lead], embed(torch.tensor(ids)).float()])
+        query = last_layer_keys(model, engine, h, torch.arange(h.shape[0]))[:, -1].reshape(-1)
+        ref_rows, ref_sims = mukv_select(query, reprs, kinds, k, 0.3, 0.3, 5)
+        session.ask(question, max_new_tokens=1)
+        key_diff = (retriever.log["keys"] - torch.stack(reprs)).abs().max().item()
+        sim_diff = (retriever.log["sim"] - torch.tensor(ref_sims)).abs().max().item()
+        assert key_diff < 1e-5, key_diff
+        assert sim_diff < 1e-5, sim_diff
+        assert all(rows == engine.retrieved[0] for rows in engine.retrieved)
+        assert sorted(engine.retrieved[0]) == ref_rows
+        # the question's position matters: probed at the stream's cursor, the same query scores otherwise
+        far = torch.cat([torch.arange(n_sinks), torch.arange(n_sinks, h.shape[0]) + engine.cursor])
+        moved = last_layer_keys(model, engine, h, far)[:, -1].reshape(-1)
+        moved_rows, moved_sims = mukv_select(moved, reprs, kinds, k, 0.3, 0.3, 5)
+        assert max(abs(a - b) for a, b in zip(moved_sims, ref_sims)) > 1e-3 and moved_rows != ref_rows
+        # ...and the un-rotated option scores with other keys, and picks other rows
+        catalog, probed = retriever.log["catalog"], retriever.log["query"]
+        plain = dataclasses.replace(retriever, rotated=False, log={})
+        assert (plain.similarity(catalog, probed)[1] - retriever.log["sim"]).abs().max().item() > 1e-3
+        assert sorted(plain.select(catalog, probed)[0]) != ref_rows

@@ -700,11 +700,16 @@ class Engine:
             selection = retriever.select_layerwise(catalog, forward)
         else:  # one forward of the question against the ingest context (sinks + recent window)
             probe = self.cache.fork()
+            unit_start = self.config.ingest.unit_start(self.n_sinks)
+            if unit_start is not None:  # every unit was prefilled at one start (MuKV): the question is too
+                positions = positions + (unit_start - int(positions.min()))
             query = capture_query(
                 self.adapter,
                 lambda: self.adapter.forward(embeds, positions, probe, logits="none"),
                 bare.n_tokens,
             )
+            # the question's last token's last-layer key as the probe cached it (rotated; MuKV's query)
+            query.rotated_key = probe.layers[-1].keys[0, :, -1].reshape(-1).float()
             selection = retriever.select(catalog, query)
         selection = [catalog.one_level(layer) for layer in selection]  # never a unit at two levels
         self.retrieved = selection  # for inspection: the rows each layer saw at the last question

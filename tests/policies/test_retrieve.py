@@ -126,6 +126,7 @@ def test_recent_takes_newest_units():
         lambda: Hierarchical(over=0.5),
         lambda: Hierarchical(alpha=2.0),
         lambda: Hierarchical(context_top=0),
+        lambda: Hierarchical(rotated="yes"),
         lambda: BilevelReload(k_low=-1),
     ],
 )
@@ -221,6 +222,32 @@ def test_hierarchical_context_without_segments_uses_best_candidates():
     assert out[0] == [0, 1]
     out = Hierarchical(k={"frame": 2}, over=1.5, context_top=1, alpha=0.5).select(cat, query)
     assert out == [[0, 2]] * L
+
+
+def test_hierarchical_rotated_scores_with_the_cached_keys():
+    """rotated=True (MuKV): the similarity is the cosine of the question's cached last-layer key with each
+    block's mean cached key (`Catalog.rotated_keys`), and the context is formed from those; the un-rotated
+    keys no longer matter. Without them it refuses to guess."""
+    import dataclasses
+
+    e = torch.eye(D)
+    rkeys = torch.randn(3, L, D)
+    # un-rotated: row 0 matches the query; rotated: row 2 does
+    rkeys[:, -1] = torch.stack([e[0], e[1], e[2]])
+    rotated = torch.stack([e[3], e[1] + 0.1 * e[4], e[4]])
+    cat = dataclasses.replace(make_catalog(rkeys), rotated_keys=rotated)
+    lk = torch.randn(L, D)
+    lk[-1] = e[0]
+    query = Query(q=torch.randn(L, D), last_key=lk, rotated_key=e[4])
+    assert Hierarchical(k={"frame": 1}).select(cat, query)[0] == [0]
+    out = Hierarchical(k={"frame": 1}, rotated=True).select(cat, query)
+    assert out == [[2]] * L
+    keys, sim = Hierarchical(rotated=True).similarity(cat, query)
+    assert torch.equal(keys, rotated) and torch.allclose(sim, torch.tensor([0.0, 0.1 / 1.01**0.5, 1.0]))
+    with pytest.raises(ConfigError, match="cached keys"):
+        Hierarchical(rotated=True).select(make_catalog(rkeys), query)
+    with pytest.raises(ConfigError, match="cached keys"):
+        Hierarchical(rotated=True).select(cat, Query(q=query.q, last_key=lk))
 
 
 # ---- BilevelReload (Video-X²L) -----------------------------------------------------------------------------

@@ -42,6 +42,10 @@ class Catalog:
     present: torch.Tensor | None = None
     # the question's text (what `WithText` matches the text blocks' words against); "" when not given
     question: str = ""
+    # [N, D] float32: per block the mean of its last-layer keys as stored, i.e. rotated at the positions the
+    # block was prefilled at, flattened over kv heads (MuKV's representative vector; zeros where the block
+    # holds no token at the last layer). One row per block of D floats, 1/L of `rkeys`. None: not provided.
+    rotated_keys: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.rkeys.dim() != 3:
@@ -55,6 +59,7 @@ class Catalog:
             ("t1", self.t1.numel()),
             ("pinned", self.pinned.numel()),
             *([("texts", len(self.texts))] if self.texts is not None else []),
+            *([("rotated_keys", self.rotated_keys.shape[0])] if self.rotated_keys is not None else []),
         ):
             if size != n:
                 raise ConfigError(f"Catalog: {what} has {size} entries but rkeys has {n} rows")
@@ -167,8 +172,11 @@ class Query:
 
     q: [L, D], per layer the question's pre-RoPE queries averaged over question tokens and summed within
     each KV-head group, so ``q[l] @ rkeys[:, l]`` is ReKV's score. last_key: [L, D], per layer the un-rotated
-    key of the question's last token (MuKV's query).
+    key of the question's last token. rotated_key: [D] float32, the question's last token's last-layer key as
+    the probe forward cached it (rotated at the token's position; MuKV's query against
+    `Catalog.rotated_keys`); None when not provided.
     """
 
     q: torch.Tensor
     last_key: torch.Tensor
+    rotated_key: torch.Tensor | None = None

@@ -27,6 +27,7 @@ class Index:
         self.backend = backend
         self.faiss: FaissIndex | None = None
         self.rkeys: list[torch.Tensor] = []
+        self.rotated_keys: list[torch.Tensor] = []  # per block [D]: its mean stored (rotated) last-layer key
         self.kinds: list[str] = []
         self.units: list[int] = []
         self.levels: list[str] = []
@@ -43,6 +44,9 @@ class Index:
                 self.faiss = FaissIndex(*block.rkey.shape)
             self.faiss.add(block.rkey)
         self.rkeys.append(block.rkey.float())
+        kv, n, d = block.keys[-1].shape  # rotated at the block's positions; n = 0: absent at the last layer
+        mean = block.keys[-1].float().mean(1).reshape(-1) if n else torch.zeros(kv * d)
+        self.rotated_keys.append(mean.to(block.rkey.device))
         self.kinds.append(block.kind)
         self.units.append(block.unit)
         self.levels.append(block.level)
@@ -59,6 +63,7 @@ class Index:
     def truncate(self, n: int) -> None:
         for field in (
             self.rkeys,
+            self.rotated_keys,
             self.kinds,
             self.units,
             self.levels,
@@ -86,5 +91,6 @@ class Index:
                 search=self.faiss.search if self.faiss is not None else None,
                 texts=list(self.texts),
                 present=None if all(all(p) for p in self.present) else torch.tensor(self.present),
+                rotated_keys=torch.stack(self.rotated_keys),
             )
         return self._catalog

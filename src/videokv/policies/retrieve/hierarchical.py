@@ -23,8 +23,9 @@ def _default_k() -> dict[str, int]:
 class Hierarchical(Retriever):
     """Semi-hierarchical multi-granularity retrieval, the same blocks on every layer.
 
-    From MuKV (CVPR 2026, arXiv 2605.22269). The query is the last-layer un-rotated key of the question's
-    last token; a block's similarity is its cosine with the block's last-layer mean key. Stage 1 takes the
+    From MuKV (CVPR 2026, arXiv 2605.22269). The query is the question's last token's last-layer key; a
+    block's similarity is its cosine with the block's last-layer mean key (both un-rotated, or, with
+    `rotated`, as the cache holds them: MuKV's). Stage 1 takes the
     ``ceil(over * k[g])`` most similar blocks of each granularity g ("patch", "frame", "segment"; other kinds,
     such as text, count as "frame"). Stage 2 forms a global context, the mean last-layer key of the
     `context_top` best segment candidates (of the best candidates overall if there are no segments), and
@@ -42,6 +43,15 @@ class Hierarchical(Retriever):
         Candidates averaged into the global context (>= 1; MuKV: 5).
     alpha : float
         Weight of the context similarity in the stage-2 score, in [0, 1] (MuKV: 0.3).
+    rotated : bool
+        True (MuKV, IMBALDY/MuKV ``model/mukv_rerank.py`` ``question_answering``): the keys are those the
+        cache holds, rotated at their positions: the query is the key of the question's last token as the
+        question's probe forward cached it (``Query.rotated_key``), a block's key the mean of its cached
+        last-layer keys (``Catalog.rotated_keys``), and the global context the mean of those. Since RoPE
+        makes the cosine depend on where the question sits relative to the blocks, it is meant with
+        ``Independent(restart=True)``: every block is prefilled right after the sinks, and the engine probes
+        the question there too, as MuKV encodes both after its initial tokens. False (default): the
+        un-rotated keys (``Query.last_key``, ``Catalog.rkeys``), which do not depend on positions.
     """
 
     name: ClassVar[str] = "hierarchical"
@@ -49,6 +59,7 @@ class Hierarchical(Retriever):
     over: float = 2.0
     context_top: int = 5
     alpha: float = 0.3
+    rotated: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, dict) or set(self.k) - set(GRAINS):
@@ -62,10 +73,21 @@ class Hierarchical(Retriever):
             raise ConfigError(f"Hierarchical: context_top must be an int >= 1; got {self.context_top!r}")
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"Hierarchical: alpha must be in [0, 1]; got {self.alpha!r}")
+        if not isinstance(self.rotated, bool):
+            raise ConfigError(f"Hierarchical: rotated must be true or false; got {self.rotated!r}")
+
+    def similarity(self, catalog: Catalog, query: Query) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys [N, D], sim [N]): each block's last-layer key and its cosine with the question's."""
+        if self.rotated:
+            if catalog.rotated_keys is None or query.rotated_key is None:
+                raise ConfigError("Hierarchical(rotated=true) needs the cached keys of blocks and question")
+            keys, q = catalog.rotated_keys.float(), query.rotated_key.float()
+        else:
+            keys, q = catalog.rkeys[:, -1].float(), query.last_key[-1].float()
+        return keys, F.cosine_similarity(keys, q.to(keys.device)[None], dim=1, eps=1e-8)
 
     def select(self, catalog: Catalog, query: Query) -> list[list[int]]:
-        keys = catalog.rkeys[:, -1].float()  # [N, D]
-        sim = F.cosine_similarity(keys, query.last_key[-1].float()[None], dim=1, eps=1e-8)
+        keys, sim = self.similarity(catalog, query)
         pinned = catalog.pinned_rows()
         free = set(range(catalog.n)) - set(pinned)
         grain = [kind if kind in GRAINS else "frame" for kind in catalog.kinds]
