@@ -7,11 +7,20 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from videokv.models.base import Piece
 from videokv.policies.base import Unit
-from videokv.policies.compress import DualSignal, KeyNorm, MultiGrain, Pool, Redundancy, ValueNorm
+from videokv.policies.compress import (
+    DualSignal,
+    InfiniPot,
+    KeyNorm,
+    MultiGrain,
+    Pool,
+    Redundancy,
+    ValueNorm,
+)
 from videokv.policies.compress.guidance import Guidance
 from videokv.policies.retrieve import LayerAdaptive
 
@@ -102,6 +111,47 @@ def test_value_norm_matches_infinipot_v_van_per_head():
             worst = max(worst, max(abs(a - b) for a, b in zip(ref, scores[layer, h].tolist())))
             assert kept_per_head(draft, layer)[h] == topk_set(ref, int(n * keep))
     assert worst < 1e-5
+
+
+@pytest.mark.parametrize("tar_ratio", [0.5, 0.7, 0.0, 1.0])
+def test_infinipot_matches_infinipot_v_combined_per_head(tar_ratio):
+    """process_kv_cache("infinipot-v"): attn_budget = round((1 - tar_ratio) B); TaR picks B - attn_budget
+    (the query frames + the least redundant older tokens); their value norms become max + 1; topk(B)."""
+    frames, tpf = 8, 6
+    unit = unit_of(frames, tpf, seed=7)
+    keep = (
+        0.75  # a TaR share at least the query frames' tokens at every ratio (the reference's topk needs it)
+    )
+    n = unit.n_tokens
+    b = int(n * keep)
+    attn_budget = round((1 - tar_ratio) * b)
+    tar_budget = b - attn_budget
+    q_frames = int(frames * 0.25)
+    q_len = q_frames * tpf
+    comp = InfiniPot(keep, tar_ratio=tar_ratio, per_head=True)
+    (draft,) = comp.compress(unit)
+    for layer in range(L):
+        for h in range(KV):
+            k, v = unit.keys[layer][h].double(), unit.values[layer][h].double()
+            van = [math.sqrt(sum(float(x) ** 2 for x in v[t])) for t in range(n)]
+            if tar_budget > 0:
+                unit_k = [k[t] / (k[t].norm() + 1e-9) for t in range(n)]
+                older = [
+                    -sum(float(unit_k[t] @ unit_k[n - q_len + qf * tpf + t % tpf]) for qf in range(q_frames))
+                    / q_frames
+                    for t in range(n - q_len)
+                ]
+                tar = topk_set(older, tar_budget - q_len) | set(range(n - q_len, n))
+                top = max(van) + 1
+                van = [top if t in tar else x for t, x in enumerate(van)]
+            ref = topk_set(van, b)
+            assert kept_per_head(draft, layer)[h] == ref
+            if tar_budget > 0:
+                assert tar <= ref and len(ref - tar) == attn_budget
+    ends = {0.0: ValueNorm(keep, per_head=True), 1.0: Redundancy(keep, per_head=True)}
+    if tar_ratio in ends:  # the two ends are the single-signal compressors
+        (single,) = ends[tar_ratio].compress(unit)
+        assert all(torch.equal(a, c) for a, c in zip(draft.index, single.index))
 
 
 # ---- Video-XL-2 pooling (llava_qwen.py, pooling_kvs: avg_pool1d, kernel = stride) --------------------------

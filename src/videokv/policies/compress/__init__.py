@@ -7,6 +7,7 @@
 | `knorm`       | `KeyNorm`       | lowest key norms                                    | KnormPress       |
 | `value_norm`  | `ValueNorm`     | highest value norms (VaN)                           | InfiniPot-V      |
 | `redundancy`  | `Redundancy`    | newest frames + older tokens least like them (TaR)  | InfiniPot-V      |
+| `infinipot`   | `InfiniPot`     | a TaR share of the budget, the rest by value norm   | InfiniPot-V      |
 | `dual_signal` | `DualSignal`    | attention received + high-frequency key content     | MuKV             |
 | `bilevel`     | `Bilevel`       | a low ("L") and a high ("H") copy of every unit     | Video-X²L        |
 """
@@ -14,6 +15,7 @@
 from videokv.policies.compress.base import Compressor, ScorerCompressor
 from videokv.policies.compress.bilevel import Bilevel
 from videokv.policies.compress.dual_signal import DualSignal
+from videokv.policies.compress.infinipot import InfiniPot
 from videokv.policies.compress.knorm import KeyNorm
 from videokv.policies.compress.multigrain import MultiGrain
 from videokv.policies.compress.none import NoCompression
@@ -22,7 +24,18 @@ from videokv.policies.compress.redundancy import Redundancy
 from videokv.policies.compress.value_norm import ValueNorm
 
 COMPRESSORS: dict[str, type[Compressor]] = {
-    c.name: c for c in (NoCompression, Pool, KeyNorm, ValueNorm, Redundancy, DualSignal, Bilevel, MultiGrain)
+    c.name: c
+    for c in (
+        NoCompression,
+        Pool,
+        KeyNorm,
+        ValueNorm,
+        Redundancy,
+        InfiniPot,
+        DualSignal,
+        Bilevel,
+        MultiGrain,
+    )
 }
 
 __all__ = [
@@ -30,6 +43,7 @@ __all__ = [
     "Bilevel",
     "Compressor",
     "DualSignal",
+    "InfiniPot",
     "KeyNorm",
     "MultiGrain",
     "NoCompression",
