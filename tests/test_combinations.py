@@ -26,14 +26,23 @@ INGESTS = (Window(None), Window(frames=4, batch=2), Independent(), PrevBlocks(1)
 COMBOS = list(itertools.product(COMPRESSORS, RETRIEVERS))
 
 
+def _positions(i: int, retriever) -> str:
+    """keep / compact in turn; restart (i % 8 == 5) needs compact; every fourth "length" (Video-XL-2), where
+    the retriever is not layerwise (a layerwise forward fixes the question's positions first)."""
+    if i % 8 != 5 and i % 4 == 3 and not retriever.layerwise_query():
+        return "length"
+    return ("keep", "compact")[i % 2]
+
+
 def _config(i: int, compress: str, retrieve: str) -> MemoryConfig:
+    retriever = registry()["retrieve"][retrieve]()
     return MemoryConfig(
         name=f"{compress}+{retrieve}",
         ingest=Independent(restart=True) if i % 8 == 5 else INGESTS[i % len(INGESTS)],  # 5: compact
         segment=SEGMENTERS[(i // 2) % len(SEGMENTERS)],
         compress=registry()["compress"][compress](),
-        retrieve=registry()["retrieve"][retrieve](),
-        positions=("keep", "compact")[i % 2],
+        retrieve=retriever,
+        positions=_positions(i, retriever),
         summary=SegmentSummary() if i % 3 == 0 else None,
     )
 

@@ -93,6 +93,17 @@ def test_an_override_that_does_not_apply_is_an_error():
     assert config.retrieve is not None and type(config.compress).__name__ == "KeyNorm"
 
 
+def test_length_positions_need_the_whole_selection_first():
+    """positions=length (Video-XL-2) puts the question after the assembled context: a layerwise retriever
+    (ReKV's retrieval forward) fixes the question's positions before the context exists."""
+    assert resolve_memory("x2l", []).positions == "length"
+    assert resolve_memory("uniform", ["positions=length"]).positions == "length"
+    with pytest.raises(ConfigError, match="positions=length.*layerwise"):
+        resolve_memory("rekv", ["positions=length"])
+    with pytest.raises(ConfigError, match="'keep', 'compact' or 'length'"):
+        resolve_memory("x2l", ["positions=middle"])
+
+
 def test_bilevel_with_a_guidance_level_runs():
     """Bilevel(low=Guidance) used to raise AttributeError (the engine read `compressor.prompt`)."""
     from videokv.policies.compress import Bilevel, Pool

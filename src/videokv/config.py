@@ -32,8 +32,9 @@ class MemoryConfig:
     compress: what is kept of a unit's frame tokens (policies/compress).
     retrieve: which blocks a question sees (policies/retrieve); None answers from the ingest context itself
         (the `full` and `window` presets), without a block store.
-    positions: "keep" (keys keep the positions they were computed at) or "compact" (re-rotate the assembled
-        context to contiguous positions).
+    positions: "keep" (keys keep the positions they were computed at; the question at the stream cursor),
+        "compact" (re-rotate the assembled context to contiguous positions) or "length" (keys as computed,
+        the question at the context's length: Video-XL-2).
     summary: a pseudo-block policy run on every unit with frames (`SegmentSummary`: StreamKV's
         segment-summary pseudo-frame, a block kept whole and retrieved like the others); None: none.
         ``summary=true`` / ``false`` in overrides stand for SegmentSummary() / None.
@@ -68,8 +69,13 @@ class MemoryConfig:
             )
         if self.index not in ("torch", "faiss"):
             raise ConfigError(f"index must be 'torch' or 'faiss'; got {self.index!r}")
-        if self.positions not in ("keep", "compact"):
-            raise ConfigError(f"positions must be 'keep' or 'compact'; got {self.positions!r}")
+        if self.positions not in ("keep", "compact", "length"):
+            raise ConfigError(f"positions must be 'keep', 'compact' or 'length'; got {self.positions!r}")
+        if self.positions == "length" and self.retrieve is not None and self.retrieve.layerwise_query():
+            raise ConfigError(
+                "positions=length places the question after the whole assembled context, which a layerwise "
+                "retriever's forward does not know beforehand; use positions=keep or compact with it"
+            )
         if getattr(self.ingest, "restart", False) and self.positions != "compact":
             raise ConfigError(
                 "ingest.restart places every unit at the same positions; it needs positions=compact "

@@ -152,6 +152,7 @@ class Engine:
         self.trace: list[Piece] | None = None  # set to [] to record every piece forwarded into the context
         self.retrieved: list[list[int]] | None = None  # memory mode: per layer, the last question's rows
         self.context_lengths: list[int] | None = None  # per layer, the last question's context (with sinks)
+        self.question_at: int | None = None  # the position the last question's context ended at
         # 1. the header: its first `sinks` tokens are the attention sinks
         with torch.no_grad():
             piece = adapter.text_piece(self.layout.header, 0, kind="prompt")
@@ -609,6 +610,7 @@ class Engine:
             retrieval_s = time.perf_counter() - t_start
             context_tokens = context.lengths()
             self.context_lengths = context_tokens  # for inspection: per layer, sinks included
+            self.question_at = cursor  # for inspection: where the lead and the question were placed
             if choices:
                 best, scores, free, stats = yield from self.decoder.pick_choice_steps(
                     context, cursor, question, choices, max_new_tokens, lead

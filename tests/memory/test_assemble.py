@@ -94,7 +94,7 @@ def test_compact_assembly_rotates_each_layer_as_block_by_block(family):
 
 def test_x2l_evidence_gives_low_compression_to_top_chunks():
     model, tok = get_tiny("llava_onevision")  # one frame piece per frame (no temporal patches)
-    config = get_preset("x2l").with_overrides(["retrieve.k_low=1"])
+    config = get_preset("x2l").with_overrides(["retrieve.k_low=1", "retrieve.keep_ends=false"])
     s = VideoQA.from_model(model, tok, memory=config).session()
     s.add_frames(random_frames(12))
     ans = s.ask("what happens?", max_new_tokens=2)
@@ -108,3 +108,44 @@ def test_x2l_evidence_gives_low_compression_to_top_chunks():
     assert {t for b, t in zip(store.blocks, store.tier) if b.level == "H"} == {"host"}
     assert {t for b, t in zip(store.blocks, store.tier) if b.level == "L"} == {"disk"}
     assert store.resident_bytes == sum(h_bytes)
+
+
+def test_length_positions_keep_keys_and_put_the_question_after_the_context():
+    """Video-XL-2's placement: the stored keys untouched (as "keep"), the question at the context's length."""
+    g = torch.Generator().manual_seed(5)
+    layers, heads, d = 2, 2, 8
+    sink_k = [torch.randn(1, heads, 3, d, generator=g) for _ in range(layers)]
+    sink_v = [torch.randn(1, heads, 3, d, generator=g) for _ in range(layers)]
+
+    def block(index: int, start: int, n: int) -> KVBlock:
+        keys = [torch.randn(heads, n, d, generator=g) for _ in range(layers)]
+        values = [torch.randn(heads, n, d, generator=g) for _ in range(layers)]
+        positions = [torch.arange(start, start + n)[None] for _ in range(layers)]
+        rkey = torch.zeros(layers, heads * d)
+        return KVBlock(index, index, "frame", float(index), index + 1.0, keys, values, positions, rkey)
+
+    blocks = [block(0, 100, 4), block(1, 900, 5)]
+    selection = [blocks, blocks[1:]]  # layer 1 sees one block: the longest layer decides
+    rotary = get_tiny("qwen2_vl")[0].model.language_model.rotary_emb
+    kept, at_keep = assemble(sink_k, sink_v, 3, selection, "keep", rotary, 5000)
+    placed, at = assemble(sink_k, sink_v, 3, selection, "length", rotary, 5000)
+    assert at_keep == 5000 and at == 3 + 4 + 5
+    for a, b in zip(kept.layers, placed.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_x2l_reads_the_first_and_last_chunks_at_low_and_asks_at_the_context_length():
+    """Video-XL-2's bi-level decoding: blocks 1 and last always at full KV (with the selected ones), the
+    question's positions right after the mixed cache (llava_qwen.py: position_ids from prefill_len)."""
+    model, tok = get_tiny("llava_onevision")
+    config = get_preset("x2l").with_overrides(["retrieve.k_low=1"])
+    s = VideoQA.from_model(model, tok, memory=config).session()
+    s.add_frames(random_frames(20))  # 5 chunks of 4 frames
+    s.ask("what happens?", max_new_tokens=2)
+    engine = s.engine
+    catalog = engine.index.catalog()
+    low_units = sorted({int(catalog.units[r]) for r in engine.retrieved[0] if catalog.levels[r] == "L"})
+    chunks = sorted({int(u) for u, lv in zip(catalog.units.tolist(), catalog.levels) if lv == "L"})
+    assert len(chunks) == 5 and chunks[0] in low_units and chunks[-1] in low_units
+    assert 2 <= len(low_units) <= 3  # the ends plus the most relevant one (which may be an end)
+    assert engine.question_at == max(engine.context_lengths) < engine.cursor

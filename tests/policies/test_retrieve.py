@@ -128,6 +128,7 @@ def test_recent_takes_newest_units():
         lambda: Hierarchical(context_top=0),
         lambda: Hierarchical(rotated="yes"),
         lambda: BilevelReload(k_low=-1),
+        lambda: BilevelReload(keep_ends=1),
     ],
 )
 def test_parameters_are_validated(make):
@@ -284,6 +285,15 @@ def test_bilevel_reload_low_for_top_units_high_for_rest():
     expected = [0 * 2 + 1, 1 * 2, 2 * 2 + 1, 10, 3 * 2, 4 * 2 + 1]  # H, L, H, text, L, H
     assert out == [expected] * L
     assert [cat.levels[r] for r in expected] == ["H", "L", "H", "full", "L", "H"]
+
+
+def test_bilevel_reload_keep_ends_adds_the_first_and_last_units():
+    relevance = torch.tensor([0.1, 0.9, 0.3, 0.8, 0.2]).expand(L, 5).clone()
+    cat, query = bilevel_case(relevance)
+    out = BilevelReload(k_low=2, keep_ends=True).select(cat, query)
+    assert [cat.levels[r] for r in out[0]] == ["L", "L", "H", "full", "L", "L"]  # units 0 and 4 join 1 and 3
+    out = BilevelReload(k_low=1, keep_ends=True).select(cat, query)
+    assert [int(cat.units[r]) for r in out[0] if cat.levels[r] == "L"] == [0, 1, 4]
 
 
 def test_bilevel_reload_per_layer():

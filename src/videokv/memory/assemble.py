@@ -2,6 +2,10 @@
 
 Positions follow the PositionPolicy:
 - "keep": every key keeps the rotation it was computed with; the question continues at the stream cursor.
+- "length": every key keeps its rotation, and the question starts at the context's length (sinks + the
+  assembled tokens; the longest layer's), as Video-XL-2's bi-level decoding places it: the question stays
+  inside the trained length however long the stream, at the price of a gap between its positions and the
+  stored keys'.
 - "compact": the selected blocks are moved next to each other (ReKV, StreamKV) so the context stays inside
   the trained length: with 1-D RoPE every kept token takes the next position; with M-RoPE a block keeps its
   internal (t, h, w) offsets and is shifted to start right after the previous block. Layers may hold
@@ -20,7 +24,7 @@ from videokv.memory.block import KVBlock
 from videokv.memory.cache import ContextCache
 from videokv.models.rope import angles, apply_rotation
 
-POSITION_POLICIES = ("keep", "compact")
+POSITION_POLICIES = ("keep", "compact", "length")
 
 
 def distinct_tokens(blocks: list[KVBlock], layer: int) -> list[KVBlock]:
@@ -87,11 +91,12 @@ def assemble(
     """
     selection = [distinct_tokens(blocks, layer) for layer, blocks in enumerate(selection)]
     keys, values = [], []
-    if policy == "keep":
+    if policy in ("keep", "length"):
         for layer, blocks in enumerate(selection):
             keys.append(torch.cat([sink_keys[layer], *(b.keys[layer][None] for b in blocks)], dim=-2))
             values.append(torch.cat([sink_values[layer], *(b.values[layer][None] for b in blocks)], dim=-2))
-        return ContextCache.from_tensors(keys, values), cursor
+        at = cursor if policy == "keep" else max(k.shape[-2] for k in keys)
+        return ContextCache.from_tensors(keys, values), at
     if policy != "compact":
         raise ValueError(f"unknown position policy {policy!r}; choose one of {POSITION_POLICIES}")
     placed = [
@@ -140,6 +145,12 @@ def assemble_layer(
     v = torch.cat([sink_values, *(b.values[layer][None] for b in blocks)], dim=-2)
     if policy == "keep":
         return k, v
+    if policy == "length":
+        raise ValueError(
+            "positions='length' places the question after the whole assembled context, which a "
+            "layer-by-layer retrieval forward does not know beforehand; use 'keep' or 'compact' with a "
+            "layerwise retriever"
+        )
     if policy != "compact":
         raise ValueError(f"unknown position policy {policy!r}; choose one of {POSITION_POLICIES}")
     placed, end = compact_positions([b.positions[layer] for b in blocks], sink_end)

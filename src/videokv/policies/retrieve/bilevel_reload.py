@@ -20,7 +20,11 @@ class BilevelReload(Retriever):
     stream order. Video-X²L scores relevance with an external oracle; here it is done online from the
     question: a unit's relevance is the ReKV score (question query · mean key) of its "L" block(s),
     averaged over layers. Units stored at one level only are read at that level and do not compete; text
-    and pinned blocks are always included.
+    and pinned blocks are always included. With `keep_ends` the stream's first and last bi-level units are
+    read at "L" as well, besides the `k_low` most relevant, as Video-XL-2's bi-level decoding always
+    decodes blocks 0 (its system prompt: videokv's sinks), 1 and the last at full KV
+    (VectorSpaceLab/Video-XL, ``Video-XL-2/eval/lvu/w_chunk_bilevel``, ``llava_qwen.py``:
+    ``indices = [0, 1, len(blocks_positions) - 1] + gt_block_idx``).
 
     Parameters
     ----------
@@ -29,15 +33,20 @@ class BilevelReload(Retriever):
     per_layer : bool
         False: one choice from the layer-averaged relevance, the same on every layer. True: each layer
         ranks the units by its own score.
+    keep_ends : bool
+        Also read the first and the last bi-level unit at "L" (Video-XL-2; off: they compete like the rest).
     """
 
     name: ClassVar[str] = "bilevel_reload"
     k_low: int = 4
     per_layer: bool = False
+    keep_ends: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.k_low, int) or self.k_low < 0:
             raise ConfigError(f"BilevelReload: k_low must be an int >= 0; got {self.k_low!r}")
+        if not isinstance(self.keep_ends, bool):
+            raise ConfigError(f"BilevelReload: keep_ends must be true or false; got {self.keep_ends!r}")
 
     def select(self, catalog: Catalog, query: Query) -> list[list[int]]:
         pinned = catalog.pinned_rows()
@@ -51,9 +60,9 @@ class BilevelReload(Retriever):
         rel = torch.stack([scores[:, low[u]].mean(1) for u in units], 1) if units else None  # [L, U]
 
         def rows_for(relevance: torch.Tensor | None) -> list[int]:
-            top: set[int] = set()
+            top: set[int] = {units[0], units[-1]} if self.keep_ends and units else set()
             if relevance is not None:
-                top = {units[i] for i in self.top_rows(relevance, list(range(len(units))), self.k_low)}
+                top |= {units[i] for i in self.top_rows(relevance, list(range(len(units))), self.k_low)}
             prefer = {u: "L" if u in top else "H" for u in units}
             return catalog.in_stream_order(catalog.level_rows(prefer=prefer) + pinned)
 
