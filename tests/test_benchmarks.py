@@ -201,3 +201,72 @@ def test_reload_throughput(tmp_path):
     ):
         assert _positive(res["cases"][name]["gb_per_s"])
     assert res["cases"]["memcpy (torch)"]["fraction_of_reference"] == pytest.approx(1.0)
+
+
+def test_retrieval_at_scale(tmp_path):
+    """A whole question through Session.ask over a memory grown to N blocks (Engine.keep), split into its
+    steps; the planted needles are found at every N, the replayed selection is the ask's, the context is the
+    sinks plus the selected blocks; copies may share their real block's K/V; sizes over a cap are skipped."""
+    data = _run("retrieval_at_scale", tmp_path, "--sizes", "300,3000")
+    res = data["results"]
+    assert set(res["presets"]) == {"rekv", "videokv"}
+    assert res["text_matching"] == {"rekv": False, "videokv": True}
+    for preset, out in res["presets"].items():
+        assert set(out["sizes"]) == {"300", "3000"}
+        for n, entry in out["sizes"].items():
+            assert "skipped" not in entry and entry["kv"] == "cloned"
+            assert entry["blocks"] >= int(n)
+            steps = entry["steps"]
+            for name in (
+                "total",
+                "retrieval",
+                "catalog",
+                "selection",
+                "reload",
+                "forward",
+                "prefill",
+                "decode",
+            ):
+                assert len(steps[name]["seconds"]) == data["args"]["repeats"]
+                assert _positive(steps[name]["median"]), (preset, n, name)
+            for name in ("selection alone", "reload alone", "assembly alone"):
+                assert _positive(steps[name]["median"])
+            # the steps partition each ask (its stats are rounded to 0.1 ms)
+            parts = [steps[s]["seconds"] for s in ("catalog", "selection", "reload", "forward", "prefill")]
+            for r, total in enumerate(steps["total"]["seconds"]):
+                assert sum(p[r] for p in parts) <= total + 1e-3
+            assert entry["dominant"] in steps and 0 < entry["dominant_share"] <= 1
+            assert _positive(entry["ratio_to_smallest"]["total"])
+            checks = entry["checks"]
+            assert checks["frame_needle_in_layer0"] is True
+            assert checks["replay_identical"] is True
+            assert checks["context_is_sinks_plus_selected"] is True
+            assert checks["selected_per_layer_min"] >= checks["dense_k"] == 64
+            assert checks["text_needle_in_every_layer"] is (preset == "videokv")
+        tiers = out["sizes"]["3000"]["bytes_by_tier"]
+        assert (tiers["disk"] > 0) is (preset == "videokv") and (tiers["host"] > 0) is (preset == "rekv")
+    # copies sharing their real block's K/V (what a size too large for cloned copies uses); a disk cap skips
+    # the disk-tier preset
+    data = _run(
+        "retrieval_at_scale",
+        tmp_path,
+        *("--sizes", "300", "--repeats", "1", "--share-kv", "always", "--max-disk-gb", "1e-9"),
+    )
+    sizes = {p: out["sizes"]["300"] for p, out in data["results"]["presets"].items()}
+    assert sizes["rekv"]["kv"] == "shared" and sizes["rekv"]["checks"]["replay_identical"] is True
+    assert "spill files" in sizes["videokv"]["skipped"] and "skipped" in data["table"]
+    # --share-kv auto: shared K/V at every N when cloned copies of the largest would pass --max-gb; sizes
+    # over a cap are skipped
+    from argparse import Namespace
+
+    bench = _module("retrieval_at_scale")
+    args = Namespace(max_gb=4.0, max_disk_gb=8.0, max_build_s=300.0, share_kv="auto")
+    est = {"ram_gb": 3.0, "ram_gb_shared": 2.0, "disk_gb": 0.0, "build_s": 10.0}
+    in_ram, on_disk = {"kv_resident": 2048.0}, {"kv_resident": 0.0}
+    assert bench.kv_mode(est, in_ram, args) == "cloned"
+    assert bench.kv_mode(dict(est, ram_gb=6.0), in_ram, args) == "shared"
+    assert bench.kv_mode(dict(est, ram_gb=6.0), on_disk, args) == "cloned"
+    assert bench.plan(est, "cloned", args) is None
+    assert "RAM" in bench.plan(dict(est, ram_gb=6.0), "cloned", args)
+    assert bench.plan(dict(est, ram_gb=6.0), "shared", args) is None
+    assert "grow and release" in bench.plan(dict(est, build_s=900.0), "cloned", args)
