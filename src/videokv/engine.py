@@ -764,7 +764,7 @@ class Engine:
             tiers = self.store.bytes_by_tier()
             stats.update(
                 {
-                    "memory_tokens": sum(int(b.positions[0].shape[1]) for b in self.store.blocks),
+                    "memory_tokens": self.store.n_tokens,
                     "memory_bytes": self.store.resident_bytes,
                     "offloaded_bytes": tiers["disk"],
                     "bytes_by_tier": tiers,

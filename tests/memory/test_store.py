@@ -501,3 +501,20 @@ def test_cold_blocks_go_to_disk_on_a_cpu_machine(tmp_path):
     assert len(spill_files(tmp_path)) == 2
     for i, b in enumerate(blocks):
         assert_same_block(store.get(i), b)
+
+
+def test_token_count_follows_adds_and_truncates():
+    """`n_tokens` (what `memory_stats` reports as memory_tokens, with no pass over the store) equals the
+    tokens of the blocks held, through adds, spills to disk and rollbacks."""
+    blocks = [make_block(i, n) for i, n in enumerate([3, 0, 5, 2, 7, 1])]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(host_bytes=2 * blocks[2].nbytes, spill_dir=tmp)  # the older blocks spill to disk
+        for b in blocks:
+            store.add(b)
+            assert store.n_tokens == sum(x.positions[0].shape[1] for x in blocks[: b.index + 1])
+        assert "disk" in store.tier
+        for n in (4, 1, 0):
+            store.truncate(n)
+            assert store.n_tokens == sum(x.positions[0].shape[1] for x in blocks[:n])
+        store.add(blocks[0])
+        assert store.n_tokens == 3

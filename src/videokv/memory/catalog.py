@@ -74,10 +74,13 @@ class Catalog:
 
     def scores(self, query: Query) -> torch.Tensor:
         """ReKV's relevance, [L, N] fp32: per layer, the question's query · each block's rkey. When `rkeys`
-        is a view of layer-major storage (as `memory.index.Index` builds it), one batched product reads
-        each layer's keys contiguously (about 2x faster than over [N, L, D]: docs/SPEED.md)."""
+        is a view of layer-major storage (as `memory.index.Index` builds it: each layer's keys contiguous,
+        spare rows after them), one batched product reads each layer's keys contiguously (about 2x faster
+        than over [N, L, D]: docs/SPEED.md)."""
         layer_major = self.rkeys.permute(1, 0, 2)
-        if layer_major.is_contiguous():
+        d = layer_major.shape[-1]
+        if layer_major.stride(-1) == 1 and (layer_major.shape[-2] <= 1 or layer_major.stride(-2) == d):
+            # each layer's [N, D] keys contiguous (the index's buffers hold spare rows after them)
             scores = torch.bmm(layer_major.float(), query.q.float().unsqueeze(-1)).squeeze(-1)
         else:
             scores = torch.einsum("nld,ld->ln", self.rkeys.float(), query.q.float())
@@ -110,7 +113,8 @@ class Catalog:
         (both copies of a bi-level unit), only those of its first level in "full" > "L" > "H" (then the
         first met) stay, so a context never holds the same stream tokens twice."""
         levels: dict[int, set[str]] = {}
-        units = self.units.tolist()
+        # the units of these rows only (a question's rows, not the whole store: no pass over every block)
+        units = dict(zip(rows, self.units[list(rows)].tolist())) if len(rows) else {}
         for r in rows:
             levels.setdefault(units[r], set()).add(self.levels[r])
         if all(len(v) == 1 for v in levels.values()):
@@ -135,6 +139,8 @@ class Catalog:
     def unit_rows(self, units: Iterable[int]) -> list[int]:
         """Every row of the given units."""
         wanted = set(int(u) for u in units)
+        if not wanted:
+            return []
         return [r for r, u in enumerate(self.units.tolist()) if u in wanted]
 
     def level_rows(
@@ -148,6 +154,8 @@ class Catalog:
         """
         prefer = prefer or {}
         wanted = None if units is None else set(int(u) for u in units)
+        if wanted is not None and not wanted:
+            return []
         by_unit: dict[int, list[int]] = {}
         text: list[int] = []
         pinned = self.pinned.bool().tolist()

@@ -14,11 +14,29 @@ from videokv.memory.catalog import Catalog
 from videokv.memory.faiss_index import FaissIndex
 
 
+def _grow(buf: torch.Tensor | None, need: int, dim: int, like: torch.Tensor) -> torch.Tensor:
+    """`buf` with room for `need` rows along `dim` (capacity doubled, the rows kept); a new buffer shaped
+    like `like` when there is none."""
+    if buf is not None and buf.shape[dim] >= need:
+        return buf
+    cap = max(16, need, 2 * (buf.shape[dim] if buf is not None else 0))
+    shape = list(like.shape)
+    shape.insert(dim, cap)
+    out = torch.zeros(shape, dtype=like.dtype, device=like.device)
+    if buf is not None:
+        out.narrow(dim, 0, buf.shape[dim]).copy_(buf)
+    return out
+
+
 class Index:
     """Rows in the order blocks were stored (which is stream order: the engine stores units in order).
 
     backend "torch" scores every block with one matrix product per layer; "faiss" also keeps a FAISS index
     (memory/faiss_index.py) that top-k retrieval searches instead.
+
+    The per-block tensors live in buffers that grow by doubling, so that adding a block costs O(1) amortised
+    and the catalog of N blocks is a set of views (plus copies of the three lists of names): a question
+    after a new block does not pay a rebuild that grows with N.
     """
 
     def __init__(self, backend: str = "torch") -> None:
@@ -26,16 +44,20 @@ class Index:
             raise ConfigError(f"index must be 'torch' or 'faiss'; got {backend!r}")
         self.backend = backend
         self.faiss: FaissIndex | None = None
-        self.rkeys: list[torch.Tensor] = []
-        self.rotated_keys: list[torch.Tensor] = []  # per block [D]: its mean stored (rotated) last-layer key
+        self.n = 0
+        self._rkeys: torch.Tensor | None = None  # [L, cap, D] float32: layer-major retrieval keys
+        self._rotated: torch.Tensor | None = (
+            None  # [cap, D]: per block its mean stored (rotated) last-layer key
+        )
+        self._units: torch.Tensor | None = None  # [cap] long
+        self._t0: torch.Tensor | None = None  # [cap] float64
+        self._t1: torch.Tensor | None = None
+        self._pinned: torch.Tensor | None = None  # [cap] bool
+        self._present: torch.Tensor | None = None  # [cap, L] bool: does the block hold tokens at the layer
+        self._partial = 0  # blocks absent from some layer (the catalog's `present` is None while 0)
         self.kinds: list[str] = []
-        self.units: list[int] = []
         self.levels: list[str] = []
-        self.t0: list[float] = []
-        self.t1: list[float] = []
-        self.pinned: list[bool] = []
         self.texts: list[str | None] = []  # a text block's text, None for the others
-        self.present: list[list[bool]] = []  # per block, per layer: does it hold tokens there
         self._catalog: Catalog | None = None
 
     def add(self, block: KVBlock) -> None:
@@ -43,36 +65,42 @@ class Index:
             if self.faiss is None:
                 self.faiss = FaissIndex(*block.rkey.shape)
             self.faiss.add(block.rkey)
-        self.rkeys.append(block.rkey.float())
+        rkey = block.rkey.float()  # [L, D]
         kv, n, d = block.keys[-1].shape  # rotated at the block's positions; n = 0: absent at the last layer
-        mean = block.keys[-1].float().mean(1).reshape(-1) if n else torch.zeros(kv * d)
-        self.rotated_keys.append(mean.to(block.rkey.device))
+        rotated = block.keys[-1].float().mean(1).reshape(-1) if n else torch.zeros(kv * d)
+        present = torch.tensor([int(k.shape[-2]) > 0 for k in block.keys], dtype=torch.bool)
+        i, need = self.n, self.n + 1
+        one = torch.zeros((), dtype=torch.long)
+        self._rkeys = _grow(self._rkeys, need, 1, rkey)  # [L, cap, D]
+        self._rotated = _grow(self._rotated, need, 0, rotated.to(rkey.device))
+        self._units = _grow(self._units, need, 0, one)
+        self._t0 = _grow(self._t0, need, 0, one.double())
+        self._t1 = _grow(self._t1, need, 0, one.double())
+        self._pinned = _grow(self._pinned, need, 0, one.bool())
+        self._present = _grow(self._present, need, 0, present)
+        self._rkeys[:, i] = rkey
+        self._rotated[i] = rotated.to(rkey.device)
+        self._units[i] = block.unit
+        self._t0[i] = block.t0
+        self._t1[i] = block.t1
+        self._pinned[i] = block.pinned
+        self._present[i] = present
+        self._partial += int(not bool(present.all()))
         self.kinds.append(block.kind)
-        self.units.append(block.unit)
         self.levels.append(block.level)
-        self.t0.append(block.t0)
-        self.t1.append(block.t1)
-        self.pinned.append(block.pinned)
         self.texts.append(block.text if block.kind == "text" else None)
-        self.present.append([int(k.shape[-2]) > 0 for k in block.keys])
+        self.n = need
         self._catalog = None
 
     def __len__(self) -> int:
-        return len(self.rkeys)
+        return self.n
 
     def truncate(self, n: int) -> None:
-        for field in (
-            self.rkeys,
-            self.rotated_keys,
-            self.kinds,
-            self.units,
-            self.levels,
-            self.t0,
-            self.t1,
-            self.pinned,
-            self.texts,
-            self.present,
-        ):
+        n = max(0, min(n, self.n))
+        if self._present is not None:
+            self._partial -= int((~self._present[n : self.n].all(dim=1)).sum())
+        self.n = n
+        for field in (self.kinds, self.levels, self.texts):
             del field[n:]
         if self.faiss is not None:
             self.faiss.truncate(n)
@@ -80,17 +108,20 @@ class Index:
 
     def catalog(self) -> Catalog:
         if self._catalog is None:
+            n = self.n
+            if self._rkeys is None:
+                raise ConfigError("the index is empty: there is no catalog to retrieve from")
             self._catalog = Catalog(
-                rkeys=torch.stack(self.rkeys, dim=1).permute(1, 0, 2),  # [N, L, D] view, layer-major storage
+                rkeys=self._rkeys[:, :n].permute(1, 0, 2),  # [N, L, D] view of layer-major storage
                 kinds=list(self.kinds),
-                units=torch.tensor(self.units, dtype=torch.long),
+                units=self._units[:n],
                 levels=list(self.levels),
-                t0=torch.tensor(self.t0, dtype=torch.float64),
-                t1=torch.tensor(self.t1, dtype=torch.float64),
-                pinned=torch.tensor(self.pinned, dtype=torch.bool),
+                t0=self._t0[:n],
+                t1=self._t1[:n],
+                pinned=self._pinned[:n],
                 search=self.faiss.search if self.faiss is not None else None,
                 texts=list(self.texts),
-                present=None if all(all(p) for p in self.present) else torch.tensor(self.present),
-                rotated_keys=torch.stack(self.rotated_keys),
+                present=self._present[:n] if self._partial else None,
+                rotated_keys=self._rotated[:n],
             )
         return self._catalog

@@ -61,6 +61,8 @@ class Store:
         self.blocks: list[KVBlock] = []
         self.tier: list[str] = []
         self.nbytes_of: list[int] = []
+        self.tokens_of: list[int] = []  # per block, its tokens at the first layer
+        self.n_tokens = 0  # their sum (kept as blocks come and go: no pass over the store per question)
         self.lane: list[int] = []  # 0: hot (may use every tier), 1: cold (never the fastest tier)
         self.used = {t: 0 for t in TIERS}
         self._lane_used = [{t: 0 for t in TIERS} for _ in LANES]
@@ -88,11 +90,14 @@ class Store:
         self.check_fits(block.nbytes, cold)
         first = self._lane_tiers(lane)[0]
         nbytes = block.nbytes
+        tokens = int(block.positions[0].shape[1]) if block.positions else 0
         block = self._place(block, first)
         i = len(self.blocks)
         self.blocks.append(block)
         self.tier.append(first)
         self.nbytes_of.append(nbytes)
+        self.tokens_of.append(tokens)
+        self.n_tokens += tokens
         self.lane.append(lane)
         self._rows[lane].append(i)
         self.used[first] += nbytes
@@ -266,7 +271,8 @@ class Store:
             self._lane_used[self.lane[i]][self.tier[i]] -= self.nbytes_of[i]
             if self.tier[i] == "disk":
                 Path(self.blocks[i].meta["path"]).unlink(missing_ok=True)
-        del self.blocks[n:], self.tier[n:], self.nbytes_of[n:], self.lane[n:]
+        self.n_tokens -= sum(self.tokens_of[n:])
+        del self.blocks[n:], self.tier[n:], self.nbytes_of[n:], self.lane[n:], self.tokens_of[n:]
         for lane, rows in enumerate(self._rows):
             while rows and rows[-1] >= n:
                 rows.pop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -43,11 +44,17 @@ def stem(word: str) -> str:
     return word
 
 
-def words(text: str) -> set[str]:
+def words(text: str) -> frozenset[str]:
     """The distinct content words of `text`, stemmed (`stem`): lower-cased letters/digits runs, stopwords
-    and the `[12.0s]` time stamps the engine writes before each event dropped."""
+    and the `[12.0s]` time stamps the engine writes before each event dropped. Memoised: a stream's lines
+    are matched again at every question, and splitting them again each time grew with the stream."""
+    return _words(text)
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _words(text: str) -> frozenset[str]:
     text = re.sub(r"\[\d+(\.\d+)?s\]", " ", text.lower())
-    return {stem(w) for w in _WORD.findall(text) if w not in STOPWORDS}
+    return frozenset(stem(w) for w in _WORD.findall(text) if w not in STOPWORDS)
 
 
 #: words that make a question about a line's neighbours ("what happened just before ...?")
