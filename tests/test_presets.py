@@ -96,7 +96,7 @@ def test_an_override_that_does_not_apply_is_an_error():
 def test_length_positions_need_the_whole_selection_first():
     """positions=length (Video-XL-2) puts the question after the assembled context: a layerwise retriever
     (ReKV's retrieval forward) fixes the question's positions before the context exists."""
-    assert resolve_memory("x2l", []).positions == "length"
+    assert resolve_memory("x2l", ["positions=length"]).positions == "length"
     assert resolve_memory("uniform", ["positions=length"]).positions == "length"
     with pytest.raises(ConfigError, match="positions=length.*layerwise"):
         resolve_memory("rekv", ["positions=length"])

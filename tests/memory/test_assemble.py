@@ -138,7 +138,9 @@ def test_x2l_reads_the_first_and_last_chunks_at_low_and_asks_at_the_context_leng
     """Video-XL-2's bi-level decoding: blocks 1 and last always at full KV (with the selected ones), the
     question's positions right after the mixed cache (llava_qwen.py: position_ids from prefill_len)."""
     model, tok = get_tiny("llava_onevision")
-    config = get_preset("x2l").with_overrides(["retrieve.k_low=1"])
+    config = get_preset("x2l").with_overrides(
+        ["retrieve.k_low=1", "retrieve.keep_ends=true", "positions=length"]
+    )
     s = VideoQA.from_model(model, tok, memory=config).session()
     s.add_frames(random_frames(20))  # 5 chunks of 4 frames
     s.ask("what happens?", max_new_tokens=2)
