@@ -79,6 +79,14 @@ def summarize(folder: str | Path) -> tuple[dict, list[dict]]:
     return run, rows
 
 
+def _video_seconds(rows: list[dict]) -> dict[str, float]:
+    """Each video's stream length in the per-family rows: the latest question's clock over its rows."""
+    seconds: dict[str, float] = defaultdict(float)
+    for r in rows:
+        seconds[r["video_id"]] = max(seconds[r["video_id"]], r.get("stream_seconds") or 0.0)
+    return seconds
+
+
 def summarize_tasks(folder: str | Path) -> list[dict]:
     """One row per (preset, video, task family) of a run folder: questions, answered, accuracy, evidence
     recall, tokens attended (median) and resident / offloaded KV (MiB, mean at question time)."""
@@ -112,9 +120,7 @@ def summarize_tasks(folder: str | Path) -> list[dict]:
             )
     order = {p: i for i, p in enumerate(PRESET_ORDER)}
     tasks = {t: i for i, t in enumerate(TASKS)}
-    length: dict[str, float] = defaultdict(float)  # a video's stream length: its last question's clock
-    for r in rows:
-        length[r["video_id"]] = max(length[r["video_id"]], r["stream_seconds"])
+    length = _video_seconds(rows)
     rows.sort(
         key=lambda r: (
             order.get(r["preset"], 99),
@@ -133,9 +139,7 @@ def tasks_markdown(rows: list[dict]) -> str:
     then the tokens the answers attended to (median) and the resident / offloaded KV (mean)."""
     known = {t: i for i, t in enumerate(TASKS)}
     tasks = sorted({r["task"] for r in rows}, key=lambda t: (known.get(t, 99), t))
-    seconds: dict[str, float] = defaultdict(float)
-    for r in rows:
-        seconds[r["video_id"]] = max(seconds[r["video_id"]], r.get("stream_seconds") or 0.0)
+    seconds = _video_seconds(rows)
     videos = sorted(seconds, key=lambda v: (seconds[v], v))
     cell = {(r["preset"], r["video_id"], r["task"]): r for r in rows}
     lines = [
