@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import sys
@@ -18,12 +19,30 @@ from videokv.errors import InputError
 from videokv.generation import GenerationOptions
 from videokv.models.base import Adapter
 from videokv.models.registry import adapter_for, load_model
-from videokv.persist import load_config, read_save, restore_engine, save_engine
+from videokv.persist import SaveError, load_config, read_save, restore_engine, save_engine
 from videokv.presets import resolve_memory
-from videokv.qa import DEFAULT_SYSTEM, Answer, drain
+from videokv.qa import DEFAULT_SYSTEM, STREAM_SYSTEM, Answer, drain, matches, normalize, question_text
 from videokv.video.decode import iter_frames, probe
 from videokv.video.frames import validate_frames
 from videokv.video.subtitles import TextEvent, events_from_pairs, load_subtitles
+
+__all__ = [
+    "DEFAULT_SYSTEM",
+    "STREAM_SYSTEM",
+    "Answer",
+    "Frame",
+    "GenerationOptions",
+    "SaveError",
+    "Session",
+    "TextEvent",
+    "VideoQA",
+    "matches",
+    "normalize",
+    "question_text",
+    "video_items",
+]
+
+_QA_SYSTEM = object()  # Session's system prompt: the VideoQA's own
 
 
 class VideoQA:
@@ -70,17 +89,51 @@ class VideoQA:
         return cls(model, tokenizer, **kwargs)
 
     def session(
-        self, memory: str | MemoryConfig | None = None, memory_set: list[str] | None = None, fps: float = 1.0
+        self,
+        memory: str | MemoryConfig | None = None,
+        memory_set: list[str] | None = None,
+        fps: float = 1.0,
+        system: str | None | object = _QA_SYSTEM,
     ) -> Session:
-        """A new stream. memory/memory_set override this VideoQA's configuration for this session."""
+        """A new stream. memory/memory_set override this VideoQA's configuration for this session; `system`
+        its system prompt (default this VideoQA's; None: the chat template's own)."""
         config = self.memory if memory is None else resolve_memory(memory)
         if memory_set:
             config = config.with_overrides(memory_set)
-        return Session(self.adapter, config, fps=fps, system=self.system)
+        return Session(self.adapter, config, fps=fps, system=self.system if system is _QA_SYSTEM else system)
 
-    def load_session(self, folder: str | Path) -> Session:
-        """A session saved with `Session.save`, on this VideoQA's model (which must be the same model)."""
-        return Session.load(folder, self)
+    def load_session(
+        self, folder: str | Path, configure: Callable[[MemoryConfig], MemoryConfig] | None = None
+    ) -> Session:
+        """A session saved with `Session.save`, on this VideoQA's model (which must be the same model).
+        `configure` maps the saved memory configuration to the one to run with (e.g. a new byte budget or
+        spill folder); what it may change is what `MemoryConfig.replace` allows."""
+        return Session.load(folder, self, configure)
+
+    # ---- what callers may read of the model (the service checks request sizes with them) ----------------
+    @property
+    def family(self) -> str:
+        """The model family ("qwen2_vl", "qwen2_5_vl", "llava_onevision")."""
+        return self.adapter.family
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.device
+
+    @property
+    def frame_tokens(self) -> int | None:
+        """The cap on visual tokens per temporal patch given at construction (None: the checkpoint's)."""
+        return getattr(self.adapter, "frame_tokens", None)
+
+    @property
+    def max_context(self) -> int:
+        """The model's trained context length in tokens (`max_position_embeddings`; 0 if it has none)."""
+        text = self.adapter.model.config.get_text_config()
+        return int(getattr(text, "max_position_embeddings", 0) or 0)
+
+    def tokenize(self, text: str) -> list[int]:
+        """The token ids of `text` as the model's tokenizer gives them (no special tokens)."""
+        return self.adapter.tokenize(text)
 
 
 class Session:
@@ -94,25 +147,85 @@ class Session:
         self.fps = float(fps)
         self.system = system
         self.engine = Engine(adapter, config, system=system, frame_interval=1.0 / self.fps)
+        self.saved: dict = {}  # the `extra` fields of the save this session was loaded from
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
         """Save the whole session (config, blocks, index, positions, stream clock) to `folder`, atomically:
-        a crash mid-save leaves the previous save readable. An open memory unit is closed first."""
-        return save_engine(self.engine, folder, extra={"fps": self.fps, "system": self.system})
+        a crash mid-save leaves the previous save readable. An open memory unit is closed first. `extra`:
+        JSON fields of the caller's, given back as `saved` by `load`."""
+        return save_engine(
+            self.engine, folder, extra={**(extra or {}), "fps": self.fps, "system": self.system}
+        )
 
     @classmethod
-    def load(cls, folder: str | Path, qa: VideoQA) -> Session:
-        """Load a session saved with `save` (in any process) onto `qa`'s model; it continues streaming."""
+    def load(
+        cls,
+        folder: str | Path,
+        qa: VideoQA,
+        configure: Callable[[MemoryConfig], MemoryConfig] | None = None,
+    ) -> Session:
+        """Load a session saved with `save` (in any process) onto `qa`'s model; it continues streaming.
+        `configure`: as in `VideoQA.load_session`."""
         manifest, tensors = read_save(folder)
+        return cls.restore(qa, manifest, tensors, configure)
+
+    @classmethod
+    def restore(
+        cls,
+        qa: VideoQA,
+        manifest: dict,
+        tensors: dict[str, torch.Tensor],
+        configure: Callable[[MemoryConfig], MemoryConfig] | None = None,
+    ) -> Session:
+        """A session from a save's manifest and tensors (as `read_save` or a journal gives them)."""
         extra = manifest.get("extra") or {}
+        config = load_config(manifest)
+        if configure is not None:
+            config = configure(config)
         session = cls(
-            qa.adapter,
-            load_config(manifest),
-            fps=extra.get("fps", 1.0),
-            system=extra.get("system", DEFAULT_SYSTEM),
+            qa.adapter, config, fps=extra.get("fps", 1.0), system=extra.get("system", DEFAULT_SYSTEM)
         )
         restore_engine(session.engine, manifest, tensors)
+        session.saved = dict(extra)
         return session
+
+    @property
+    def config(self) -> MemoryConfig:
+        """The memory configuration this session runs with."""
+        return self.engine.config
+
+    @property
+    def frames_ingested(self) -> int:
+        return self.engine.frames_ingested
+
+    def flush(self) -> None:
+        """Close the open memory unit now (its frames become blocks), as the end of a stream does; the
+        server does it after every ingest step so that what it journals is whole units."""
+        self.engine.flush()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All-or-nothing: if the block raises, the session's memory and clock return to where they were."""
+        with self.engine.transaction():
+            yield
+
+    def timeline(self) -> list[dict]:
+        """The memory's blocks as time spans ({t0, t1, kind, level}), adjacent ones of the same kind and
+        level merged (what the web page draws)."""
+        engine = self.engine
+        if engine.memory_mode:
+            raw = sorted(((b.t0, b.t1, b.kind, b.level) for b in engine.store.blocks), key=lambda s: s[:2])
+        else:
+            first, name = engine.first_kept, engine.config.name
+            raw = [(b.t0, b.t1, b.kind, name) for b in engine.blocks if b.start >= first]
+        spans: list[dict] = []
+        for t0, t1, kind, level in raw:
+            last = spans[-1] if spans else None
+            if last and last["kind"] == kind and last["level"] == level and t0 <= last["t1"] + 1e-6:
+                last["t1"] = round(max(last["t1"], t1), 3)
+            else:
+                spans.append({"t0": round(t0, 3), "t1": round(t1, 3), "kind": kind, "level": level})
+        return spans
 
     @property
     def clock(self) -> float:

@@ -221,8 +221,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from videokv.api import STREAM_SYSTEM
     from videokv.demo import DEMO_QUESTIONS, is_correct, prepare_demo
-    from videokv.qa import STREAM_SYSTEM
 
     with tempfile.TemporaryDirectory() as tmp:
         video, srt = prepare_demo(args.out or tmp)

@@ -771,6 +771,9 @@ class Engine:
                     "blocks": len(self.store),
                     "units": len(self.unit_tokens),
                     "ingest_context_bytes": self.cache.nbytes,
+                    "ingest_context_tokens": max(
+                        0, (self.cache.lengths()[0] if self.cache.layers else 0) - self.n_sinks
+                    ),
                 }
             )
         else:

@@ -16,7 +16,7 @@ import torch
 from tests.conftest import random_frames
 from tests.server.conftest import ServerHandle, make_clip
 from videokv.api import VideoQA
-from videokv.server.journal import Journal
+from videokv.journal import Journal
 
 QUESTION = "what colour is the umbrella?"
 CHOICES = ["red", "blue", "green"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.server.conftest import TOKEN, make_clip
-from tests.server.test_api import QUESTION, answer_of, create, wait_for
+from tests.server.test_api import QUESTION, answer_of, create, parse_sse, wait_for
 
 pytest.importorskip("ray.serve")
 pytestmark = pytest.mark.ray
@@ -143,6 +144,57 @@ def _call(base: str, sid: str, method: str, path: str, kwargs: dict, token: bool
     return r.status_code, str(detail).replace(sid, "<sid>")
 
 
+def test_openai_chats_reach_their_sessions_replica(rc: httpx.Client):
+    """The OpenAI-compatible routes through the cluster, driven by the official `openai` client: a chat with
+    an image part creates a session on a replica (the registry learns where); the conversation naming that
+    session reaches the same replica and appends to its memory; a streamed chat there gives the plain one's
+    answer (questions change no memory)."""
+    import openai
+
+    oai = openai.OpenAI(base_url=f"{rc.base_url}v1", api_key=TOKEN, max_retries=0, timeout=300)
+    model = f"{oai.models.list().data[0].id.split(':')[0]}:rekv"
+    img = "data:image/png;base64," + base64.b64encode(_png(np.full((56, 84, 3), 90, np.uint8))).decode()
+    turn = {
+        "role": "user",
+        "content": [{"type": "image_url", "image_url": {"url": img}}, {"type": "text", "text": QUESTION}],
+    }
+    first = oai.chat.completions.create(model=model, messages=[turn], max_tokens=3)
+    sid = first.model_extra["session"]
+    st = rc.get(f"/v1/sessions/{sid}").json()
+    holder, frames = st["replica"]["id"], st["frames"]
+    assert frames >= 1 and sid in replicas(rc)[holder]["sessions"]
+    more = {**turn, "content": [turn["content"][0], {"type": "text", "text": "And now?"}]}
+    history = [turn, {"role": "assistant", "content": first.choices[0].message.content}, more]
+    plain = oai.chat.completions.create(
+        model=model, messages=history, max_tokens=4, extra_body={"session": sid}
+    )
+    assert plain.model_extra["session"] == sid
+    st = rc.get(f"/v1/sessions/{sid}").json()
+    assert st["replica"]["id"] == holder and st["frames"] > frames
+    ask = [*history, {"role": "assistant", "content": plain.choices[0].message.content}]
+    ask.append({"role": "user", "content": "And now?"})
+    texts = [
+        oai.chat.completions.create(model=model, messages=ask, max_tokens=4, extra_body={"session": sid})
+        .choices[0]
+        .message.content
+    ]
+    chunks = oai.chat.completions.create(
+        model=model, messages=ask, max_tokens=4, stream=True, extra_body={"session": sid}
+    )
+    texts.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+    assert texts[0] == texts[1] and rc.get(f"/v1/sessions/{sid}").json()["replica"]["id"] == holder
+
+
+def _png(img: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def test_bad_input_is_answered_as_by_one_process(rc: httpx.Client, serve_factory, tmp_path_factory):
     """Each bad request gets the same status and message from the cluster as from `videokv serve`."""
     single = serve_factory(extra=["--chunk-frames", "4", "--session-mb", str(SESSION_MB)])
@@ -168,9 +220,10 @@ def test_kill_9_of_a_replica_mid_ingest_loses_nothing(rc: httpx.Client, cluster,
     """Two sessions pull the same 5 fps clip at 2 fps at stream pace, on different replicas; the victim's
     replica is killed with SIGKILL mid-source. Its session comes back on the live replica with every block
     committed before the kill, its source continues, and it ends exactly as the untouched one: the same frame
-    times, blocks, clock and answers. A question sent right after the kill waits for the move (or gets a
-    retryable 503), never a wrong answer; Ray Serve starts a replacement replica."""
-    from videokv.server.journal import Journal
+    times, blocks, clock and answers. A streamed answer cut by the kill ends with a retryable error event
+    (whole events only); a question sent right after the kill waits for the move (or gets a retryable 503),
+    never a wrong answer; Ray Serve starts a replacement replica."""
+    from videokv.journal import Journal
 
     data = cluster[1]
     clip = make_clip(tmp_path / "five.mp4", seconds=16, fps=5)
@@ -183,7 +236,26 @@ def test_kill_9_of_a_replica_mid_ingest_loses_nothing(rc: httpx.Client, cluster,
     sid, pid = victim["id"], victim["replica"]["pid"]
     seen = wait_for(lambda: (s := rc.get(f"/v1/sessions/{sid}").json())["frames"] >= 10 and s, 120, 0.05)
     assert seen["frames"] < 32, "the kill must land mid-source"
+    streamed, first = [], threading.Event()
+
+    def listen() -> None:  # a long streamed answer, under way when the replica dies
+        ask = {"question": QUESTION, "max_new_tokens": 1000, "stream": True}
+        with rc.stream("POST", f"/v1/sessions/{sid}/ask", json=ask) as resp:
+            assert resp.status_code == 200
+            for text in resp.iter_text():
+                streamed.append(text)
+                first.set()
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    assert first.wait(60)
     os.kill(pid, signal.SIGKILL)
+    listener.join(60)
+    assert not listener.is_alive()
+    events = parse_sse("".join(streamed))  # every event whole (parse_sse fails on a cut one)
+    assert events[0][0] == "token" and all(kind == "token" for kind, _ in events[:-1])
+    kind, last = events[-1]
+    assert kind == "error" and last["retryable"] and "ask again" in last["detail"], events[-1]
     committed = int(Journal(data / "sessions" / sid / "journal").read_header()["blocks"])
     assert committed >= 10
     t0 = time.monotonic()

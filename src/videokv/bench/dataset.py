@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from videokv.api import normalize
 from videokv.errors import InputError
-from videokv.qa import normalize
 
 __all__ = [
     "DURATION_TOLERANCE",

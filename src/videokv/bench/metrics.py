@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from videokv.qa import matches, normalize
+from videokv.api import matches, normalize
 
 __all__ = [
     "TIME_TOLERANCE_S",

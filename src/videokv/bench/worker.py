@@ -13,9 +13,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from videokv.api import VideoQA
+from videokv.api import Frame, VideoQA
 from videokv.bench.metrics import evidence_recall, is_correct
-from videokv.engine import Frame
 from videokv.video.subtitles import TextEvent
 
 SLICE_SECONDS = 120.0  # ingest between questions in slices of this much stream time
@@ -64,14 +63,13 @@ def run_job(job: dict, emit: Callable[[dict], None], qa: VideoQA | None = None) 
     entry = next(e for e in load_dataset(job["dataset"]) if e.video_id == job["video_id"])
     if qa is None:
         # the benchmark's streams carry their facts in subtitles: the system prompt says so (as in RESULTS.md)
-        from videokv.qa import STREAM_SYSTEM
+        from videokv.api import STREAM_SYSTEM
 
         qa = VideoQA.from_pretrained(
             job["model"], device=job.get("device"), frame_tokens=job["frame_tokens"], system=STREAM_SYSTEM
         )
     session = qa.session(memory=job["preset"], memory_set=job.get("memory_set") or None, fps=job["fps"])
-    engine = session.engine
-    max_tokens = int(getattr(qa.adapter.model.config.get_text_config(), "max_position_embeddings", 0) or 0)
+    max_tokens = qa.max_context
     speech = job.get("transcribe") or False
     items = _Cursor(video_items(entry.video_path, job["fps"], entry.subtitles, transcribe=speech))
     done = set(job.get("done", []))
@@ -84,7 +82,7 @@ def run_job(job: dict, emit: Callable[[dict], None], qa: VideoQA | None = None) 
         """`full` cannot hold more than the model's context: estimate the tokens at `until` first."""
         if job["preset"] != "full" or not max_tokens or session.clock <= 0:
             return None
-        stats = engine.memory_stats()
+        stats = session.stats
         expected = stats["memory_tokens"] + stats["stream_tokens"] / session.clock * (until - session.clock)
         if expected <= max_tokens:
             return None

@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from videokv.api import question_text
 from videokv.bench.dataset import load_dataset
 from videokv.bench.metrics import is_correct
 from videokv.errors import InputError
-from videokv.qa import question_text
 
 _TASK = """\
 task: {task}

@@ -227,7 +227,7 @@ def create_app(
     def clean(message: str) -> str:
         return L.scrub(message, *roots)
 
-    model_label = model_name or qa.adapter.family
+    model_label = model_name or qa.family
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -454,7 +454,7 @@ def create_app(
         events = [e.model_dump() for e in body.events]
         texts = [e["text"] for e in events]
         L.check_text_events(limits, texts)
-        await L.check_tokens(limits, qa.adapter.tokenize, texts, "text events")
+        await L.check_tokens(limits, qa.tokenize, texts, "text events")
         manager.text_items(m, events)  # times checked before the request waits for the session
         added = await manager.ingest_chunks(m, lambda: iter([list(manager.text_items(m, events))]))
         return {"added": added, "status": status_of(m)}
@@ -471,7 +471,7 @@ def create_app(
         generation = GenerationOptions.make(**body.generation())  # bad options: 400 before any work
         if body.choices and generation.replace(seed=None) != GenerationOptions():
             raise BadRequest("choices are picked by likelihood: drop do_sample, repetition_penalty and stop")
-        await L.check_tokens(limits, qa.adapter.tokenize, [body.question, *(body.choices or [])], "question")
+        await L.check_tokens(limits, qa.tokenize, [body.question, *(body.choices or [])], "question")
         if not body.stream:
             return await manager.ask(
                 m,

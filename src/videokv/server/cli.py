@@ -398,12 +398,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     def ingest(chunk) -> None:
         def step() -> None:
-            engine = session.engine
             n_frames = sum(1 for it in chunk if hasattr(it, "image"))
-            engine.ingest(chunk, chunk_frames=max(1, n_frames), frame_interval=1.0 / args.fps)
-            engine.flush()
+            session.add_items(chunk, chunk_frames=max(1, n_frames), frame_interval=1.0 / args.fps)
+            session.flush()
             if progress is not None:
-                progress.stats = engine.memory_stats()
+                progress.stats = session.stats
 
         scheduler.call("stream", step)
 

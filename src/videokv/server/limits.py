@@ -182,12 +182,13 @@ def check_ingest_window(limits: Limits, config, memory_set: list[str], frame_tok
         )
 
 
-def check_ingest_context(limits: Limits, engine) -> None:
-    """After an ingest step (inside its transaction): a retrieval session's ingest context may hold at most
-    `--max-ingest-tokens` stream tokens (a window given in frames, or units, is only known in tokens here)."""
-    if not engine.memory_mode:
+def check_ingest_context(limits: Limits, stats: dict) -> None:
+    """After an ingest step (inside its transaction; `stats`: the session's): a retrieval session's ingest
+    context may hold at most `--max-ingest-tokens` stream tokens (a window given in frames, or units, is only
+    known in tokens here)."""
+    if "ingest_context_tokens" not in stats:
         return  # full / window: the context is the memory, counted in the byte budget
-    held = int(engine.cache.lengths()[0]) - int(engine.n_sinks)
+    held = int(stats["ingest_context_tokens"])
     if held > limits.max_ingest_tokens:
         raise over(
             "max_ingest_tokens",

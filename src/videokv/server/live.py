@@ -18,7 +18,7 @@ import av
 import av.error
 import numpy as np
 
-from videokv.engine import Frame
+from videokv.api import Frame
 from videokv.errors import InputError, VideoError
 from videokv.video.decode import iter_frames, probe
 from videokv.video.subtitles import TextEvent, load_subtitles

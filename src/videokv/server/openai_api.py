@@ -35,7 +35,7 @@ from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from videokv.api import GenerationOptions, Session, VideoQA
+from videokv.api import GenerationOptions, VideoQA
 from videokv.errors import InputError, VideoError, VideoKVError
 from videokv.presets import PRESETS, resolve_memory
 from videokv.server import limits as L
@@ -313,7 +313,7 @@ def openai_router(
         system, question, parts = read_messages(body.messages, with_session=body.session is not None)
         L.check_ask(limits, question, None)
         texts = [question] + ([system] if system else [])
-        await L.check_tokens(limits, qa.adapter.tokenize, texts, "question")
+        await L.check_tokens(limits, qa.tokenize, texts, "question")
         if system and len(system) > limits.max_text_chars:
             raise L.over("max_text_chars", limits, "the system prompt's length in characters", len(system))
 
@@ -444,7 +444,7 @@ def openai_router(
         key = f"openai-{secrets.token_hex(6)}"
 
         def run():
-            session = Session(qa.adapter, resolve_memory(preset), system=system if system else qa.system)
+            session = qa.session(resolve_memory(preset), system=system if system else qa.system)
             answer = yield from session.ask_steps(question, None, max_tokens, on_token, n_logprobs, options)
             return answer.to_dict()
 

@@ -28,7 +28,7 @@ import time
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from videokv.server.journal import write_atomic
+from videokv.journal import write_atomic
 from videokv.server.ray_registry import CLUSTER_HEADER, HEARTBEAT_S, get_registry
 from videokv.server.sessions import Managed, SessionManager, gone
 

@@ -9,7 +9,9 @@ single-process service would. Where a request goes:
   the session (the registry's `lookup`). While the session is moving (its replica died, or it is being moved
   for balance) the request waits up to `HOLD_S`, then gets 503 with Retry-After; a request cut by its
   replica's death gets the same 503 (an ingest is all-or-nothing, so a retry never doubles it); never an
-  answer from a replica that does not hold the session;
+  answer from a replica that does not hold the session; a streamed answer (server-sent events) cut by its
+  replica's death is passed on in whole events only and ends with a retryable error event in its route's
+  format (`event: error` with `retryable`, or an OpenAI error object and `[DONE]`);
 - a new session (`POST /v1/sessions`, a snapshot restore, a chat completion without a session): the
   least-loaded replica with room (sessions held, resident bytes), or 429 when none has room;
 - `GET /v1/sessions`: every replica's sessions, merged; `GET /v1/health`: one replica's answer with the
@@ -27,6 +29,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI, Request
@@ -55,6 +58,15 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 class Unavailable(Exception):
     """No replica could take the request now: 503 with Retry-After."""
+
+
+def _sse_error(path: str, detail: str) -> bytes:
+    """A retryable error as the last server-sent event of `path`'s stream."""
+    if path.endswith("/chat/completions"):
+        error = {"message": detail, "type": "server_error", "param": None, "code": "replica_failed"}
+        return b"data: " + json.dumps({"error": error}).encode() + b"\n\ndata: [DONE]\n\n"
+    data = {"detail": detail, "retryable": True, "retry_after": RETRY_AFTER_S}
+    return f"event: error\ndata: {json.dumps(data)}\n\n".encode()
 
 
 def _unavailable(detail: str) -> JSONResponse:
@@ -106,8 +118,7 @@ class Router:
         content = body if body is not None else request.stream()
         return self.client.build_request(request.method, url, headers=headers, content=content)
 
-    @staticmethod
-    def _stream(resp: httpx.Response, on_close=None) -> StreamingResponse:
+    def _stream(self, resp: httpx.Response, on_close=None, replica: str | None = None) -> StreamingResponse:
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
 
         async def close() -> None:
@@ -115,9 +126,36 @@ class Router:
             if on_close is not None:
                 await on_close()
 
+        body = resp.aiter_raw()
+        if resp.headers.get("content-type", "").startswith("text/event-stream"):
+            body = self._events(resp, replica)
         return StreamingResponse(
-            resp.aiter_raw(), status_code=resp.status_code, headers=headers, background=BackgroundTask(close)
+            body, status_code=resp.status_code, headers=headers, background=BackgroundTask(close)
         )
+
+    async def _events(self, resp: httpx.Response, replica: str | None) -> AsyncIterator[bytes]:
+        """A replica's server-sent events, passed on whole: if the replica dies mid-answer, the events cut
+        short are dropped and the stream ends with a retryable error event in the route's own format (the
+        videokv `error` event, or an OpenAI error object and `[DONE]`), never a truncated event."""
+        pending = b""
+        try:
+            async for chunk in resp.aiter_raw():
+                pending += chunk
+                end = pending.rfind(b"\n\n")
+                if end >= 0:
+                    yield pending[: end + 2]
+                    pending = pending[end + 2 :]
+        except (httpx.TransportError, RuntimeError) as e:
+            if replica is not None:
+                await self.registry.suspect.remote(replica)
+            detail = (
+                f"the replica answering this question failed mid-answer ({type(e).__name__}); the session is "
+                "being restored on another replica: ask again (questions change no memory)"
+            )
+            yield _sse_error(resp.request.url.path, detail)
+            return
+        if pending:
+            yield pending
 
     async def _send(self, base: str, request: Request, body: bytes | None) -> httpx.Response:
         return await self.client.send(self._build(base, request, body), stream=True)
@@ -134,7 +172,7 @@ class Router:
             body = await request.body()  # replayable on the next replica if one is down
         for r in await self.registry.live.remote():
             try:
-                return self._stream(await self._send(r["url"], request, body))
+                return self._stream(await self._send(r["url"], request, body), replica=r["id"])
             except httpx.ConnectError:
                 await self.registry.suspect.remote(r["id"])
         raise Unavailable("no replica of this videokv cluster is up yet; retry in a moment")
@@ -171,7 +209,7 @@ class Router:
                         async def on_close() -> None:
                             await self.registry.forget.remote(sid)
 
-                    return self._stream(resp, on_close)
+                    return self._stream(resp, on_close, where["id"])
             if time.monotonic() > deadline:
                 raise Unavailable(f"session {sid} is moving to another replica; retry in a moment")
             await asyncio.sleep(0.1)
@@ -246,7 +284,7 @@ class Router:
             await self.registry.assign.remote(created, target["id"])
         else:
             await self.registry.unpick.remote(target["id"])
-        return self._stream(resp)
+        return self._stream(resp, replica=target["id"])
 
     # ---- the cluster's own views ----------------------------------------------------------------------
     async def _list(self, request: Request) -> Response:

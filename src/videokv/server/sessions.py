@@ -30,14 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from videokv.api import GenerationOptions, Session, VideoQA
+from videokv.api import Frame, GenerationOptions, SaveError, Session, VideoQA
 from videokv.config import MemoryConfig
-from videokv.engine import Frame
 from videokv.errors import ConfigError, InputError, VideoKVError
-from videokv.persist import SaveError, load_config, read_save, restore_engine, save_engine
+from videokv.journal import Journal
 from videokv.presets import DEFAULT_PRESET, resolve_memory
-from videokv.qa import DEFAULT_SYSTEM
-from videokv.server.journal import Journal
 from videokv.server.live import FinishedSource, Item, LiveSource, chunked, is_live
 from videokv.server.scheduler import Scheduler
 from videokv.server.thumbnails import Thumbnails
@@ -177,25 +174,6 @@ class Managed:
         }
 
 
-def timeline_spans(session: Session) -> list[dict]:
-    """The memory's blocks as time spans, adjacent ones of the same kind and level merged."""
-    engine = session.engine
-    if engine.memory_mode:
-        raw = sorted(((b.t0, b.t1, b.kind, b.level) for b in engine.store.blocks), key=lambda s: s[:2])
-    else:
-        raw = [
-            (b.t0, b.t1, b.kind, engine.config.name) for b in engine.blocks if b.start >= engine.first_kept
-        ]
-    spans: list[dict] = []
-    for t0, t1, kind, level in raw:
-        last = spans[-1] if spans else None
-        if last and last["kind"] == kind and last["level"] == level and t0 <= last["t1"] + 1e-6:
-            last["t1"] = round(max(last["t1"], t1), 3)
-        else:
-            spans.append({"t0": round(t0, 3), "t1": round(t1, 3), "kind": kind, "level": level})
-    return spans
-
-
 def frames_from_request(images: list[bytes] | None, raw: bytes | None, shape: list[int] | None) -> np.ndarray:
     """Pushed frames as uint8 [T, H, W, 3]: decoded images, or raw bytes of the given shape."""
     from PIL import Image, UnidentifiedImageError
@@ -301,9 +279,7 @@ class SessionManager:
             config = resolve_memory(memory, memory_set or None)
             from videokv.server.limits import check_ingest_window
 
-            check_ingest_window(
-                self.limits, config, memory_set, getattr(self.qa.adapter, "frame_tokens", None)
-            )
+            check_ingest_window(self.limits, config, memory_set, self.qa.frame_tokens)
             return self._budgeted(config, folder)
         except (TypeError, ValueError) as e:
             if isinstance(e, InputError):
@@ -316,7 +292,7 @@ class SessionManager:
         spill = str(folder / "spill")
         if budget is None:
             return config.replace(spill_dir=spill)
-        if self.qa.adapter.device.type == "cpu":
+        if self.qa.device.type == "cpu":
             return config.replace(host_bytes=budget, device_bytes=None, spill_dir=spill)
         half = max(1, budget // 2)
         return config.replace(device_bytes=half, host_bytes=max(1, budget - half), spill_dir=spill)
@@ -324,10 +300,11 @@ class SessionManager:
     def _check_budget(self, m: Managed) -> None:
         from videokv.server.limits import check_ingest_context
 
-        check_ingest_context(self.limits, m.session.engine)
+        stats = m.session.stats
+        check_ingest_context(self.limits, stats)
         if m.budget is None:
             return
-        used = m.session.engine.memory_stats()["memory_bytes"]
+        used = stats["memory_bytes"]
         if used > m.budget:
             raise OverBudget(
                 f"this ingest would take session {m.id}'s memory to {used / 2**20:.2f} MiB, over its budget "
@@ -338,8 +315,8 @@ class SessionManager:
 
     # ---- worker-side helpers (run on the scheduler's thread) ------------------------------------------
     def _refresh(self, m: Managed) -> None:
-        m.stats = m.session.engine.memory_stats()
-        m.spans = timeline_spans(m.session)
+        m.stats = m.session.stats
+        m.spans = m.session.timeline()
 
     def _commit(self, m: Managed) -> None:
         if m.deleted:
@@ -350,14 +327,14 @@ class SessionManager:
         """One chunk of ingest, all-or-nothing: ingest, close the unit, check the budget, commit."""
         if m.deleted:
             raise gone(m)
-        engine = m.session.engine
+        session = m.session
         interval = 1.0 / m.fps if interval is None else interval
         frames = [it for it in items if isinstance(it, Frame)]
         t_start = time.perf_counter()
         try:
-            with engine.transaction():
-                added = engine.ingest(items, chunk_frames=max(1, len(frames)), frame_interval=interval)
-                engine.flush()
+            with session.transaction():
+                added = session.add_items(items, chunk_frames=max(1, len(frames)), frame_interval=interval)
+                session.flush()
                 self._check_budget(m)
                 wall = time.perf_counter() - t_start
                 try:  # thumbnails first: a kill before the commit leaves extra ones, removed on restart
@@ -387,7 +364,7 @@ class SessionManager:
 
     def _begin(self, m: Managed) -> None:
         stack = contextlib.ExitStack()
-        stack.enter_context(m.session.engine.transaction())
+        stack.enter_context(m.session.transaction())
         m.journal.begin()
         m.outer = stack
         m.outer_clock = m.session.clock
@@ -446,7 +423,7 @@ class SessionManager:
         config = self._config(memory, list(memory_set or []), folder)
 
         def build() -> Managed:
-            session = Session(self.qa.adapter, config, fps=fps, system=system or self.qa.system)
+            session = self.qa.session(config, fps=fps, system=system or self.qa.system)
             m = Managed(
                 sid,
                 session,
@@ -548,16 +525,16 @@ class SessionManager:
         from videokv.server.limits import check_time
         from videokv.video.frames import validate_frames
 
-        engine = m.session.engine
+        ingested = m.session.frames_ingested
         clock = m.session.clock
         if timestamps is not None:
             prev = clock
             for i, t in enumerate(timestamps):  # finite, and no jump past the limit (before any work)
                 check_time(self.limits, float(t), prev, f"timestamps[{i}]")
                 prev = max(prev, float(t))
-        start = clock if engine.frames_ingested else 0.0
+        start = clock if ingested else 0.0
         arr, ts = validate_frames(frames, timestamps, fps=m.fps, start=start)
-        if len(ts) and engine.frames_ingested and ts[0] < clock - 1e-9:
+        if len(ts) and ingested and ts[0] < clock - 1e-9:
             raise BadRequest(
                 f"frame timestamps go back in time: the stream clock is at {clock:.3f}s, the "
                 f"first new frame is at {ts[0]:.3f}s; send timestamps >= the clock or omit them"
@@ -695,7 +672,7 @@ class SessionManager:
         def run() -> str:
             extra = {"fps": m.fps, "system": m.session.system, **m.info(), "saved": time.time()}
             extra.pop("source", None)
-            save_engine(m.session.engine, self.snapshots_dir / name, extra=extra)
+            m.session.save(self.snapshots_dir / name, extra=extra)
             return name
 
         return await self.scheduler.run(m.id, run)
@@ -730,16 +707,8 @@ class SessionManager:
         target = self.sessions_dir / sid
 
         def build() -> Managed:
-            manifest, tensors = read_save(folder)
-            config = self._budgeted(load_config(manifest), target)
-            extra = manifest.get("extra") or {}
-            session = Session(
-                self.qa.adapter,
-                config,
-                fps=extra.get("fps", 1.0),
-                system=extra.get("system", DEFAULT_SYSTEM),
-            )
-            restore_engine(session.engine, manifest, tensors)
+            session = self.qa.load_session(folder, lambda config: self._budgeted(config, target))
+            config, extra = session.config, session.saved
             m = Managed(
                 sid,
                 session,
@@ -840,7 +809,7 @@ class SessionManager:
             folder,
             journal,
             Thumbnails(folder / "thumbs"),
-            memory=info.get("memory") or session.engine.config.name,
+            memory=info.get("memory") or session.config.name,
             name=info.get("name"),
             created=float(info.get("created") or time.time()),
             budget=budget,

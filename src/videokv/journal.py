@@ -37,19 +37,15 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from videokv.api import Session, VideoQA
-from videokv.config import MemoryConfig
 from videokv.persist import (
     SaveError,
     block_record,
     block_tensors,
     encode_config,
-    load_config,
     model_identity,
     pending_tensors,
-    restore_engine,
     stream_state,
 )
-from videokv.qa import DEFAULT_SYSTEM
 
 FORMAT = "videokv-journal"
 VERSION = 3  # 3: the official token layout; pending frames in the state file
@@ -292,14 +288,9 @@ class Journal:
         """The session the journal holds, on `qa`'s model (which must be the one it was written with).
         `config_overrides` replace memory config fields (e.g. a new spill_dir)."""
         manifest, tensors = self.read()
-        config: MemoryConfig = load_config(manifest)
-        if config_overrides:
-            config = config.replace(**config_overrides)
-        info = manifest["extra"]
-        session = Session(
-            qa.adapter, config, fps=info.get("fps", 1.0), system=info.get("system", DEFAULT_SYSTEM)
+        session = Session.restore(
+            qa, manifest, tensors, (lambda c: c.replace(**config_overrides)) if config_overrides else None
         )
-        restore_engine(session.engine, manifest, tensors)
         self.count = len(manifest["blocks"])
         return session
 
