@@ -1,4 +1,5 @@
-"""The retrieval step of the paper presets against an independent implementation of the reference code.
+"""The retrieval step of the paper presets (and StreamKV's guidance-prompt compression, at the end) against an
+independent implementation of the reference code.
 
 ReKV (Becomebright/ReKV `model/llava_onevision_rekv.py` `question_answering`, `model/attention/
 rekv_attention.py`, `kv_cache_manager.py` `get_retrieved_kv` / `_calc_block_topk`): the bare question is
@@ -20,7 +21,9 @@ import torch.nn.functional as F
 
 from tests.conftest import get_tiny, random_frames
 from videokv import VideoQA
+from videokv.policies.compress.guidance import Guidance
 from videokv.policies.retrieve import Hierarchical, TopK
+from videokv.policies.segment import Uniform
 from videokv.presets import get_preset
 
 
@@ -330,3 +333,127 @@ def test_mukv_rotated_retrieval_matches_reference():
         plain = dataclasses.replace(retriever, rotated=False, log={})
         assert (plain.similarity(catalog, probed)[1] - retriever.log["sim"]).abs().max().item() > 1e-3
         assert sorted(plain.select(catalog, probed)[0]) != ref_rows
+
+
+# ---- StreamKV's guidance prompt (compression of each segment) ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordingGuidance(Guidance):
+    """Guidance that also records, per unit, the frame scores it computed and the frames each layer kept."""
+
+    log: list = dataclasses.field(default_factory=list, compare=False)
+
+    def compress(self, unit):
+        drafts = super().compress(unit)
+        spans = [(a, b) for a, b in unit.frame_spans if b > a]
+        kept = [
+            {
+                next(f for f, (a, b) in enumerate(spans) if a <= int(i) < b)
+                for d in drafts
+                for i in d.index[layer]
+            }
+            for layer in range(len(unit.keys))
+        ]
+        frames = [(int(unit.positions[0, a]), b - a) for a, b in spans]  # (first position, tokens)
+        self.log.append((self.frame_scores(unit).double(), kept, frames))
+        return drafts
+
+
+def streamkv_guidance_scores(model, embeds, positions, past_k, past_v, n_prompt, frames, confined):
+    """StreamKV's `_encode_video_chunk` for one segment, by hand: [segment | encode prompt] in one forward;
+    the segment's tokens attend to the cached context and causally to themselves (`ContextManager.append`),
+    the prompt's queries only to the segment and causally to the prompt (`streamkv_attention.py`: RoPE over
+    the chunk's own keys, `sliding_window=n_local`; n_local = 15000 exceeds segment + prompt). Per layer:
+    the prompt's mean pre-RoPE query . each frame's mean pre-RoPE key, GQA-repeated, summed over heads
+    (`calculate_score`). confined=False lets the prompt see the context too (videokv before the fix).
+    Returns (scores [layers, frames], the segment's rotated keys per layer [kv, n_segment, d])."""
+    cfg = model.config.get_text_config()
+    theta = cfg.rope_parameters["rope_theta"]
+    heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    d = cfg.hidden_size // heads
+    group = heads // kv
+    h = embeds.float()
+    n = h.shape[0]
+    n_seg = n - n_prompt
+    pos = positions[0]
+    scores, seg_keys = [], []
+    for layer_idx, layer in enumerate(model.model.language_model.layers):
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        q = attn.q_proj(x).view(n, heads, d).transpose(0, 1)  # pre-RoPE
+        k = attn.k_proj(x).view(n, kv, d).transpose(0, 1)
+        v = attn.v_proj(x).view(n, kv, d).transpose(0, 1)
+        qbar = q[:, n_seg:].mean(1)  # [H, d]
+        row = []
+        for start, length in frames:
+            kbar = k[:, start : start + length].mean(1).repeat_interleave(group, 0)  # [H, d]
+            row.append(float((qbar.double() * kbar.double()).sum()))
+        scores.append(row)
+        k_rot = rope(k, pos, theta)
+        seg_keys.append(k_rot[:, :n_seg])
+        past = past_k[layer_idx].shape[1]
+        keys = torch.cat([past_k[layer_idx].float(), k_rot], 1).repeat_interleave(group, 0)
+        values = torch.cat([past_v[layer_idx].float(), v], 1).repeat_interleave(group, 0)
+        mask = torch.ones(n, past + n, dtype=torch.bool).tril(past)
+        if confined:
+            mask[n_seg:, :past] = False
+        out = F.scaled_dot_product_attention(rope(q, pos, theta), keys, values, attn_mask=mask)
+        h = h + attn.o_proj(out.transpose(0, 1).reshape(n, heads * d))
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+    return torch.tensor(scores, dtype=torch.float64), seg_keys
+
+
+def test_guidance_matches_streamkv_prompt_attending_to_its_segment():
+    """On a stream of several segments (the context before each non-empty), the guidance scores and the
+    frames each layer keeps equal StreamKV's, whose encode prompt sees only the current segment (and the
+    segment's summary pseudo-frame); the stream's own K/V are those of the segment seeing the context."""
+    from tests.policies.test_parity import ref_cdf_num, ref_rescale, topk_set
+
+    model, tok = get_tiny("llava_onevision")
+    comp = RecordingGuidance(keep=0.6, temp=1.0)
+    config = dataclasses.replace(get_preset("streamkv"), segment=Uniform(8), compress=comp)
+    session = VideoQA.from_model(model, tok, memory=config).session()
+    engine = session.engine
+    forwards = []
+    original = engine.adapter.forward
+
+    def recording(embeds, positions, cache, logits="last"):
+        past = ([la.keys[0] for la in cache.layers], [la.values[0] for la in cache.layers])
+        out = original(embeds, positions, cache, logits)
+        new_k = [k[0] for k in cache.new_kv()[0]]
+        forwards.append((embeds, positions, past, new_k))
+        return out
+
+    engine.adapter.forward = recording
+    with torch.no_grad():
+        session.add_frames(random_frames(24, seed=7), fps=1.0)
+        engine.flush()
+    prompt = engine.adapter.text_piece(comp.prompt, 0)
+    units = [f for f in forwards if torch.equal(f[0][-prompt.n_tokens :], prompt.embeds)]
+    assert len(units) == len(comp.log) == 3
+    assert all(f[2][0][0].shape[1] > 0 for f in units[1:])  # the context before a later segment is not empty
+    worst, moved = 0.0, 0.0
+    for (embeds, positions, (past_k, past_v), new_k), (got, kept, frames) in zip(units, comp.log):
+        rows = [(int((positions[0] == p).nonzero()[0, 0]), n) for p, n in frames]  # in the forward
+        with torch.no_grad():
+            ref, seg_keys = streamkv_guidance_scores(
+                model, embeds, positions, past_k, past_v, prompt.n_tokens, rows, confined=True
+            )
+            old, _ = streamkv_guidance_scores(
+                model, embeds, positions, past_k, past_v, prompt.n_tokens, rows, confined=False
+            )
+        worst = max(worst, float((got - ref).abs().max()))
+        assert worst < 1e-5, worst
+        moved = max(moved, float((old[1:] - ref[1:]).abs().max()))
+        assert torch.equal(old[0], ref[0])  # layer 0's queries come from the embeddings either way
+        # the stream's K/V: the segment attends to the context as before (the prompt's K/V are dropped)
+        n_seg = embeds.shape[0] - prompt.n_tokens
+        kdiff = max(float((k[:, :n_seg].float() - s).abs().max()) for k, s in zip(new_k, seg_keys))
+        assert kdiff < 1e-4, kdiff
+        layers, n_frames = ref.shape
+        nums = ref_cdf_num([ref[i].float() for i in range(layers)], int(layers * n_frames * 0.6))
+        lo, hi = max(1, int(n_frames * 0.6 * 0)), min(n_frames, int(n_frames * 0.6 * 2))
+        counts = [max(1, c) for c in ref_rescale(nums, lo, hi)]
+        assert kept == [topk_set(ref[i].tolist(), c) for i, c in enumerate(counts)]
+    assert moved > 1e-3, moved  # the check can tell: a prompt that sees the context scores otherwise

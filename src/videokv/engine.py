@@ -45,7 +45,7 @@ from videokv.config import MemoryConfig
 from videokv.errors import ConfigError, InputError
 from videokv.generation import GREEDY, GenerationOptions
 from videokv.memory.assemble import assemble, assemble_layer
-from videokv.memory.attention import observe_attention
+from videokv.memory.attention import confine_to_new, observe_attention
 from videokv.memory.block import KVBlock
 from videokv.memory.cache import ContextCache
 from videokv.memory.index import Index
@@ -375,6 +375,8 @@ class Engine:
             observers.enter_context(
                 observe_attention(on_self, slice(0, n_stored), {self.adapter.num_layers - 1})
             )
+        if guidance is not None and compressor.prompt_sees_unit:  # the prompt attends to the unit only
+            observers.enter_context(confine_to_new(slice(n_stored, n_new)))
         prerope: Projections = {}
         if "guidance_qk" in compressor.needs and guidance is not None:
             prerope = observers.enter_context(record_projections(self.adapter))

@@ -26,6 +26,7 @@ from videokv.policies.compress import (
     Redundancy,
     ValueNorm,
 )
+from videokv.policies.compress.guidance import Guidance
 
 # ---- synthetic units ---------------------------------------------------------------------------------------
 
@@ -433,6 +434,9 @@ def test_bilevel_levels_wrap_the_given_compressors():
     assert all(torch.equal(a, b) for a, b in zip(high.keys, ref_high.keys))
     assert Bilevel(low=DualSignal(), high=Pool()).needs == ("self",)
     assert Bilevel().needs == ()
+    # the forward prompt's scope follows the level that forwards one (StreamKV's sees only the unit)
+    assert Bilevel(low=NoCompression(), high=Guidance()).prompt_sees_unit
+    assert not Bilevel().prompt_sees_unit and not KeyNorm(0.5).prompt_sees_unit
 
 
 # ---- parameters --------------------------------------------------------------------------------------------

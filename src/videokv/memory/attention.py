@@ -6,7 +6,9 @@ full K/V and applies the causal rule itself: the new queries are the last `q_len
 and each sees every cached key plus the new keys up to itself. It is numerically the same computation as
 transformers' SDPA path. An optional observer (set with `observe_attention`) receives, per layer, the
 attention weights of chosen query rows: that is how policies get attention statistics for a few queries
-without turning on eager attention for the whole model.
+without turning on eager attention for the whole model. Chosen new-token rows can also be confined (with
+`confine_to_new`) to the tokens of their own forward, the cache hidden from them: StreamKV's guidance prompt
+sees only the segment it follows.
 """
 
 from __future__ import annotations
@@ -28,10 +30,18 @@ _OBSERVER: contextvars.ContextVar[tuple[Callable, slice, frozenset | None] | Non
 )
 
 
+# new-token rows that see only the new tokens of their forward (causally), not the cached ones
+_CONFINED: contextvars.ContextVar[slice | None] = contextvars.ContextVar("videokv_confined", default=None)
+
+
 def _causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor | None:
-    if q_len == 1:
+    confined = _CONFINED.get()
+    if q_len == 1 and confined is None:
         return None
-    return torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=kv_len - q_len)
+    mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=kv_len - q_len)
+    if confined is not None:
+        mask[confined, : kv_len - q_len] = False
+    return mask
 
 
 def videokv_attention(
@@ -74,6 +84,17 @@ def observe_attention(
         yield
     finally:
         _OBSERVER.reset(token)
+
+
+@contextlib.contextmanager
+def confine_to_new(rows: slice) -> Iterator[None]:
+    """Within the block, the new-token `rows` of a forward attend only to that forward's new tokens, each
+    to those up to itself: the cached keys are masked for them (for the other rows nothing changes)."""
+    token = _CONFINED.set(rows)
+    try:
+        yield
+    finally:
+        _CONFINED.reset(token)
 
 
 def register() -> str:

@@ -22,11 +22,14 @@ class Compressor(abc.ABC):
     """Base class of the compressors.
 
     name: the registry name used in configs (``--memory-set compress=<name>``). needs: the statistics the
-    engine must put in ``unit.attention`` before calling `compress` (e.g. ``("self",)``).
+    engine must put in ``unit.attention`` before calling `compress` (e.g. ``("self",)``). prompt_sees_unit:
+    whether the `forward_prompt` attends only to the unit (and causally to itself), the ingest context before
+    the unit hidden from it (StreamKV's encode prompt); False: it sees the context too, like the unit.
     """
 
     name: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ()
+    prompt_sees_unit: ClassVar[bool] = False
 
     @abc.abstractmethod
     def compress(self, unit: Unit) -> list[BlockDraft]:

@@ -68,6 +68,14 @@ class Bilevel(Compressor):
             raise ConfigError("Bilevel: low and high need different forward prompts; give them the same one")
         return prompts.pop() if prompts else None
 
+    @property
+    def prompt_sees_unit(self) -> bool:  # type: ignore[override]
+        """Whether the levels' forward prompt sees only the unit (the levels that forward one must agree)."""
+        scopes = {c.prompt_sees_unit for c in (self.low, self.high) if c.forward_prompt() is not None}
+        if len(scopes) > 1:
+            raise ConfigError("Bilevel: low and high want their forward prompt to see different context")
+        return scopes.pop() if scopes else False
+
     def compress(self, unit: Unit) -> list[BlockDraft]:
         low = [dataclasses.replace(d, level="L") for d in self.low.compress(unit)]
         high = [dataclasses.replace(d, level="H") for d in self.high.compress(unit)]

@@ -24,13 +24,15 @@ class Guidance(Compressor):
     """Keep, per layer, the whole frames of a unit that a guidance prompt's queries match best.
 
     From StreamKV (arXiv 2511.07278). The engine appends a fixed, question-agnostic instruction after the
-    unit in the same forward pass and records, per layer, the prompt's pre-RoPE queries averaged over its
-    tokens and summed within each KV-head group (``unit.attention["guidance_q"]``, [layers, kv_heads, d])
-    and the unit tokens' pre-RoPE keys (``unit.attention["prerope_k"]``, [layers, kv_heads, n, d]); the
-    prompt's own K/V is discarded. A frame's score on a layer is the inner product of that query with the
-    frame's mean pre-RoPE key, summed over KV heads (= StreamKV's mean prompt query . the frame block's
-    GQA-repeated mean key). Each kept frame is a block of its own (present at the layers that kept it). The
-    number of frames each layer keeps comes from `streamkv_counts`: target
+    unit in the same forward pass, the prompt attending only to the unit and to itself (`prompt_sees_unit`:
+    StreamKV's encode prompt sees the current segment, its summary included, not the context before it; the
+    unit itself attends to the context as usual), and records, per layer, the prompt's pre-RoPE queries
+    averaged over its tokens and summed within each KV-head group (``unit.attention["guidance_q"]``,
+    [layers, kv_heads, d]) and the unit tokens' pre-RoPE keys (``unit.attention["prerope_k"]``,
+    [layers, kv_heads, n, d]); the prompt's own K/V is discarded. A frame's score on a layer is the inner
+    product of that query with the frame's mean pre-RoPE key, summed over KV heads (= StreamKV's mean prompt
+    query . the frame block's GQA-repeated mean key). Each kept frame is a block of its own (present at the
+    layers that kept it). The number of frames each layer keeps comes from `streamkv_counts`: target
     ``int(L * F * keep)`` over the L layers, range ``[max(1, int(F keep (1 - temp))), min(F, int(F keep
     (1 + temp)))]``; each layer keeps its top-scoring frames whole.
 
@@ -46,11 +48,14 @@ class Guidance(Compressor):
     Source: ``sou1p0wer/StreamKV``: ``model/attention/kv_cache_manager.py`` ``ContextManager.calculate_score``
     (mean over prompt tokens of the pre-RoPE ``h_q``, dot the per-frame ``block_k``, i.e. the mean of the
     frame's pre-RoPE keys repeated per GQA group) and ``compress_kv`` (top ``reserved_num`` frames per
-    layer), with the budgets of ``model/abstract_streamkv.py`` ``_encode_video_chunk``.
+    layer), with the budgets of ``model/abstract_streamkv.py`` ``_encode_video_chunk``; the prompt's
+    attention: ``model/attention/streamkv_attention.py`` (the compression branch: the prompt's queries
+    against the chunk's own keys only, RoPE over the chunk, ``sliding_window=n_local``).
     """
 
     name: ClassVar[str] = "guidance"
     needs: ClassVar[tuple[str, ...]] = ("guidance_qk",)
+    prompt_sees_unit: ClassVar[bool] = True
     prompt: str = DEFAULT_PROMPT
     keep: float | int = 0.6
     temp: float = 1.0
