@@ -151,7 +151,9 @@ def test_openai_chats_reach_their_sessions_replica(rc: httpx.Client):
     answer (questions change no memory)."""
     import openai
 
-    oai = openai.OpenAI(base_url=f"{rc.base_url}v1", api_key=TOKEN, max_retries=0, timeout=300)
+    oai = openai.OpenAI(
+        base_url=f"{str(rc.base_url).rstrip('/')}/v1", api_key=TOKEN, max_retries=0, timeout=300
+    )
     model = f"{oai.models.list().data[0].id.split(':')[0]}:rekv"
     img = "data:image/png;base64," + base64.b64encode(_png(np.full((56, 84, 3), 90, np.uint8))).decode()
     turn = {
