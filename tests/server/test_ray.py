@@ -41,7 +41,7 @@ def cluster(tmp_path_factory) -> Iterator[tuple[str, Path]]:
         extra = ["--media-dir", str(base), "--allow-urls", "--chunk-frames", "4"]
         extra += ["--session-mb", str(SESSION_MB), "--replica-mb", str(REPLICA_MB)]
         url = ray.serve(data, extra)
-        yield url, data
+        yield url, data, ray
     finally:
         ray.stop()
 
@@ -316,3 +316,26 @@ def test_admission_refuses_with_429_when_no_replica_has_room(rc: httpx.Client):
     assert rc.delete(f"/v1/sessions/{made[0]['id']}").status_code == 204
     again = create(rc, memory="rekv")
     assert again["replica"]["id"] == made[0]["replica"]["id"]
+
+
+def test_autoscaling_on_sessions_held_adds_a_replica(cluster, tmp_path: Path):
+    """Last in this module (it replaces the cluster's deployment): `--replicas 1 --max-replicas 2
+    --target-sessions 1` starts one replica; once it holds a session, the Ray Serve autoscaler (our policy on
+    the replicas' session counts) starts a second one, which the next new session goes to."""
+    ray = cluster[2]
+    ray.stop_serve()
+    (tmp_path / "data").mkdir()
+    extra = ["--max-replicas", "2", "--target-sessions", "1", "--chunk-frames", "4"]
+    url = ray.serve(tmp_path / "data", extra, replicas=1)
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300) as c:
+        assert len(replicas(c)) == 1
+        first = create(c, memory="rekv")
+        t0 = time.monotonic()
+        grown = wait_for(lambda: len(r := replicas(c)) == 2 and r, 240, 0.5)
+        scale_up_s = time.monotonic() - t0
+        new = next(rid for rid in grown if rid != first["replica"]["id"])
+        second = create(c, memory="rekv")
+        assert second["replica"]["id"] == new, "the new session goes to the least-loaded (new) replica"
+        assert c.post(f"/v1/sessions/{second['id']}/frames", json=raw_frames(2)).status_code == 200
+        assert c.get(f"/v1/sessions/{second['id']}").json()["blocks"] == 2
+        print(f"autoscaled to 2 replicas {scale_up_s:.1f} s after the first session")
