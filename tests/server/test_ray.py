@@ -1,7 +1,8 @@
-"""`videokv serve --ray` on a real local Ray cluster (a head and a worker node, `ray start` processes; two
-replicas, one per node; the tiny model): placement and affinity, the page through the cluster, bad input as
-on one process, `kill -9` of a replica mid-ingest (its sessions resume elsewhere and end as an uninterrupted
-run), a move for balance, and admission by the replicas' budgets (429)."""
+"""`videokv serve --ray` on a real local Ray cluster (a head and two worker nodes, `ray start` processes; two
+replicas; the tiny model): placement and affinity, the page through the cluster, bad input as
+on one process, OpenAI chats through the router, `kill -9` of a replica mid-ingest and mid-answer (its
+sessions resume elsewhere and end as an uninterrupted run; a cut streamed answer ends with a retryable error
+event), a move for balance, admission by the replicas' budgets (429), and autoscaling on sessions held."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def cluster(tmp_path_factory) -> Iterator[tuple[str, Path]]:
 
     base = tmp_path_factory.getbasetemp()
     data = tmp_path_factory.mktemp("raydata")
-    ray = RayCluster(workers=1)
+    ray = RayCluster(workers=2)
     try:
         ray.start()
         extra = ["--media-dir", str(base), "--allow-urls", "--chunk-frames", "4"]
