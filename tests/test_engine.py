@@ -370,3 +370,41 @@ def test_restart_needs_compact_positions():
 
     with pytest.raises(ConfigError, match="compact"):
         MemoryConfig(ingest=Independent(restart=True), positions="keep")
+
+
+def test_compressors_see_each_frames_token_grid(tiny):
+    """The engine's frames-only unit carries every frame's raster grid (`Unit.frame_grids`), so grid-aware
+    compressors (InfiniPot-V's adaptive pooling) pool in 2-D/3-D on a real stream."""
+    from dataclasses import dataclass
+
+    from videokv.policies.compress import InfiniPot, ValueNorm
+    from videokv.policies.retrieve import TopK
+    from videokv.policies.segment import Uniform
+
+    seen = []
+
+    @dataclass(frozen=True)
+    class Recording(InfiniPot):
+        def compress(self, unit):
+            plain = ValueNorm(per_head=True).score(unit)
+            pooled = ValueNorm(adaptive_pooling=True, per_head=True).score(unit)
+            seen.append((unit.frame_spans, unit.frame_grids, not torch.equal(plain[0], pooled[0])))
+            return super().compress(unit)
+
+    config = MemoryConfig(
+        name="grids",
+        segment=Uniform(4),
+        compress=Recording(0.5, adaptive_pooling=True),
+        retrieve=TopK(k=4),
+    )
+    s = VideoQA.from_model(*tiny).session(memory=config)
+    s.add_items([Frame(float(t), f) for t, f in enumerate(random_frames(8, h=112, w=112))])
+    s.engine.flush()
+    assert seen and len(s.engine.store) > 0
+    for spans, grids, pooled_3d in seen:
+        assert len(spans) == len(grids) == 4
+        # layer 0: 3-D pooling over the unit's grids, where the kernel min(7, frames, rows, cols) is >= 3 (the
+        # tiny Qwen's 4 x 4 grid; not the tiny LLaVA-OV's 2 x 2)
+        assert pooled_3d == (min(len(spans), *grids[0]) >= 3)
+        for (a, b), hw in zip(spans, grids):
+            assert hw is not None and 0 <= (b - a) - hw[0] * hw[1] <= 1  # a video's opening token at most

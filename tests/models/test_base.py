@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,3 +73,19 @@ def test_sessions_leave_the_callers_model_as_it_was(family):
     session.ask("what colour?", max_new_tokens=2)
     assert config._attn_implementation == attn
     assert torch.equal(plain(), before)
+
+
+def test_frame_pieces_carry_their_raster_token_grid(tiny):
+    """`Piece.hw`: the last rows * cols tokens of a frame piece, in raster order (for M-RoPE, the height and
+    width position rows say so); a video's opening token precedes them."""
+    ad = VideoQA.from_model(*tiny).adapter
+    n = 2 * ad.frames_per_piece
+    pieces, _, _ = ad.video_pieces(random_frames(n), np.arange(n, dtype=float), 1.0, None, 3)
+    for p in pieces:
+        rows, cols = p.hw
+        assert rows * cols == p.n_tokens - (1 if p is pieces[0] and ad.family != "llava_onevision" else 0)
+        if ad.rope_rows == 3:
+            pos = p.positions[:, -rows * cols :]
+            assert torch.equal(pos[1] - pos[1].min(), torch.arange(rows).repeat_interleave(cols))
+            assert torch.equal(pos[2] - pos[2].min(), torch.arange(cols).repeat(rows))
+    assert pieces[0].shifted(5).hw == pieces[0].hw

@@ -60,6 +60,13 @@ def make_unit(
     return Unit(pieces, keys, values, positions, spans, attention)
 
 
+def with_grids(unit: Unit, hw: tuple[int, int] | None) -> Unit:
+    """`unit` with every frame piece's token grid set to `hw`."""
+    for p in unit.pieces:
+        p.hw = hw
+    return unit
+
+
 def np_(x: torch.Tensor) -> np.ndarray:
     return x.detach().double().numpy()
 
@@ -153,9 +160,11 @@ ALL = [
     KeyNorm(keep=3),
     ValueNorm(),
     ValueNorm(keep=0.3, smooth=3),
+    ValueNorm(keep=0.4, adaptive_pooling=True, per_head=True),
     Redundancy(),
     InfiniPot(),
     InfiniPot(keep=0.3, tar_ratio=0.8),
+    InfiniPot(keep=0.75, adaptive_pooling=True),
     DualSignal(),
     DualSignal(keep=0.5, frequency="diff"),
     Bilevel(),
@@ -166,6 +175,7 @@ UNITS = {
     "1 frame": make_unit(frame_sizes=(7,)),
     "unequal frames": make_unit(frame_sizes=(5, 7, 3, 6), rows=1),
     "bf16": make_unit(dtype=torch.bfloat16),
+    "2x3 grids, an opening token": with_grids(make_unit(frame_sizes=(7, 6, 6), layers=4), (2, 3)),
 }
 
 
@@ -285,6 +295,57 @@ def test_value_norm_property(shape, keep, smooth):
     (d,) = ValueNorm(keep, smooth=smooth, per_head=False, rounding="round").compress(unit)
     for layer, idx in enumerate(d.index):
         check_top(idx, vnorm_ref(unit, layer, smooth), budget(unit.n_tokens, keep))
+
+
+def test_value_norm_adaptive_pooling_layers_grid_and_opening_token():
+    """4 layers, one per quarter: 3-D, 2-D, 1-D (kernel 3 each here: min(7 or 5, 3 frames, 3 rows, 4 cols)
+    = 3), none; a video's opening token (frame 0's first) is outside the grid, so only 1-D pools it."""
+    unit = with_grids(make_unit(frame_sizes=(13, 12, 12), layers=4, dtype=torch.float64), (3, 4))
+    plain = ValueNorm(per_head=True).score(unit)
+    pooled = ValueNorm(adaptive_pooling=True, per_head=True).score(unit)
+    grid = np_(plain)[:, :, 1:].reshape(4, 2, 3, 3, 4)  # [layers, heads, frames, rows, cols]
+    pad = np.pad(grid, ((0, 0), (0, 0), (1, 1), (1, 1), (1, 1)))
+    r3 = sum(pad[0, :, f : f + 3, a : a + 3, b : b + 4] for f in range(3) for a in range(3) for b in range(3))
+    r2 = sum(pad[1, :, 1:4, a : a + 3, b : b + 4] for a in range(3) for b in range(3))
+    np.testing.assert_allclose(np_(pooled[0, :, 1:]), (r3 / 27).reshape(2, -1), atol=1e-12)
+    np.testing.assert_allclose(np_(pooled[1, :, 1:]), (r2 / 9).reshape(2, -1), atol=1e-12)
+    line = np.pad(np_(plain[2]), ((0, 0), (1, 1)))
+    np.testing.assert_allclose(np_(pooled[2]), (line[:, :-2] + line[:, 1:-1] + line[:, 2:]) / 3, atol=1e-12)
+    assert torch.equal(pooled[3], plain[3])
+    assert torch.equal(pooled[:2, :, 0], plain[:2, :, 0])  # the opening token: not in the grid
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        make_unit(frame_sizes=(12, 12), layers=4),  # no grid known
+        with_grids(make_unit(frame_sizes=(12,), layers=4), (3, 4)),  # one frame: kernel min(.., 1) < 2
+        with_grids(make_unit(frame_sizes=(12, 12), layers=4), (2, 8)),  # the grid does not fit the frames
+    ],
+    ids=["no grid", "one frame", "grid too large"],
+)
+def test_value_norm_adaptive_pooling_without_a_usable_grid_pools_only_1d(unit):
+    plain = ValueNorm(per_head=True).score(unit)
+    pooled = ValueNorm(adaptive_pooling=True, per_head=True).score(unit)
+    assert torch.equal(pooled[[0, 1, 3]], plain[[0, 1, 3]])
+    assert not torch.allclose(pooled[2], plain[2])
+
+
+def test_adaptive_pooling_layer_schedule():
+    from videokv.policies.compress.value_norm import adaptive_pooling_of
+
+    assert [adaptive_pooling_of(i, 28) for i in (0, 6, 7, 13, 14, 20, 21, 27)] == [
+        (3, 7), (3, 7), (2, 5), (2, 5), (1, 3), (1, 3), (0, 1), (0, 1)
+    ]  # fmt: skip
+    assert [adaptive_pooling_of(i, 3)[0] for i in range(3)] == [3, 2, 1]
+    assert adaptive_pooling_of(29, 30) == (0, 1)  # 30 // 4 = 7: layer 28 on would index past the lists
+
+
+def test_infinipot_adaptive_pooling_is_value_norm_pooled_at_tar_ratio_0():
+    unit = with_grids(make_unit(frame_sizes=(12, 12, 12, 12), layers=4), (3, 4))
+    a = InfiniPot(0.5, tar_ratio=0.0, adaptive_pooling=True).compress(unit)[0]
+    b = ValueNorm(0.5, adaptive_pooling=True).compress(unit)[0]
+    assert all(torch.equal(x, y) for x, y in zip(a.index, b.index))
 
 
 @pytest.mark.parametrize(
@@ -461,12 +522,15 @@ def test_bilevel_levels_wrap_the_given_compressors():
         lambda: ValueNorm(0.5, smooth=2),
         lambda: ValueNorm(0.5, smooth=-1),
         lambda: ValueNorm(-0.5),
+        lambda: ValueNorm(0.5, adaptive_pooling=1),
+        lambda: ValueNorm(0.5, smooth=3, adaptive_pooling=True),
         lambda: Redundancy(recent=0.0),
         lambda: Redundancy(recent=1.0),
         lambda: Redundancy(keep=2.0),
         lambda: InfiniPot(tar_ratio=1.5),
         lambda: InfiniPot(tar_ratio=True),
         lambda: InfiniPot(recent=1.0),
+        lambda: InfiniPot(adaptive_pooling="yes"),
         lambda: DualSignal(alpha=-0.1),
         lambda: DualSignal(beta=float("nan")),
         lambda: DualSignal(alpha=0.0, beta=0.0),

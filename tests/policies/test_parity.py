@@ -154,6 +154,122 @@ def test_infinipot_matches_infinipot_v_combined_per_head(tar_ratio):
         assert all(torch.equal(a, c) for a, c in zip(draft.index, single.index))
 
 
+# InfiniPot-V adaptive_pooling=True (kvcache_utils.py, process_kv_cache): per layer quarter
+# (layer // max(1, num_layers // 4)) pooling_func_list [3, 2, 1, -1] with pool_size_list [7, 5, 3, 1];
+# the norms [heads, n] reshaped to [heads, frames, height_width, -1]; AvgPool3d / AvgPool2d (kernel
+# min(size, T, H, W), made odd; none below 2) or AvgPool1d on the flat sequence; stride 1, padding k // 2,
+# zero padding counted. Written here as zero-padded shift sums in float64; the unit's K/V are float64 too
+# (videokv keeps float64), so the 1e-6 measures the formula, not float32 rounding of 125-term means (~1.2e-6).
+ROWS, COLS, POOL_KV, POOL_LAYERS = 6, 8, 2, 8
+
+
+def grid_unit(frames: int, seed: int) -> Unit:
+    g = torch.Generator().manual_seed(seed)
+    tpf = ROWS * COLS
+    n = frames * tpf
+    pieces = [
+        Piece(torch.zeros(tpf, 2), torch.zeros(3, tpf, dtype=torch.long), "frame", float(i), i + 1.0)
+        for i in range(frames)
+    ]
+    for p in pieces:
+        p.hw = (ROWS, COLS)
+    spans = [(i * tpf, (i + 1) * tpf) for i in range(frames)]
+    keys = [torch.randn(POOL_KV, n, D, generator=g, dtype=torch.float64) for _ in range(POOL_LAYERS)]
+    values = [torch.randn(POOL_KV, n, D, generator=g, dtype=torch.float64) for _ in range(POOL_LAYERS)]
+    return Unit(pieces, keys, values, torch.arange(n)[None].expand(3, n), spans, {})
+
+
+def infinipot_v_pooled_norms(values: torch.Tensor, layer: int, num_layers: int, frames: int) -> np.ndarray:
+    """val_norm_score of one layer after process_kv_cache's adaptive pooling, [heads, n], float64."""
+    pooling_func_list, pool_size_list = [3, 2, 1, -1], [7, 5, 3, 1]
+    idx = layer // max(1, num_layers // len(pooling_func_list))
+    nd, pool = pooling_func_list[idx], pool_size_list[idx]
+    score = np.sqrt((values.double().numpy() ** 2).sum(-1))  # [heads, n]
+    heads, n = score.shape
+    if nd <= 0:
+        return score
+    if nd == 1:
+        pad = np.pad(score, ((0, 0), (pool // 2, pool // 2)))
+        return sum(pad[:, o : o + n] for o in range(pool)) / pool
+    x = score.reshape(heads, frames, ROWS, -1)
+    t, h, w = x.shape[1:]
+    k = min(pool, t, h, w)
+    if k % 2 == 0:
+        k -= 1
+    if k < 2:
+        return score
+    p = k // 2
+    if nd == 2:  # AvgPool2d on [heads, T, H, W]: over (H, W) of each frame
+        pad = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+        out = sum(pad[:, :, a : a + h, b : b + w] for a in range(k) for b in range(k)) / k**2
+    else:  # AvgPool3d on [heads, T, H, W] (unbatched, channels = heads): over (T, H, W)
+        pad = np.pad(x, ((0, 0), (p, p), (p, p), (p, p)))
+        out = (
+            sum(pad[:, f : f + t, a : a + h, b : b + w] for f in range(k) for a in range(k) for b in range(k))
+            / k**3
+        )
+    return out.reshape(heads, n)
+
+
+@pytest.mark.parametrize("frames", [4, 8])  # 4 frames: the 3-D and 2-D kernels shrink to 3; 8: 5 and 5
+def test_value_norm_matches_infinipot_v_adaptive_pooling_per_head(frames):
+    unit = grid_unit(frames, seed=11)
+    keep = 0.4
+    n = unit.n_tokens
+    comp = ValueNorm(keep, adaptive_pooling=True, per_head=True)
+    (draft,) = comp.compress(unit)
+    scores = comp.score(unit)
+    worst, overlap = 0.0, []
+    for layer in range(POOL_LAYERS):
+        ref = infinipot_v_pooled_norms(unit.values[layer], layer, POOL_LAYERS, frames)
+        worst = max(worst, float(np.abs(ref - scores[layer].double().numpy()).max()))
+        for h in range(POOL_KV):
+            want = topk_set(ref[h].tolist(), int(n * keep))
+            got = set(draft.index[layer][h].tolist())
+            overlap.append(len(got & want) / len(want))
+    assert worst < 1e-6
+    assert min(overlap) == 1.0
+
+
+@pytest.mark.parametrize("frames", [4, 8])
+def test_infinipot_matches_infinipot_v_adaptive_pooling_per_head(frames):
+    """process_kv_cache("infinipot-v", tar_ratio 0.5, adaptive_pooling=True): the pooled norms, the TaR
+    indices raised to max + 1, topk(B) per head."""
+    unit = grid_unit(frames, seed=12)
+    keep, tar_ratio, tpf = 0.75, 0.5, ROWS * COLS
+    n = unit.n_tokens
+    b = int(n * keep)
+    attn_budget = round((1 - tar_ratio) * b)
+    tar_budget = b - attn_budget
+    q_frames = int(frames * 0.25)
+    q_len = q_frames * tpf
+    comp = InfiniPot(keep, tar_ratio=tar_ratio, adaptive_pooling=True, per_head=True)
+    (draft,) = comp.compress(unit)
+    scores = comp.score(unit)
+    worst, overlap = 0.0, []
+    for layer in range(POOL_LAYERS):
+        pooled = infinipot_v_pooled_norms(unit.values[layer], layer, POOL_LAYERS, frames)
+        for h in range(POOL_KV):
+            k = unit.keys[layer][h].double()
+            unit_k = [k[t] / (k[t].norm() + 1e-9) for t in range(n)]
+            older = [
+                -sum(float(unit_k[t] @ unit_k[n - q_len + qf * tpf + t % tpf]) for qf in range(q_frames))
+                / q_frames
+                for t in range(n - q_len)
+            ]
+            tar = topk_set(older, tar_budget - q_len) | set(range(n - q_len, n))
+            van = pooled[h].tolist()
+            rest = [t for t in range(n) if t not in tar]
+            worst = max(worst, max(abs(van[t] - float(scores[layer, h, t])) for t in rest))
+            top = float(pooled.max()) + 1
+            want = topk_set([top if t in tar else x for t, x in enumerate(van)], b)
+            got = set(draft.index[layer][h].tolist())
+            assert tar <= want
+            overlap.append(len(got & want) / len(want))
+    assert worst < 1e-6
+    assert min(overlap) == 1.0
+
+
 # ---- Video-XL-2 pooling (llava_qwen.py, pooling_kvs: avg_pool1d, kernel = stride) --------------------------
 
 

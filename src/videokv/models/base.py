@@ -29,7 +29,9 @@ class Piece:
     embeds: [n, hidden]; positions: [P, n] (P = 3 for M-RoPE, 1 for 1-D RoPE); kind: "frame", "text" or
     "prompt"; t0/t1: the stream time span it covers (seconds); token_ids: the ids the official processor
     gives the same tokens (placeholders for visual tokens), so tests can compare against it; n_frames: the
-    real frames a frame piece holds (a Qwen2-VL temporal patch holds two).
+    real frames a frame piece holds (a Qwen2-VL temporal patch holds two); hw: for a frame piece, the (rows,
+    cols) of its visual tokens, which are its last rows * cols tokens in raster order (a video's opening
+    token may precede them), None where unknown.
     """
 
     embeds: torch.Tensor
@@ -41,6 +43,7 @@ class Piece:
     text: str = ""
     grid: tuple[int, int, int] | None = None
     n_frames: int = 0
+    hw: tuple[int, int] | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -58,6 +61,7 @@ class Piece:
             self.text,
             self.grid,
             self.n_frames,
+            self.hw,
         )
 
     def shifted(self, delta: int) -> Piece:
@@ -72,6 +76,7 @@ class Piece:
             self.text,
             self.grid,
             self.n_frames,
+            self.hw,
         )
 
 

@@ -14,6 +14,8 @@ frames has no official layout here; videokv's is [frames, newline, text, frames,
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -63,6 +65,8 @@ class LlavaOneVisionAdapter(Adapter):
             vision_feature_select_strategy=cfg.vision_feature_select_strategy,
         ).pooler_output[0, :-1]  # the trailing image_newline is added when the video closes
         n = feats.shape[0] // len(frames)
+        side = math.isqrt(n)  # the pooled square grid of each frame (apply_pooling), raster order
+        hw = (side, side) if side * side == n else None
         pieces = []
         for i in range(len(frames)):
             t0 = float(timestamps[i])
@@ -74,6 +78,7 @@ class LlavaOneVisionAdapter(Adapter):
                 t0 + interval,
                 [self.video_token_id] * n,
                 n_frames=1,
+                hw=hw,
             )
             pieces.append(piece)
             cursor += n

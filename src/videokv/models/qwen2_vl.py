@@ -117,7 +117,14 @@ class Qwen2VLAdapter(Adapter):
             a, b = i * self.frames_per_piece, (i + 1) * self.frames_per_piece
             real = timestamps[a:b]
             piece = Piece(
-                emb, pos, "frame", float(real[0]), float(real[-1]) + interval, ids, grid=(1, gh, gw)
+                emb,
+                pos,
+                "frame",
+                float(real[0]),
+                float(real[-1]) + interval,
+                ids,
+                grid=(1, gh, gw),
+                hw=(h, w),
             )
             piece.n_frames = len(real)
             pieces.append(piece)

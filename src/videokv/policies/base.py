@@ -48,6 +48,12 @@ class Unit:
         return [s for s, p in zip(self.spans, self.pieces) if p.kind == "frame"]
 
     @property
+    def frame_grids(self) -> list[tuple[int, int] | None]:
+        """Per frame span, its visual tokens' (rows, cols) raster grid (they are the span's last rows * cols
+        tokens), or None where the adapter gave none (`Piece.hw`)."""
+        return [p.hw for p in self.pieces if p.kind == "frame"]
+
+    @property
     def t0(self) -> float:
         return min(p.t0 for p in self.pieces)
 

@@ -40,4 +40,5 @@ class SegmentSummary:
             last.t1,
             list(last.token_ids),
             grid=last.grid,
+            hw=last.hw,
         )

@@ -33,6 +33,9 @@ class InfiniPot(ScorerCompressor):
     tar_ratio: share of the budget chosen by TaR, in [0, 1] (InfiniPot-V: 0.5).
     recent: fraction of the unit's frames that are TaR's reference (query) frames, in (0, 1) (InfiniPot-V's
         ``query_ratio``: 0.25).
+    adaptive_pooling: pool the value norms before the selection as InfiniPot-V's ``adaptive_pooling=True``
+        (layer-adaptive 3-D / 2-D / 1-D average pooling, see `value_norm.adaptive_pool`); off by default, as
+        in the reference (``process_kv_cache``'s default, its scripts leave it off).
     rounding: how a keep ratio becomes a count, "floor" (``int(n * keep)``) or "round".
     per_head: select per KV head (off by default: a memory block keeps one token set for all its heads, so
         the engine refuses per-head drafts until blocks store per-head positions); on, as InfiniPot-V.
@@ -40,15 +43,16 @@ class InfiniPot(ScorerCompressor):
     Source: InfiniPot-V (Kim et al., "InfiniPot-V: Memory-Constrained KV Cache Compression for Streaming
     Video Understanding", NeurIPS 2025, arXiv 2506.15745), ``aiha-lab/InfiniPot-V`` ``kvcache_utils.py``,
     ``process_kv_cache`` with method "infinipot-v" (``attn_budget = round((1 - tar_ratio) * budget)``, the TaR
-    indices' value norms set to ``max + 1``, then ``topk(budget)`` per head), without its layer-adaptive
-    pooling of the norms. InfiniPot-V compresses the whole vision cache whenever it fills; videokv applies
-    the same selection to each unit as it is stored.
+    indices' value norms set to ``max + 1``, then ``topk(budget)`` per head), the norms first pooled
+    when ``adaptive_pooling``. InfiniPot-V compresses the whole vision cache whenever it fills; videokv
+    applies the same selection to each unit as it is stored.
     """
 
     name: ClassVar[str] = "infinipot"
     keep: float | int = 0.5
     tar_ratio: float = 0.5
     recent: float = 0.25
+    adaptive_pooling: bool = False
     per_head: bool = False
 
     def __post_init__(self) -> None:
@@ -58,6 +62,10 @@ class InfiniPot(ScorerCompressor):
         if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t <= 1.0:
             raise ConfigError(f"InfiniPot: tar_ratio must be in [0, 1]; got {t!r}")
         Redundancy(self.keep, recent=self.recent)  # validates `recent` with Redundancy's message
+        if not isinstance(self.adaptive_pooling, bool):
+            raise ConfigError(
+                f"InfiniPot: adaptive_pooling must be true or false; got {self.adaptive_pooling!r}"
+            )
 
     def tar_budget(self, n: int) -> int:
         """Tokens of an n-token unit chosen by TaR (the rest of the budget goes to value norm)."""
@@ -65,7 +73,9 @@ class InfiniPot(ScorerCompressor):
         return b - round((1 - self.tar_ratio) * b)
 
     def score(self, unit: Unit) -> torch.Tensor:
-        van = ValueNorm(self.keep, rounding=self.rounding, per_head=self.per_head).score(unit)
+        van = ValueNorm(
+            self.keep, rounding=self.rounding, adaptive_pooling=self.adaptive_pooling, per_head=self.per_head
+        ).score(unit)
         k = self.tar_budget(unit.n_tokens)
         if k <= 0:
             return van
