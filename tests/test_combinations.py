@@ -91,7 +91,11 @@ def test_every_combination_runs(compress, retrieve):
         assert all(len(v) == 1 for v in levels.values()), (
             f"layer {layer}: a unit at two levels ({config.name})"
         )
-        cols = {(store.blocks[r].unit, *c) for r in rows for c in store.get(r).positions[layer].T.tolist()}
+        # a token is known by its position in its unit (MuKV's frame and patch blocks, prefilled on their
+        # own after the sinks, are stored at other positions: `unit_positions` maps them back)
+        cols = {
+            (store.blocks[r].unit, *c) for r in rows for c in store.get(r).unit_positions(layer).T.tolist()
+        }
         assert engine.context_lengths[layer] == engine.n_sinks + len(cols), f"layer {layer} ({config.name})"
 
     # invariant 4: the byte counts are the K/V bytes held, tier by tier

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.conftest import get_tiny, random_frames
+from tests.policies.test_parity import mukv_reference
 from videokv import VideoQA
 from videokv.policies.compress.guidance import Guidance
+from videokv.policies.compress.multigrain import MultiGrain
 from videokv.policies.retrieve import Hierarchical, TopK
 from videokv.policies.segment import Uniform
 from videokv.presets import get_preset
@@ -272,6 +275,25 @@ def mukv_select(query, reprs, kinds, topk, alpha, beta, top_n):
     return sorted(picked), sims
 
 
+def mukv_block_range(frames, block, start: int, patches: int = 4) -> tuple[int, int]:
+    """The token range, in the unit's frame pieces laid end to end, that MuKV encodes `block` from: the
+    whole unit (segment), the frame piece holding it (frame), or the quarter of that frame piece holding it
+    (patch: MuKV's 49-token blocks are consecutive quarters of a 196-token frame, as `tensor_split` cuts).
+    start: the position the unit was laid out from (1-D RoPE); the block's first token is found by its
+    position in the unit (`positions + origin`)."""
+    n = sum(p.n_tokens for p in frames)
+    if block.kind == "segment":
+        return 0, n
+    first = int(block.positions[0][0, 0]) + getattr(block, "origin", 0) - start  # (0 before origins)
+    ends = torch.tensor([p.n_tokens for p in frames]).cumsum(0).tolist()
+    f = next(i for i, e in enumerate(ends) if first < e)
+    a, e = ends[f] - frames[f].n_tokens, ends[f]
+    if block.kind == "frame":
+        return a, e
+    part = next(c for c in torch.arange(a, e).tensor_split(patches) if len(c) and c[0] <= first <= c[-1])
+    return int(part[0]), int(part[-1]) + 1
+
+
 def test_mukv_rotated_retrieval_matches_reference():
     """MuKV (IMBALDY/MuKV `model/mukv_rerank.py` `question_answering`; blocks from
     `model/mukv_dualsignal_compression.py` `_encode_granularity_chunk_with_compression`): the question is
@@ -302,15 +324,16 @@ def test_mukv_rotated_retrieval_matches_reference():
     question = "What colour is the car at the start?"
     lead = engine.question_pieces(question)[:-1]
     with torch.no_grad():
-        # blocks: each unit encoded after the sinks; a block is a subset of its unit's tokens
+        # blocks: each encoded on its own after the sinks (a segment is its unit; a frame, a frame piece; a
+        # patch, a quarter of one); a block keeps a subset of its encoding's tokens
         reprs = []
-        unit_keys = []
-        for pieces in units:
-            h = torch.cat([sinks, *[p.embeds.float() for p in pieces]])
-            unit_keys.append(last_layer_keys(model, engine, h, torch.arange(h.shape[0]))[:, n_sinks:])
         for b in blocks:
-            idx = b.positions[-1][0] - n_sinks  # the unit's tokens start right after the sinks
-            reprs.append(unit_keys[b.unit][:, idx].mean(1).reshape(-1))
+            frames = units[b.unit]
+            a, e = mukv_block_range(frames, b, n_sinks)
+            h = torch.cat([sinks, torch.cat([p.embeds.float() for p in frames])[a:e]])
+            keys = last_layer_keys(model, engine, h, torch.arange(h.shape[0]))[:, n_sinks:]
+            idx = b.positions[-1][0] - n_sinks  # the block's tokens start right after the sinks
+            reprs.append(keys[:, idx].mean(1).reshape(-1))
         # the question: init (sinks), then the lead and the bare question, from the position after the sinks
         ids = tok(question).input_ids
         h = torch.cat([sinks, *[p.embeds.float() for p in lead], embed(torch.tensor(ids)).float()])
@@ -333,6 +356,87 @@ def test_mukv_rotated_retrieval_matches_reference():
         plain = dataclasses.replace(retriever, rotated=False, log={})
         assert (plain.similarity(catalog, probed)[1] - retriever.log["sim"]).abs().max().item() > 1e-3
         assert sorted(plain.select(catalog, probed)[0]) != ref_rows
+
+
+@pytest.mark.parametrize(
+    "compress",
+    [
+        None,  # the preset's MultiGrain
+        MultiGrain(keep={"patch": 0.5, "frame": 0.5, "segment": 0.8}, patches=2),  # more tokens kept
+    ],
+    ids=["preset", "keep-half"],
+)
+def test_mukv_frame_and_patch_blocks_are_prefilled_alone(compress):
+    """MuKV (IMBALDY/MuKV `model/mukv_dualsignal_compression.py` `_encode_granularity_chunk_with_compression`)
+    encodes every block of every granularity on its own: `language_model(inputs_embeds=block_features,
+    past_key_values=self.init_kv_cache)`, the 196-token frame and 49-token patch blocks as much as the
+    784-token segment. Here, per stored frame and patch block, a plain transformers forward (its own SDPA) of
+    [init tokens (the sinks), that frame piece / quarter alone] at positions 0..: the stored K/V are that
+    forward's at the kept tokens, on every layer; and the kept tokens are MuKV's `topk(int(n keep))` of
+    alpha minmax(attention) + beta minmax(FFT) from that forward's own last-layer attention (eager) and
+    keys."""
+    model, tok = get_tiny("llava_onevision")
+    config = get_preset("mukv")
+    if compress is not None:
+        config = dataclasses.replace(config, compress=compress)
+    mg = config.compress
+    session = VideoQA.from_model(model, tok, memory=config).session()
+    engine = session.engine
+    units = []
+    ingest_unit = engine._ingest_unit
+    engine._ingest_unit = lambda pieces: (units.append(list(pieces)), ingest_unit(pieces))[1]
+    session.add_frames(random_frames(8, seed=11), fps=1.0)
+    engine.flush()
+    n_sinks = engine.n_sinks
+    lm = engine.adapter.language_model
+    cfg = model.config.get_text_config()
+    sinks = model.get_input_embeddings()(torch.tensor(engine.header_ids[:n_sinks]))
+    checked = {"frame": 0, "patch": 0}
+    k_diff = v_diff = 0.0
+    misplaced = other_kept = 0
+    saved = cfg._attn_implementation
+    try:
+        for row, b in enumerate(engine.store.blocks):
+            if b.kind not in checked:
+                continue
+            frames = units[b.unit]
+            a, e = mukv_block_range(frames, b, n_sinks, mg.patches)
+            h = torch.cat([sinks, torch.cat([p.embeds for p in frames])[a:e]])[None]
+            pos = torch.arange(h.shape[1])[None]
+            with torch.no_grad():
+                cfg._attn_implementation = "sdpa"
+                out = lm(inputs_embeds=h, position_ids=pos, use_cache=True)
+                cfg._attn_implementation = "eager"
+                att = lm(inputs_embeds=h, position_ids=pos, output_attentions=True).attentions[-1][0]
+            stored = engine.store.get(row)
+            # the block's tokens within [a, e), known by their place in the unit (laid out after the sinks)
+            idx = stored.positions[0][0] + getattr(stored, "origin", 0) - n_sinks - a
+            for layer, kv in enumerate(out.past_key_values.layers):
+                ref_k, ref_v = kv.keys[0][:, n_sinks:], kv.values[0][:, n_sinks:]
+                k_diff = max(k_diff, (stored.keys[layer] - ref_k[:, idx]).abs().max().item())
+                v_diff = max(v_diff, (stored.values[layer] - ref_v[:, idx]).abs().max().item())
+                # stored at the positions of that forward: right after the sinks
+                misplaced += not torch.equal(stored.positions[layer][0], idx + n_sinks)
+            # the kept tokens: MuKV's score on this block's own forward (its queries, its columns)
+            alpha = mg.alpha[b.kind]
+            ref = mukv_reference(
+                out.past_key_values.layers[-1].keys[0][:, n_sinks:],
+                att[:, n_sinks:, n_sinks:],
+                alpha,
+                1 - alpha,
+            )
+            target_k = max(1, int((e - a) * mg.keep[b.kind]))
+            other_kept += set(idx.tolist()) != set(sorted(range(e - a), key=lambda i: -ref[i])[:target_k])
+            checked[b.kind] += 1
+    finally:
+        cfg._attn_implementation = saved
+    assert checked == {"frame": 8, "patch": 8 * mg.patches}
+    print(
+        f"frame/patch blocks vs their own forward: K {k_diff:.1e}, V {v_diff:.1e}, {misplaced} misplaced, "
+        f"{other_kept} with other tokens kept"
+    )
+    assert k_diff < 1e-5 and v_diff < 1e-5, (k_diff, v_diff)
+    assert misplaced == 0 and other_kept == 0, (misplaced, other_kept)
 
 
 # ---- StreamKV's guidance prompt (compression of each segment) ---------------------------------------------

@@ -45,7 +45,7 @@ from videokv.config import MemoryConfig
 from videokv.errors import ConfigError, InputError
 from videokv.generation import GREEDY, GenerationOptions
 from videokv.memory.assemble import assemble, assemble_layer
-from videokv.memory.attention import confine_to_new, observe_attention
+from videokv.memory.attention import confine_to_new, observe_attention, separate_groups
 from videokv.memory.block import KVBlock
 from videokv.memory.cache import ContextCache
 from videokv.memory.index import Index
@@ -56,6 +56,7 @@ from videokv.memory.store import Store
 from videokv.models.base import Adapter, Piece
 from videokv.models.rope import unrotate
 from videokv.policies.base import BlockDraft, Unit
+from videokv.policies.compress.base import Compressor
 from videokv.qa import DEFAULT_SYSTEM, Answer, Decoder, Evidence, drain, prompt_layout, question_text
 from videokv.video.subtitles import TextEvent
 
@@ -399,8 +400,69 @@ class Engine:
             attention["self"] = stats["self"][0]
         if prerope:
             attention.update(_guidance_qk(prerope, self.adapter, n_stored, guidance.n_tokens))
-        self._store_unit(Unit(stored, keys, values, positions, spans, attention))
+        alone = self._prefill_alone([p for p in stored if p.kind == "frame"])
+        self._store_unit(Unit(stored, keys, values, positions, spans, attention, alone))
         self._trim_context()
+
+    def _prefill_alone(self, frames: list[Piece]) -> list[Unit]:
+        """The token ranges of the unit's frames the compressor asks for (`Compressor.alone_ranges`), each
+        prefilled on its own after the sinks, all in one forward (each range masked from the others), at the
+        unit start the ingest policy gives (else at their stream positions): one Unit per range, with its
+        own last-layer attention if the compressor `needs` "self"."""
+        compressor = self.config.compress
+        ranges = compressor.alone_ranges(frames) if frames else []
+        if not ranges:
+            return []
+        embeds = torch.cat([p.embeds for p in frames])
+        positions = torch.cat([p.positions for p in frames], dim=1)
+        start = self.config.ingest.unit_start(self.n_sinks)
+        parts = []  # (positions forwarded at, origin)
+        for a, b in ranges:
+            pos = positions[:, a:b]
+            shift = 0 if start is None else start - int(pos.min())
+            parts.append((pos + shift, -shift))
+        sizes = [b - a for a, b in ranges]
+        n = sum(sizes)
+        cache = ContextCache.from_tensors(  # the sinks only: a range sees nothing else but itself
+            [la.keys[:, :, : self.n_sinks] for la in self.cache.layers],
+            [la.values[:, :, : self.n_sinks] for la in self.cache.layers],
+        )
+        weights: list[torch.Tensor] = []
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(separate_groups(sizes))
+            if "self" in compressor.needs:
+                stack.enter_context(
+                    observe_attention(
+                        lambda layer, w: weights.append(w[0][:, :, -n:]),
+                        slice(0, n),
+                        {self.adapter.num_layers - 1},
+                    )
+                )
+            self.adapter.forward(
+                torch.cat([embeds[a:b] for a, b in ranges]),
+                torch.cat([pos for pos, _ in parts], dim=1),
+                cache,
+                logits="none",
+            )
+        new_k, new_v = cache.new_kv()
+        units, offset = [], 0
+        for (pos, origin), size in zip(parts, sizes):
+            cut = slice(offset, offset + size)
+            attention = {"self": weights[0][:, cut, cut]} if weights else {}
+            units.append(
+                Unit(
+                    [],
+                    [k[0, :, cut] for k in new_k],
+                    [v[0, :, cut] for v in new_v],
+                    pos,
+                    [],
+                    attention,
+                    [],
+                    origin,
+                )
+            )
+            offset += size
+        return units
 
     def _store_unit(self, unit: Unit) -> None:
         """Store a prefilled unit's blocks (as its drafts say) and count its tokens."""
@@ -413,9 +475,12 @@ class Engine:
     @property
     def _batch_units(self) -> int:
         """Units per forward: >1 only where nothing is computed per unit (no summary pseudo-frame, no
-        attention statistics for the compressor) and the ingest policy allows it (`Window.batch`)."""
+        attention statistics for the compressor, no ranges prefilled alone) and the ingest policy allows it
+        (`Window.batch`)."""
         batch = getattr(self.config.ingest, "batch", 1)
-        if batch > 1 and self.config.summary is None and not self.config.compress.needs:
+        compressor = self.config.compress
+        alone = type(compressor).alone_ranges is not Compressor.alone_ranges
+        if batch > 1 and self.config.summary is None and not compressor.needs and not alone:
             return batch
         return 1
 
@@ -485,6 +550,7 @@ class Engine:
                 unit.positions[:, idx],
                 spans,
                 attention,
+                unit.alone,
             )
             for d in self.config.compress.compress(frames_unit):
                 if d.index is not None and any(i.dim() != 1 for i in d.index):
@@ -544,6 +610,7 @@ class Engine:
             draft.level,
             draft.text,
             draft.pinned,
+            origin=draft.origin if draft.index is None else 0,
         )
         self.keep(block)
 

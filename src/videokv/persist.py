@@ -116,6 +116,7 @@ def block_record(b: KVBlock) -> dict:
         "text": b.text,
         "pinned": b.pinned,
         "layers": b.num_layers,
+        "origin": b.origin,
     }
 
 
@@ -234,6 +235,7 @@ def restore_engine(engine: Engine, manifest: dict, tensors: dict[str, torch.Tens
                 meta["level"],
                 meta["text"],
                 meta["pinned"],
+                origin=meta.get("origin", 0),
             )
             engine.keep(block)
     except KeyError as e:

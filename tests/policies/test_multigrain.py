@@ -11,7 +11,7 @@ from tests.conftest import get_tiny, random_frames
 from videokv import VideoQA, get_preset
 from videokv.errors import ConfigError, VideoKVError
 from videokv.models.base import Piece
-from videokv.policies.base import Unit, budget
+from videokv.policies.base import Unit, budget, keep_top
 from videokv.policies.compress import DualSignal
 from videokv.policies.compress.multigrain import MultiGrain, raster_slices
 
@@ -65,7 +65,7 @@ def sub_block_bounds(unit: Unit, patches: int) -> dict[str, list[tuple[int, int]
 
 def test_drafts_of_each_granularity_with_budgets():
     unit = make_unit()
-    mg = MultiGrain()
+    mg = MultiGrain(alone=False)
     drafts = mg.compress(unit)
     kinds = by_kind(drafts)
     assert [len(kinds[g]) for g in ("segment", "frame", "patch")] == [1, 4, 16]
@@ -97,7 +97,11 @@ def test_drafts_of_each_granularity_with_budgets():
 def test_sub_blocks_and_budgets_property(frame_sizes, patches, keep, grains, frequency):
     unit = make_unit(tuple(frame_sizes), seed=len(frame_sizes) * 7 + patches)
     mg = MultiGrain(
-        keep={g: keep for g in grains}, patches=patches, granularities=grains, frequency=frequency
+        keep={g: keep for g in grains},
+        patches=patches,
+        granularities=grains,
+        frequency=frequency,
+        alone=False,
     )
     kinds = by_kind(mg.compress(unit))
     bounds = sub_block_bounds(unit, patches)
@@ -137,7 +141,7 @@ def test_alpha_one_keeps_most_attended_within_sub_block(grain, size, keep):
     n = 32
     attention, inside = block_attention(n, size, seed=size)
     unit = make_unit(attention=attention)
-    mg = MultiGrain(keep={grain: keep}, alpha={grain: 1.0}, granularities=(grain,))
+    mg = MultiGrain(keep={grain: keep}, alpha={grain: 1.0}, granularities=(grain,), alone=False)
     drafts = mg.compress(unit)
     assert len(drafts) == n // size
     for j, d in enumerate(drafts):
@@ -153,7 +157,7 @@ def test_alpha_one_keeps_most_attended_within_sub_block(grain, size, keep):
 def test_each_sub_block_scored_like_dual_signal_on_its_own_tokens():
     """Random attention and keys: every draft equals DualSignal on a unit holding only that sub-block."""
     unit = make_unit(seed=3)
-    mg = MultiGrain()
+    mg = MultiGrain(alone=False)
     kinds = by_kind(mg.compress(unit))
     bounds = sub_block_bounds(unit, 4)
     for g in ("patch", "frame", "segment"):
@@ -177,12 +181,12 @@ def test_needs_self_attention():
     unit = make_unit()
     unit.attention.clear()
     with pytest.raises(VideoKVError, match="attention"):
-        MultiGrain().compress(unit)
+        MultiGrain(alone=False).compress(unit)
     with pytest.raises(VideoKVError, match="must be"):
-        MultiGrain().compress(make_unit(attention=torch.rand(2, 5, 5)))
+        MultiGrain(alone=False).compress(make_unit(attention=torch.rand(2, 5, 5)))
     # frequency only (alpha 0 everywhere): no attention read
     zero = {"patch": 0.0, "frame": 0.0, "segment": 0.0}
-    assert len(MultiGrain(alpha=zero).compress(unit)) == 21
+    assert len(MultiGrain(alpha=zero, alone=False).compress(unit)) == 21
 
 
 @pytest.mark.parametrize(
@@ -202,6 +206,7 @@ def test_needs_self_attention():
         lambda: MultiGrain(patches=0),
         lambda: MultiGrain(patches=2.0),
         lambda: MultiGrain(frequency="wavelet"),
+        lambda: MultiGrain(alone="yes"),
     ],
 )
 def test_bad_parameters_raise(make):
@@ -212,6 +217,45 @@ def test_bad_parameters_raise(make):
 def test_subset_of_granularities_needs_only_their_entries():
     mg = MultiGrain(keep={"segment": 0.5}, alpha={"segment": 0.8}, granularities=("segment",))
     assert [d.kind for d in mg.compress(make_unit())] == ["segment"]
+
+
+def alone_of(unit: Unit, a: int, b: int, seed: int) -> Unit:
+    """A stand-in for sub-block [a, b) prefilled on its own: other K/V and attention, positions from 7."""
+    g = torch.Generator().manual_seed(seed)
+    n, heads, dim = b - a, unit.keys[0].shape[0], unit.keys[0].shape[2]
+    keys = [torch.randn(heads, n, dim, generator=g) for _ in unit.keys]
+    values = [torch.randn(heads, n, dim, generator=g) for _ in unit.keys]
+    positions = unit.positions[:, a:b] - int(unit.positions[:, a:b].min()) + 7
+    attention = {"self": torch.softmax(torch.randn(4, n, n, generator=g), dim=-1)}
+    return Unit([], keys, values, positions, [], attention, [], int(unit.positions[:, a:b].min()) - 7)
+
+
+def test_alone_sub_blocks_keep_their_own_prefill():
+    """With `alone` (MuKV) the frame and patch sub-blocks are those the engine prefilled on their own: each
+    draft holds the kept K/V of that prefill (DualSignal on it), at its positions, with the origin back into
+    the unit; the segment is still cut from the unit."""
+    unit = make_unit(seed=5)
+    mg = MultiGrain()
+    ranges = mg.alone_ranges(unit.pieces)
+    bounds = sub_block_bounds(unit, 4)
+    assert ranges == bounds["patch"] + bounds["frame"]  # sub_blocks order: patches, then frames
+    with pytest.raises(VideoKVError, match="alone"):
+        mg.compress(unit)
+    unit.alone = [alone_of(unit, a, b, seed=i) for i, (a, b) in enumerate(ranges)]
+    own = dict(zip(ranges, unit.alone))
+    kinds = by_kind(mg.compress(unit))
+    for g in ("patch", "frame"):
+        ds = DualSignal(keep=mg.keep[g], alpha=mg.alpha[g], beta=1 - mg.alpha[g])
+        for d, (a, b) in zip(kinds[g], bounds[g]):
+            u = own[(a, b)]
+            keep = keep_top(ds.score(u), budget(b - a, mg.keep[g], "floor"))
+            assert d.index is None and d.origin == u.origin
+            assert all(torch.equal(k, uk[:, keep]) for k, uk in zip(d.keys, u.keys))
+            assert all(torch.equal(v, uv[:, keep]) for v, uv in zip(d.values, u.values))
+            assert all(torch.equal(p + d.origin, unit.positions[:, a:b][:, keep]) for p in d.positions)
+    (seg,) = kinds["segment"]
+    (ref,) = MultiGrain(alone=False, granularities=("segment",)).compress(unit)
+    assert seg.index[0].tolist() == ref.index[0].tolist()
 
 
 # ---- with the engine ---------------------------------------------------------------------------------------

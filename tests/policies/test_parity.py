@@ -22,6 +22,7 @@ from videokv.policies.compress import (
     ValueNorm,
 )
 from videokv.policies.compress.guidance import Guidance
+from videokv.policies.compress.multigrain import sub_unit
 from videokv.policies.retrieve import LayerAdaptive
 
 L, KV, D = 3, 4, 8
@@ -337,11 +338,13 @@ def test_multigrain_counts_are_mukv_target_k():
     unit = unit_of(4, 196, seed=7, kv=2, layers=2)
     g = torch.Generator().manual_seed(8)
     unit.attention["self"] = torch.softmax(torch.randn(2, 784, 784, generator=g), -1)
-    drafts = MultiGrain().compress(unit)
-    sizes = {}
-    for d in drafts:
-        sizes.setdefault(d.kind, set()).add(d.index[0].numel())
-    assert sizes == {"patch": {int(49 * 0.1)}, "frame": {int(196 * 0.1)}, "segment": {int(784 * 0.8)}}
+    for mg in (MultiGrain(), MultiGrain(alone=False)):
+        # MuKV's frame and patch blocks prefilled on their own (here: stand-ins cut from the unit)
+        unit.alone = [sub_unit(unit, a, b) for a, b in mg.alone_ranges(unit.pieces)]
+        sizes = {}
+        for d in mg.compress(unit):
+            sizes.setdefault(d.kind, set()).add(d.index[0].numel() if d.index else d.keys[0].shape[1])
+        assert sizes == {"patch": {int(49 * 0.1)}, "frame": {int(196 * 0.1)}, "segment": {int(784 * 0.8)}}
 
 
 # ---- StreamKV (abstract_streamkv.py obtain_cdf_num / rescale_sum_match; kv_cache_manager.py) ---------------

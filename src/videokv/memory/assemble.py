@@ -30,7 +30,8 @@ POSITION_POLICIES = ("keep", "compact", "length")
 def distinct_tokens(blocks: list[KVBlock], layer: int) -> list[KVBlock]:
     """`blocks` with every stream token at most once on `layer`: where blocks of one unit overlap (MuKV's
     patch, frame and segment blocks keep tokens of the same frames), a later block drops the tokens an
-    earlier one already holds (a token is known by its stored stream position). Blocks of distinct units
+    earlier one already holds (a token is known by its position in its unit, `KVBlock.unit_positions`: a
+    block prefilled apart from its unit, MuKV's, is stored at other positions). Blocks of distinct units
     pass untouched (the usual case, at no cost)."""
     units = [b.unit for b in blocks]
     if len(set(units)) == len(units):
@@ -42,7 +43,7 @@ def distinct_tokens(blocks: list[KVBlock], layer: int) -> list[KVBlock]:
             out.append(b)
             continue
         have = seen.setdefault(b.unit, set())
-        cols = [tuple(c) for c in b.positions[layer].T.tolist()]
+        cols = [tuple(c) for c in b.unit_positions(layer).T.tolist()]
         fresh = [i for i, c in enumerate(cols) if c not in have]
         have.update(cols)
         if len(fresh) == len(cols):

@@ -8,7 +8,10 @@ transformers' SDPA path. An optional observer (set with `observe_attention`) rec
 attention weights of chosen query rows: that is how policies get attention statistics for a few queries
 without turning on eager attention for the whole model. Chosen new-token rows can also be confined (with
 `confine_to_new`) to the tokens of their own forward, the cache hidden from them: StreamKV's guidance prompt
-sees only the segment it follows.
+sees only the segment it follows. The new tokens can also be split into groups (with `separate_groups`),
+each seeing the cache and only its own group: several sequences prefilled side by side after one shared
+prefix, each as if it were forwarded alone (MuKV's frame and patch blocks, each encoded after the init
+tokens).
 """
 
 from __future__ import annotations
@@ -34,13 +37,22 @@ _OBSERVER: contextvars.ContextVar[tuple[Callable, slice, frozenset | None] | Non
 _CONFINED: contextvars.ContextVar[slice | None] = contextvars.ContextVar("videokv_confined", default=None)
 
 
+# per new token, the id of its group: a new token sees the cached keys and the new tokens of its own group
+_GROUPS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("videokv_groups", default=None)
+
+
 def _causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor | None:
-    confined = _CONFINED.get()
-    if q_len == 1 and confined is None:
+    confined, groups = _CONFINED.get(), _GROUPS.get()
+    if q_len == 1 and confined is None and groups is None:
         return None
     mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=kv_len - q_len)
     if confined is not None:
         mask[confined, : kv_len - q_len] = False
+    if groups is not None:
+        if groups.numel() != q_len:
+            raise ValueError(f"separate_groups covers {groups.numel()} new tokens; the forward has {q_len}")
+        g = groups.to(device)
+        mask[:, kv_len - q_len :] &= g[:, None] == g[None, :]
     return mask
 
 
@@ -95,6 +107,19 @@ def confine_to_new(rows: slice) -> Iterator[None]:
         yield
     finally:
         _CONFINED.reset(token)
+
+
+@contextlib.contextmanager
+def separate_groups(sizes: list[int]) -> Iterator[None]:
+    """Within the block, the new tokens of a forward form consecutive groups of `sizes` tokens: each token
+    attends to the cached keys and to the tokens of its own group up to itself, as if its group had been
+    forwarded alone after the cache (the other groups are masked for it)."""
+    ids = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
+    token = _GROUPS.set(ids)
+    try:
+        yield
+    finally:
+        _GROUPS.reset(token)
 
 
 def register() -> str:

@@ -19,7 +19,10 @@ class KVBlock:
     index: the block's id in its session (unique, increasing with stream order; versions of one unit at
     several levels share `unit`). kind: "frame", "segment", "patch", "text", "summary". level: "full",
     "L"/"H" (bi-level), or a granularity tag. keys/values: per layer [kv_heads, n_l, head_dim]. positions:
-    per layer [P, n_l] (P = 3 for M-RoPE). rkey: [layers, kv_heads * head_dim] (float32).
+    per layer [P, n_l] (P = 3 for M-RoPE). rkey: [layers, kv_heads * head_dim] (float32). origin: what to
+    add to `positions` to get the tokens' positions in their unit (0 but for a block prefilled apart from its
+    unit, right after the sinks: MuKV's frame and patch blocks); `unit_positions` is what tells the same
+    stream token in two blocks of one unit.
     """
 
     index: int
@@ -35,6 +38,11 @@ class KVBlock:
     text: str = ""
     pinned: bool = False  # never evicted from retrieval (e.g. segment summaries)
     meta: dict = field(default_factory=dict)
+    origin: int = 0
+
+    def unit_positions(self, layer: int) -> torch.Tensor:
+        """The tokens' positions [P, n_l] on `layer` in their unit's layout (`positions` + `origin`)."""
+        return self.positions[layer] + self.origin if self.origin else self.positions[layer]
 
     @property
     def num_layers(self) -> int:
@@ -79,4 +87,5 @@ class KVBlock:
             self.text,
             self.pinned,
             dict(self.meta),
+            self.origin,
         )

@@ -196,6 +196,7 @@ class Store:
             block.text,
             block.pinned,
             dict(block.meta, path=str(path)),
+            block.origin,
         )
         stub.meta["layers"] = block.num_layers
         return stub
@@ -237,6 +238,7 @@ class Store:
             stub.text,
             stub.pinned,
             {k: v for k, v in stub.meta.items() if k not in ("path", "layers")},
+            stub.origin,
         )
 
     def get(self, i: int) -> KVBlock:

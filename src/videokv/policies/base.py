@@ -30,6 +30,12 @@ class Unit:
     the compressor, e.g. {"guidance": [layers, heads, unit_tokens]} (attention each unit token received
     from the guidance prompt's queries, averaged over those queries) or {"self": [heads, n, n]} (the unit's
     own attention among its tokens at the last layer).
+
+    alone: where the compressor declares token ranges to prefill on their own (`Compressor.alone_ranges`),
+    one Unit per range, in order: the range forwarded by itself right after the sinks, with its K/V, the
+    positions it was forwarded at and (if the compressor `needs` "self") its own last-layer attention.
+    origin: what to add to `positions` to get the tokens' positions in the unit they were cut from (0 for a
+    unit prefilled in place; a range prefilled alone after the sinks sits elsewhere than in its unit).
     """
 
     pieces: list[Piece]
@@ -38,6 +44,8 @@ class Unit:
     positions: torch.Tensor
     spans: list[tuple[int, int]]
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
+    alone: list[Unit] = field(default_factory=list)
+    origin: int = 0
 
     @property
     def n_tokens(self) -> int:
@@ -68,7 +76,9 @@ class BlockDraft:
     already-transformed K/V (pooling). Exactly one of `index` or (`keys`, `values`, `positions`) is set.
 
     index[layer] is 1-D [k] (the same tokens for every KV head) or 2-D [kv_heads, k] (per-head selection, as
-    kvpress and InfiniPot-V do: each row, sorted, holds the tokens that head keeps)."""
+    kvpress and InfiniPot-V do: each row, sorted, holds the tokens that head keeps). origin (explicit K/V
+    only): what to add to `positions` to get the tokens' positions in their unit (`Unit.origin` of the
+    prefill the K/V came from), so that a block prefilled apart is still known as the same stream tokens."""
 
     kind: str
     t0: float
@@ -80,6 +90,7 @@ class BlockDraft:
     level: str = "full"
     text: str = ""
     pinned: bool = False
+    origin: int = 0
 
 
 def keep_top(scores: torch.Tensor, k: int) -> torch.Tensor:

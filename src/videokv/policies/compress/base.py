@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 
 from videokv.errors import ConfigError
+from videokv.models.base import Piece
 from videokv.policies.base import BlockDraft, Unit, budget, check_rounding, keep_top
 
 
@@ -40,6 +41,14 @@ class Compressor(abc.ABC):
         beside an accelerator, disk on a CPU-only machine) and is loaded only when a question retrieves it;
         False (the default): it takes the fastest tier the budgets allow, like every other block."""
         return False
+
+    def alone_ranges(self, frames: list[Piece]) -> list[tuple[int, int]]:
+        """Token ranges, within the unit's frame pieces laid end to end, that the engine also prefills each on
+        its own, in one extra forward: a range sees only the sinks (not the ingest context, not the unit's
+        other tokens), placed where the ingest policy places a unit (`unit_start`; else at its stream
+        positions). The compressor receives them as ``unit.alone`` (one Unit per range, in order). MuKV
+        encodes each frame and each quarter-frame block so, after the init tokens. Default: none."""
+        return []
 
     def forward_prompt(self) -> str | None:
         """Text the engine forwards right after the unit, in the same pass, whose statistics the compressor

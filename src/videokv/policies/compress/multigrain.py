@@ -7,7 +7,10 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import torch
+
 from videokv.errors import ConfigError, VideoKVError
+from videokv.models.base import Piece
 from videokv.policies.base import BlockDraft, Unit, budget, check_rounding, keep_top
 from videokv.policies.compress.base import Compressor, check_keep
 from videokv.policies.compress.dual_signal import DualSignal
@@ -21,6 +24,14 @@ def _default_keep() -> dict[str, float]:
 
 def _default_alpha() -> dict[str, float]:
     return {"patch": 0.5, "frame": 0.7, "segment": 0.8}
+
+
+def _spans(pieces: list[Piece]) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for p in pieces:
+        spans.append((start, start + p.n_tokens))
+        start += p.n_tokens
+    return spans
 
 
 def raster_slices(start: int, end: int, parts: int) -> list[tuple[int, int]]:
@@ -64,14 +75,19 @@ class MultiGrain(Compressor):
     - ``patch``: each frame's tokens cut into `patches` consecutive *raster* slices (MuKV's 49-token
       quarter-frame slices, not spatial tiles), one draft per non-empty slice, with its frame's times.
 
+    With `alone` (MuKV), every frame and patch sub-block is prefilled on its own right after the sinks, as
+    MuKV encodes each block of every granularity after its init tokens (`alone_ranges` declares them; the
+    engine forwards them and hands their K/V back as ``unit.alone``); the segment is the unit's own prefill.
     Each sub-block of granularity g is scored on its own by `DualSignal` with ``keep[g]``, ``alpha[g]`` and
-    ``beta = 1 - alpha[g]``: the attention signal is the unit's last-layer self-attention restricted to the
-    sub-block's rows and columns (MuKV prefills every block separately, so a block's attention is the
-    attention among its own tokens), the frequency signal runs over the sub-block's own last-layer keys. The
+    ``beta = 1 - alpha[g]``: the attention signal is the sub-block's own last-layer attention (that of its
+    own prefill; for the segment, or without `alone`, the unit's last-layer self-attention restricted to the
+    sub-block's rows and columns), the frequency signal runs over the sub-block's own last-layer keys. The
     ``budget(len, keep[g], rounding)`` best tokens are kept, the same on every layer. Drafts have kind
-    "patch", "frame" or "segment", level "full", the sub-block's t0/t1, and sorted indices into the unit; a
-    token usually appears in several drafts (one per granularity). A one-frame unit still gives a segment
-    draft.
+    "patch", "frame" or "segment", level "full", the sub-block's t0/t1, and the kept tokens: sorted indices
+    into the unit (the segment; every sub-block without `alone`), or the kept K/V of the sub-block's own
+    prefill at the positions it was prefilled at, with the `origin` that maps them back into the unit. A
+    token usually appears in several drafts (one per granularity); a question's context holds it once. A
+    one-frame unit still gives a segment draft.
 
     Parameters
     ----------
@@ -85,10 +101,13 @@ class MultiGrain(Compressor):
         and `alpha` must have an entry for each.
     rounding: how a keep ratio becomes a count: "floor" (MuKV: ``target_k = int(actual_seq_len *
         keep_ratio)``, e.g. 4 of 49 and 19 of 196 tokens at 0.1) or "round" (5 and 20).
+    alone: True (MuKV): frame and patch sub-blocks are prefilled each on its own after the sinks (one extra
+        forward per unit of twice its frame tokens, the ranges masked from each other). False: they are cut
+        from the unit's prefill, so their attention is a restriction of the unit's (rows normalised over the
+        whole causal prefix) and their keys carry the unit's earlier frames and positions; no extra forward.
 
-    Differences from MuKV: the unit is prefilled once (with the ingest policy's context), not once per
-    granularity, so the sub-block attention is a restriction of the unit's attention (rows normalised over
-    the whole causal prefix) and the keys carry the unit's context and positions.
+    Differences from MuKV: a question's context holds a token kept at several granularities once (MuKV
+    concatenates every retrieved block).
 
     Source: MuKV (Xiao et al., CVPR 2026, arXiv 2605.22269), multi-granularity KV cache with dual-signal
     compression (``model/mukv_multigrain_kvcache.py``, ``model/mukv_dualsignal_compression.py``).
@@ -102,9 +121,12 @@ class MultiGrain(Compressor):
     patches: int = 4
     granularities: tuple[str, ...] = GRAINS
     rounding: str = "floor"
+    alone: bool = True
 
     def __post_init__(self) -> None:
         check_rounding(self.rounding, "MultiGrain")
+        if not isinstance(self.alone, bool):
+            raise ConfigError(f"MultiGrain: alone must be true or false; got {self.alone!r}")
         grains = self.granularities
         if not isinstance(grains, tuple | list) or not grains or set(grains) - set(GRAINS):
             raise ConfigError(
@@ -159,8 +181,28 @@ class MultiGrain(Compressor):
                     out += [(grain, c, d, p.t0, p.t1) for c, d in raster_slices(a, b, self.patches)]
         return out
 
+    def alone_ranges(self, frames: list[Piece]) -> list[tuple[int, int]]:
+        """With `alone`: the frame and patch sub-blocks of a unit of these frame pieces, in `sub_blocks`
+        order (each prefilled on its own by the engine)."""
+        if not self.alone:
+            return []
+        unit = Unit(frames, [], [], torch.zeros(1, sum(p.n_tokens for p in frames)), _spans(frames))
+        return [(a, b) for grain, a, b, _, _ in self.sub_blocks(unit) if grain != "segment"]
+
     def compress(self, unit: Unit) -> list[BlockDraft]:
         n, layers = unit.n_tokens, len(unit.keys)
+        subs = self.sub_blocks(unit)
+        apart = [s for s in subs if s[0] != "segment"] if self.alone else []
+        if self.alone and (
+            len(unit.alone) != len(apart)
+            or any(u.n_tokens != b - a for u, (_, a, b, _, _) in zip(unit.alone, apart))
+        ):
+            raise VideoKVError(
+                f"MultiGrain(alone=True) needs unit.alone: its {len(apart)} frame and patch "
+                f"sub-blocks each prefilled on its own (got {len(unit.alone)}); the engine prefills the "
+                "ranges `alone_ranges` declares"
+            )
+        alone = iter(unit.alone if self.alone else [])  # in `sub_blocks` order, the segment left out
         attention = unit.attention.get("self")
         if attention is None and any(self.alpha[g] > 0 for g in self.granularities):
             raise VideoKVError(
@@ -173,7 +215,23 @@ class MultiGrain(Compressor):
             )
         scorers = {g: self.scorer(g) for g in self.granularities}
         drafts = []
-        for grain, a, b, t0, t1 in self.sub_blocks(unit):
+        for grain, a, b, t0, t1 in subs:
+            own = next(alone) if self.alone and grain != "segment" else None
+            if own is not None:  # prefilled on its own: keep tokens of its own K/V
+                keep = keep_top(scorers[grain].score(own), budget(b - a, self.keep[grain], self.rounding))
+                drafts.append(
+                    BlockDraft(
+                        kind=grain,
+                        t0=t0,
+                        t1=t1,
+                        keys=[k[:, keep] for k in own.keys],
+                        values=[v[:, keep] for v in own.values],
+                        positions=[own.positions[:, keep.to(own.positions.device)]] * layers,
+                        level="full",
+                        origin=own.origin,
+                    )
+                )
+                continue
             scores = scorers[grain].score(sub_unit(unit, a, b))
             index = keep_top(scores, budget(b - a, self.keep[grain], self.rounding)) + a
             drafts.append(BlockDraft(kind=grain, t0=t0, t1=t1, index=[index] * layers, level="full"))
