@@ -15,7 +15,10 @@
      against the ingest context (sinks + the recent tokens the ingest policy keeps), with the statistics the
      compressor asked for (a guidance prompt's attention, the unit's own attention). Its K/V become blocks:
      text pieces whole, frames through the compressor (at one or more levels); a StreamKV summary
-     pseudo-frame is added when configured. Blocks go to the tiered store, their retrieval keys to the index.
+     pseudo-frame is added when configured. A compressor may also ask for token ranges of the unit's frames
+     to be prefilled each on its own after the sinks (`Compressor.alone_ranges`: MuKV's frame and patch
+     blocks), in one extra forward with the ranges masked from each other; it gets their K/V as `unit.alone`.
+     Blocks go to the tiered store, their retrieval keys to the index.
 3. Ask: the question never enters the stream's memory. What the question sees after the memory but is not
    in it (`_lead`: the pending frame padded as the processor pads an odd frame, deferred text, the open
    video's closing token) is prefilled with the question.

@@ -87,12 +87,13 @@ PRESETS: dict[str, Preset] = {
             name="mukv",
             ingest=Independent(restart=True),
             segment=Uniform(4),
-            compress=MultiGrain(),
+            compress=MultiGrain(alone=True),
             retrieve=Hierarchical(rotated=True),
             positions="compact",
         ),
-        "4-frame units prefilled independently, each right after the sinks; kept as patch/frame/segment "
-        "blocks by dual-signal (attention + key frequency) selection; semi-hierarchical retrieval (the "
+        "4-frame units prefilled independently, each right after the sinks, and each of their frames and "
+        "quarter-frames too; kept as patch/frame/segment blocks by dual-signal (attention + key frequency) "
+        "selection on their own prefill; semi-hierarchical retrieval (the "
         "question's last cached key . each block's mean cached key, both after the sinks) with "
         "context re-ranking; the retrieved blocks placed one after another, the question after them",
         "MuKV (CVPR 2026, arXiv 2605.22269), IMBALDY/MuKV",
