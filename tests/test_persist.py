@@ -33,7 +33,7 @@ torch.save(out, sys.argv[3])
 """
 
 
-@pytest.mark.parametrize("preset", ["full", "rekv", "streamkv", "x2l"])
+@pytest.mark.parametrize("preset", ["full", "rekv", "streamkv", "x2l", "mukv"])
 def test_save_load_in_fresh_process(tmp_path, preset):
     family = "qwen2_vl"
     qa = VideoQA.from_model(*get_tiny(family), memory=preset, frame_tokens=16)

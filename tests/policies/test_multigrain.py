@@ -272,3 +272,26 @@ def test_engine_stores_three_granularities():
     assert {"patch", "frame", "segment"} <= set(kinds)
     assert (kinds.count("patch"), kinds.count("frame"), kinds.count("segment")) == (32, 8, 2)
     assert ans.evidence
+
+
+def test_blocks_prefilled_alone_keep_their_origin_on_every_tier(tmp_path):
+    """MuKV's frame and patch blocks are stored at the positions of their own prefill, with the origin that
+    maps them back into their unit; the origin survives a spill to disk (and a question over it answers as
+    from memory at hand)."""
+    model, tok = get_tiny("qwen2_vl")
+    answers, origins, budget_bytes = [], [], None
+    for _ in range(2):  # all at hand, then tight budgets (the largest block's bytes): blocks on disk
+        memory = get_preset("mukv").replace(device_bytes=budget_bytes, host_bytes=budget_bytes)
+        s = VideoQA.from_model(model, tok, memory=memory).session()
+        s.add_frames(random_frames(8, seed=2))
+        s.engine.flush()
+        store = s.engine.store
+        origins.append([store.get(r).origin for r in range(len(store))])
+        answers.append(s.ask(QUESTION, max_new_tokens=4).text)
+        if budget_bytes:
+            assert store.tier.count("disk") > 2
+        budget_bytes = max(store.nbytes_of)
+    assert origins[0] == origins[1] and any(origins[0])
+    kinds = [b.kind for b in store.blocks]
+    assert all(o == 0 for o, k in zip(origins[0], kinds) if k == "segment")
+    assert answers[0] == answers[1]
