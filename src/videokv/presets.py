@@ -104,12 +104,13 @@ PRESETS: dict[str, Preset] = {
             ingest=PrevBlocks(3),
             segment=Uniform(4),
             compress=Bilevel(low=NoCompression(), high=Pool(stride=8), offload_low=True),
-            retrieve=BilevelReload(k_low=4),
+            retrieve=BilevelReload(k_low=4, keep_ends=True),
             positions="keep",
         ),
         "4-frame chunks seeing the previous 3; each kept at low (L, full; waits in slower memory) and high "
         "(H, 8x pooled; kept at hand) "
-        "compression; L reloaded for the 4 chunks most relevant to the question, H for the rest",
+        "compression; L reloaded for the first and last chunks and the 4 most relevant to the question, H "
+        "for the rest",
         "Video-X²L (arXiv 2506.21184); Video-XL-2 chunked prefill + bi-level KV (VectorSpaceLab/Video-XL)",
     ),
     "videokv": Preset(
