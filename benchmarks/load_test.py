@@ -18,7 +18,9 @@ and bursts of concurrent long questions. The run is then made twice in one invoc
 without the hostile clients (the baseline) and with them; the report sets the honest sessions' answer latency
 side by side and gives the p95 ratio (the target: at most `--max-p95-ratio`, 1.5). Hostile requests never
 count in the honest latencies; a hostile request answered 5xx, or accepted where it must be refused, is an
-error.
+error. `--rounds N` makes N such pairs, alternating which half goes first, reports every round and decides on
+the median ratio (on a shared machine the two halves' neighbours differ; each run records how the CPU was
+shared over its window: the machine's busy fraction, the cores of the server, of this script, of the rest).
 
 Every answer asked for must arrive (questions still in flight at the deadline are awaited), and every
 session's resident memory must stay under the server's `--session-mb` budget (older blocks spill to disk).
@@ -32,6 +34,7 @@ every budget held and nothing failed.
     python benchmarks/load_test.py --model offline --out load.json   # the offline real-weights model
     python benchmarks/load_test.py --duration 30 --ingest-sessions 2 --ask-sessions 1
     python benchmarks/load_test.py --duration 60 --hostile 1     # baseline, then with a hostile client
+    python benchmarks/load_test.py --duration 60 --hostile 1 --rounds 3   # three pairs, median ratio
 """
 
 from __future__ import annotations
