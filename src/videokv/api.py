@@ -198,6 +198,20 @@ class Session:
     def frames_ingested(self) -> int:
         return self.engine.frames_ingested
 
+    @property
+    def prefill_chunk(self) -> int | None:
+        """None (the default): a question's prompt is prefilled in one forward. N: in forwards of at most N
+        consecutive tokens over the same cache, `ask_steps` yielding between them, so that a scheduler can
+        run other work while a long question is prefilled (the server does). Answers are the same to float
+        rounding (tests/test_prefill_chunks.py)."""
+        return self.engine.decoder.prefill_chunk
+
+    @prefill_chunk.setter
+    def prefill_chunk(self, n: int | None) -> None:
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise InputError(f"prefill_chunk must be None or an int >= 1; got {n!r}")
+        self.engine.decoder.prefill_chunk = n
+
     def flush(self) -> None:
         """Close the open memory unit now (its frames become blocks), as the end of a stream does; the
         server does it after every ingest step so that what it journals is whole units."""

@@ -680,6 +680,7 @@ class Engine:
             context, cursor, evidence, lead = self._question_context(prompt, question)
             evidence = sorted(evidence + _lead_evidence(lead), key=lambda e: (e.t0, e.t1))
             retrieval_s = time.perf_counter() - t_start
+            yield  # retrieval and prefill are two pieces of work: other sessions may run between them
             context_tokens = context.lengths()
             self.context_lengths = context_tokens  # for inspection: per layer, sinks included
             self.question_at = cursor  # for inspection: where the lead and the question were placed

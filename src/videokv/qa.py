@@ -155,9 +155,14 @@ class Decoder:
     padded into a temporal patch), placed at the cursor the question is given; the question follows them.
     """
 
-    def __init__(self, adapter: Adapter, layout: PromptLayout):
+    def __init__(self, adapter: Adapter, layout: PromptLayout, prefill_chunk: int | None = None):
         self.adapter = adapter
         self.layout = layout
+        # None: a prompt is prefilled in one forward. N: in forwards of at most N consecutive tokens over the
+        # same cache (their positions as given), and the step generators yield between them, so a long
+        # question holds the model for a chunk at a time (the server sets it; the logits agree with one
+        # forward to float rounding: tests/test_prefill_chunks.py)
+        self.prefill_chunk = prefill_chunk
 
     def question_piece(self, text: str, cursor: int) -> Piece:
         return self.adapter.text_piece(
@@ -169,14 +174,42 @@ class Decoder:
     ) -> tuple[torch.Tensor, int]:
         """Prefill `lead` + the question `text` + the template tail into `cache` at `cursor`; return (last
         logits, next cursor). `ids`, if given, is extended with the token ids prefilled."""
+        return drain(self.prefill_steps(cache, cursor, text, lead, ids))
+
+    def prefill_steps(
+        self, cache: ContextCache, cursor: int, text: str, lead: list[Piece] = (), ids: list | None = None
+    ) -> Generator[None, None, tuple[torch.Tensor, int]]:
+        """`prefill` as a generator: with `prefill_chunk` set, the prompt goes in forwards of at most that
+        many tokens, and it yields between them."""
         pieces = list(lead)
         pieces.append(self.question_piece(text, self.adapter.next_cursor(pieces[-1]) if pieces else cursor))
         if ids is not None:
             ids.extend(i for p in pieces for i in p.token_ids)
         embeds = torch.cat([p.embeds for p in pieces])
         positions = torch.cat([p.positions for p in pieces], dim=1)
-        logits = self.adapter.forward(embeds, positions, cache, logits="last")
+        logits = yield from self.forward_steps(embeds, positions, cache, "last")
         return logits[-1], self.adapter.next_cursor(pieces[-1])
+
+    def forward_steps(
+        self, embeds: torch.Tensor, positions: torch.Tensor, cache: ContextCache, logits: str
+    ) -> Generator[None, None, torch.Tensor | None]:
+        """`adapter.forward`, in chunks of `prefill_chunk` tokens with a yield between them (one forward
+        when unset or shorter). With logits="all" the chunks' logits are concatenated."""
+        n, step = int(embeds.shape[0]), self.prefill_chunk
+        if not step or n <= step:
+            return self.adapter.forward(embeds, positions, cache, logits=logits)
+        outs = []
+        for i in range(0, n, step):
+            last = i + step >= n
+            want = logits if last or logits == "all" else "none"
+            out = self.adapter.forward(embeds[i : i + step], positions[:, i : i + step], cache, logits=want)
+            if out is not None:
+                outs.append(out)
+            if not last:
+                yield
+        if logits == "none":
+            return None
+        return outs[-1] if logits == "last" else torch.cat(outs)
 
     def token_logprobs(self, logits: torch.Tensor, chosen: int, top: int) -> dict:
         """The chosen token's log-probability and the `top` most likely tokens (id, text, log-probability)."""
@@ -229,7 +262,7 @@ class Decoder:
         options = generation or GREEDY
         t_start = time.perf_counter()
         prompt_ids: list[int] = []
-        logits, cursor = self.prefill(cache, cursor, question, lead, prompt_ids)
+        logits, cursor = yield from self.prefill_steps(cache, cursor, question, lead, prompt_ids)
         t_prefill = time.perf_counter() - t_start
         pick = Picker(options, prompt_ids if not options.greedy_raw else [], logits.device)
         stops = StopText(options.stop)
@@ -323,7 +356,7 @@ class Decoder:
         free, gen_stats = yield from self.generate_steps(
             cache.fork(), cursor, question_text(question), max_new_tokens, lead=lead
         )
-        best, scores, stats = self.score_choices(
+        best, scores, stats = yield from self.score_choices_steps(
             cache, cursor, question_text(question, choices), choices, lead
         )
         named = [i for i, c in enumerate(choices) if matches(free, c)]
@@ -354,15 +387,23 @@ class Decoder:
         self, cache: ContextCache, cursor: int, question: str, choices: list[str], lead: list[Piece] = ()
     ) -> tuple[int, list[float], dict]:
         """Pick the option whose text is most likely after the question (mean log-probability per token)."""
+        return drain(self.score_choices_steps(cache, cursor, question, choices, lead))
+
+    @torch.no_grad()
+    def score_choices_steps(
+        self, cache: ContextCache, cursor: int, question: str, choices: list[str], lead: list[Piece] = ()
+    ) -> Generator[None, None, tuple[int, list[float], dict]]:
+        """`score_choices` as a generator that yields between prefill chunks and between options."""
         t_start = time.perf_counter()
-        logits, cursor = self.prefill(cache, cursor, question, lead)
+        logits, cursor = yield from self.prefill_steps(cache, cursor, question, lead)
         t_prefill = time.perf_counter() - t_start
         scores = []
         for choice in choices:
+            yield
             ids = self.adapter.tokenize(choice.strip())
             fork = cache.fork()
             piece = self.adapter.ids_piece(ids, cursor)
-            out = self.adapter.forward(piece.embeds, piece.positions, fork, logits="all")
+            out = yield from self.forward_steps(piece.embeds, piece.positions, fork, "all")
             logp = torch.cat([logits[None], out[:-1]]).log_softmax(-1)
             scores.append(float(logp[torch.arange(len(ids)), torch.tensor(ids)].mean()))
         best = max(range(len(choices)), key=lambda i: scores[i])

@@ -352,7 +352,12 @@ def create_app(
             speech = await asyncio.to_thread(_speech, speech, video, name)
             events = []
             if "subtitles" in upload.files:
-                events = await asyncio.to_thread(load_subtitles, upload.files["subtitles"])
+                srt, srt_name = upload.files["subtitles"], upload.filenames.get("subtitles") or "subtitles"
+                try:
+                    events = await asyncio.to_thread(load_subtitles, srt)
+                except SubtitleError as e:  # named as uploaded, not where the server keeps the upload
+                    detail = str(e).replace(repr(str(srt)), repr(srt_name)).replace(str(srt), srt_name)
+                    raise BadRequest(detail) from None
                 L.check_text_events(limits, [e.text for e in events])
                 for i, e in enumerate(events):
                     L.check_time(limits, e.start, m.session.clock, f"subtitle {i + 1}'s start")

@@ -42,7 +42,14 @@ from videokv.server import limits as L
 from videokv.server.live import chunked, merge_items
 from videokv.server.openai_media import MediaError, MediaSet, clear_temp, read_media
 from videokv.server.scheduler import SchedulerClosed
-from videokv.server.sessions import BadRequest, Managed, NotAVideo, ServiceError, SessionManager
+from videokv.server.sessions import (
+    PREFILL_CHUNK_TOKENS,
+    BadRequest,
+    Managed,
+    NotAVideo,
+    ServiceError,
+    SessionManager,
+)
 from videokv.video.decode import iter_frames
 
 log = logging.getLogger("videokv.server")
@@ -445,6 +452,7 @@ def openai_router(
 
         def run():
             session = qa.session(resolve_memory(preset), system=system if system else qa.system)
+            session.prefill_chunk = PREFILL_CHUNK_TOKENS
             answer = yield from session.ask_steps(question, None, max_tokens, on_token, n_logprobs, options)
             return answer.to_dict()
 

@@ -6,10 +6,10 @@ next (virtual time, as in fair-share CPU schedulers); a session that gets work a
 further behind than the least used waiting one less `credit_s`, so it cannot bank idle time, but a short
 question beside a busy session runs before the busy one's next slice. Sessions with equal loads take
 turns. A long ingest is submitted chunk by chunk, so a question on another session waits for at most
-about one chunk of it. A job that returns a generator (a question: `Session.ask_steps` yields between
-decoding steps) runs in slices of `slice_s` seconds of model time and goes back to the head of its
-session's queue after each, so a long answer (1024 tokens) holds the model for a slice at a time, not for
-its whole length.
+about one chunk of it. A job that returns a generator (a question: `Session.ask_steps` yields after its
+retrieval, between the prefill chunks of a long prompt and between decoding steps) runs in slices of
+`slice_s` seconds of model time and goes back to the head of its session's queue after each, so a long
+answer (1024 tokens) holds the model for a slice at a time, not for its whole length.
 """
 
 from __future__ import annotations

@@ -45,6 +45,9 @@ log = logging.getLogger("videokv.server")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RESERVED_MEMORY_KEYS = ("spill_dir", "device_bytes", "host_bytes")
 MOVED_GRACE_S = 10.0
+#: A question's prompt is prefilled in forwards of at most this many tokens, the scheduler running other
+#: sessions' work between them (a 2000-character question was one unsliced forward); shorter ones: one.
+PREFILL_CHUNK_TOKENS = 128
 
 
 # ---- errors with an HTTP status ---------------------------------------------------------------------------
@@ -653,6 +656,7 @@ class SessionManager:
         def run():  # a generator: the scheduler runs it in slices, other sessions' jobs in between
             if m.deleted:
                 raise gone(m)
+            m.session.prefill_chunk = PREFILL_CHUNK_TOKENS
             answer = yield from m.session.ask_steps(
                 question, choices, max_new_tokens, on_token, logprobs, generation
             )
