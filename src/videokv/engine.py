@@ -56,7 +56,7 @@ from videokv.memory.layerwise import layerwise_forward, summarize_queries
 from videokv.memory.projections import Projections, record_projections
 from videokv.memory.query import capture_query
 from videokv.memory.store import Store
-from videokv.models.base import Adapter, Piece
+from videokv.models.base import Adapter, Piece, piece_spans
 from videokv.models.rope import unrotate
 from videokv.policies.base import BlockDraft, Unit
 from videokv.policies.compress.base import Compressor
@@ -87,15 +87,6 @@ class BlockInfo:
     start: int
     n_tokens: int
     text: str = ""
-
-
-def _spans(pieces: list[Piece]) -> list[tuple[int, int]]:
-    """(start, end) token range of each piece when the pieces are laid end to end."""
-    spans, start = [], 0
-    for p in pieces:
-        spans.append((start, start + p.n_tokens))
-        start += p.n_tokens
-    return spans
 
 
 def format_event(event: TextEvent) -> str:
@@ -395,7 +386,7 @@ class Engine:
         keys = [k[0, :, :n_stored] for k in new_k]
         values = [v[0, :, :n_stored] for v in new_v]
         positions = torch.cat([p.positions for p in stored], dim=1)
-        spans = _spans(stored)
+        spans = piece_spans(stored)
         attention = {}
         if stats["guidance"]:
             attention["guidance"] = torch.stack(stats["guidance"])
@@ -503,7 +494,7 @@ class Engine:
             keys = [k[0, :, offset : offset + n] for k in new_k]
             values = [v[0, :, offset : offset + n] for v in new_v]
             unit_positions = torch.cat([p.positions for p in unit], dim=1)
-            self._store_unit(Unit(unit, keys, values, unit_positions, _spans(unit), {}))
+            self._store_unit(Unit(unit, keys, values, unit_positions, piece_spans(unit), {}))
             offset += n
         self._trim_context()
 
@@ -536,7 +527,7 @@ class Engine:
         if frame_idx:
             idx = torch.cat(frame_idx).to(unit.positions.device)
             frame_pieces = [p for p in unit.pieces if p.kind == "frame"]
-            spans = _spans(frame_pieces)
+            spans = piece_spans(frame_pieces)
             attention = {}
             if "guidance" in unit.attention:
                 attention["guidance"] = unit.attention["guidance"][:, :, idx]

@@ -300,7 +300,7 @@ def test_requests_cannot_read_server_files(strict: ServerHandle, sc: httpx.Clien
     sc.delete(f"/v1/sessions/{sid}")
 
 
-def test_media_dir_url_allowlist_redirects_and_stale_saves(serve_factory, tmp_path: Path):
+def test_media_dir_url_allowlist_and_redirects(serve_factory, tmp_path: Path):
     media = tmp_path / "media"
     media.mkdir()
     make_clip(media / "c.mp4", seconds=2, fps=2)
@@ -340,13 +340,7 @@ def test_media_dir_url_allowlist_redirects_and_stale_saves(serve_factory, tmp_pa
             assert r.status_code == 202, r.text
             wait_for(lambda: c.get(f"/v1/sessions/{sid}").json()["source"]["state"] == "done", 120)
             assert c.get(f"/v1/sessions/{sid}").json()["frames"] == 2
-        # a save a kill interrupted leaves .<name>.saving-<pid>: removed at the next start
-        server.stop()
-        stale = server.data_dir / "snapshots" / ".snap.saving-12345"
-        stale.mkdir(parents=True)
-        (stale / "blocks.bin").write_bytes(b"x" * 100)
-        server.start()
-        assert not stale.exists()
+        # (a save a kill interrupted: tests/server/test_regressions.py)
     finally:
         redirector.shutdown()
 

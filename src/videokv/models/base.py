@@ -80,6 +80,15 @@ class Piece:
         )
 
 
+def piece_spans(pieces: list[Piece]) -> list[tuple[int, int]]:
+    """(start, end) token range of each piece when the pieces are laid end to end."""
+    spans, start = [], 0
+    for p in pieces:
+        spans.append((start, start + p.n_tokens))
+        start += p.n_tokens
+    return spans
+
+
 class CacheNotUpdated(VideoKVError):
     """The language model did not add the fed tokens to videokv's cache (a transformers API change)."""
 

@@ -10,7 +10,7 @@ from typing import ClassVar
 import torch
 
 from videokv.errors import ConfigError, VideoKVError
-from videokv.models.base import Piece
+from videokv.models.base import Piece, piece_spans
 from videokv.policies.base import BlockDraft, Unit, budget, check_rounding, keep_top
 from videokv.policies.compress.base import Compressor, check_keep
 from videokv.policies.compress.dual_signal import DualSignal
@@ -24,14 +24,6 @@ def _default_keep() -> dict[str, float]:
 
 def _default_alpha() -> dict[str, float]:
     return {"patch": 0.5, "frame": 0.7, "segment": 0.8}
-
-
-def _spans(pieces: list[Piece]) -> list[tuple[int, int]]:
-    spans, start = [], 0
-    for p in pieces:
-        spans.append((start, start + p.n_tokens))
-        start += p.n_tokens
-    return spans
 
 
 def raster_slices(start: int, end: int, parts: int) -> list[tuple[int, int]]:
@@ -186,7 +178,7 @@ class MultiGrain(Compressor):
         order (each prefilled on its own by the engine)."""
         if not self.alone:
             return []
-        unit = Unit(frames, [], [], torch.zeros(1, sum(p.n_tokens for p in frames)), _spans(frames))
+        unit = Unit(frames, [], [], torch.zeros(1, sum(p.n_tokens for p in frames)), piece_spans(frames))
         return [(a, b) for grain, a, b, _, _ in self.sub_blocks(unit) if grain != "segment"]
 
     def compress(self, unit: Unit) -> list[BlockDraft]:
