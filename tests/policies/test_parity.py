@@ -72,6 +72,17 @@ def test_knorm_matches_kvpress_per_head():
 # ---- InfiniPot-V TaR / VaN (kvcache_utils.py, process_kv_cache) --------------------------------------------
 
 
+def infinipot_v_tar_scores(k: torch.Tensor, q_frames: int, tpf: int) -> list[float]:
+    """InfiniPot-V's TaR score of every older token of one head (keys [n, d]): minus its mean cosine with the
+    same slot of each of the last `q_frames` frames (`tpf` tokens each), written out token by token."""
+    n, q_len = k.shape[0], q_frames * tpf
+    unit_k = [k[t] / (k[t].norm() + 1e-9) for t in range(n)]
+    return [
+        -sum(float(unit_k[t] @ unit_k[n - q_len + qf * tpf + t % tpf]) for qf in range(q_frames)) / q_frames
+        for t in range(n - q_len)
+    ]
+
+
 def test_redundancy_matches_infinipot_v_tar_per_head():
     frames, tpf = 8, 6
     unit = unit_of(frames, tpf, seed=2)
@@ -86,13 +97,7 @@ def test_redundancy_matches_infinipot_v_tar_per_head():
     worst = 0.0
     for layer in range(L):
         for h in range(KV):
-            k = unit.keys[layer][h].double()
-            unit_k = [k[t] / (k[t].norm() + 1e-9) for t in range(n)]
-            older = []
-            for t in range(n - q_len):
-                slot = t % tpf
-                sims = [float(unit_k[t] @ unit_k[n - q_len + qf * tpf + slot]) for qf in range(q_frames)]
-                older.append(-sum(sims) / q_frames)
+            older = infinipot_v_tar_scores(unit.keys[layer][h].double(), q_frames, tpf)
             worst = max(worst, max(abs(a - b) for a, b in zip(older, scores[layer, h, : n - q_len].tolist())))
             ref = topk_set(older, budget - q_len) | set(range(n - q_len, n))
             assert kept_per_head(draft, layer)[h] == ref
@@ -136,12 +141,7 @@ def test_infinipot_matches_infinipot_v_combined_per_head(tar_ratio):
             k, v = unit.keys[layer][h].double(), unit.values[layer][h].double()
             van = [math.sqrt(sum(float(x) ** 2 for x in v[t])) for t in range(n)]
             if tar_budget > 0:
-                unit_k = [k[t] / (k[t].norm() + 1e-9) for t in range(n)]
-                older = [
-                    -sum(float(unit_k[t] @ unit_k[n - q_len + qf * tpf + t % tpf]) for qf in range(q_frames))
-                    / q_frames
-                    for t in range(n - q_len)
-                ]
+                older = infinipot_v_tar_scores(k, q_frames, tpf)
                 tar = topk_set(older, tar_budget - q_len) | set(range(n - q_len, n))
                 top = max(van) + 1
                 van = [top if t in tar else x for t, x in enumerate(van)]
@@ -251,13 +251,7 @@ def test_infinipot_matches_infinipot_v_adaptive_pooling_per_head(frames):
     for layer in range(POOL_LAYERS):
         pooled = infinipot_v_pooled_norms(unit.values[layer], layer, POOL_LAYERS, frames)
         for h in range(POOL_KV):
-            k = unit.keys[layer][h].double()
-            unit_k = [k[t] / (k[t].norm() + 1e-9) for t in range(n)]
-            older = [
-                -sum(float(unit_k[t] @ unit_k[n - q_len + qf * tpf + t % tpf]) for qf in range(q_frames))
-                / q_frames
-                for t in range(n - q_len)
-            ]
+            older = infinipot_v_tar_scores(unit.keys[layer][h].double(), q_frames, tpf)
             tar = topk_set(older, tar_budget - q_len) | set(range(n - q_len, n))
             van = pooled[h].tolist()
             rest = [t for t in range(n) if t not in tar]
