@@ -45,11 +45,11 @@ import numpy as np
 import torch
 
 from videokv.config import MemoryConfig
-from videokv.errors import ConfigError, InputError
+from videokv.errors import InputError
 from videokv.generation import GREEDY, GenerationOptions
 from videokv.memory.assemble import assemble, assemble_layer
 from videokv.memory.attention import confine_to_new, observe_attention, separate_groups
-from videokv.memory.block import KVBlock
+from videokv.memory.block import KVBlock, select_tokens
 from videokv.memory.cache import ContextCache
 from videokv.memory.index import Index
 from videokv.memory.layerwise import layerwise_forward, summarize_queries
@@ -547,12 +547,7 @@ class Engine:
                 unit.alone,
             )
             for d in self.config.compress.compress(frames_unit):
-                if d.index is not None and any(i.dim() != 1 for i in d.index):
-                    raise ConfigError(
-                        f"{type(self.config.compress).__name__} selected tokens per KV head, which memory "
-                        "cannot store yet (a block's positions are shared by its heads); set per_head=false"
-                    )
-                if d.index is not None:
+                if d.index is not None:  # into the unit (an index per KV head stays one: `select_tokens`)
                     d = BlockDraft(
                         d.kind,
                         d.t0,
@@ -574,10 +569,13 @@ class Engine:
         positions: torch.Tensor,
         unit_id: int,
     ) -> None:
-        if draft.index is not None:
-            k = [keys[layer][:, i] for layer, i in enumerate(draft.index)]
-            v = [values[layer][:, i] for layer, i in enumerate(draft.index)]
-            pos = [positions[:, i] for i in draft.index]
+        if draft.index is not None:  # per layer the kept tokens: the same for every KV head, or per head
+            k, v, pos = [], [], []
+            for layer, i in enumerate(draft.index):
+                kl, vl, pl = select_tokens(keys[layer], values[layer], positions, i)
+                k.append(kl)
+                v.append(vl)
+                pos.append(pl)
         else:
             k, v, pos = draft.keys, draft.values, draft.positions
         rotary = self.adapter.rotary_emb

@@ -12,6 +12,13 @@ Positions follow the PositionPolicy:
   different amounts, so each layer's blocks are right-aligned to end just before the question. Keys are
   re-rotated exactly (models/rope.py), all of a layer's blocks in one rotation; layers whose blocks move
   by the same offsets (the usual case: one selection for every layer) share the rotation angles.
+
+Blocks kept per KV head (`KVBlock.per_head`: each head its own tokens, every head the same count) are
+assembled head by head: under "compact" each KV head of a layer is a sequence of its own, compacted by the
+same rule and right-aligned to end just before the question (with 1-D RoPE every head gets the same
+positions, since every head keeps the same count; with M-RoPE a frame's offsets are those of the tokens the
+head kept). A layer that mixes per-head and shared blocks (text is kept whole) treats the shared ones as
+the same tokens on every head.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import dataclasses
 
 import torch
 
-from videokv.memory.block import KVBlock
+from videokv.errors import VideoKVError
+from videokv.memory.block import KVBlock, head_positions, select_tokens
 from videokv.memory.cache import ContextCache
 from videokv.models.rope import angles, apply_rotation
 
@@ -32,36 +40,56 @@ def distinct_tokens(blocks: list[KVBlock], layer: int) -> list[KVBlock]:
     patch, frame and segment blocks keep tokens of the same frames), a later block drops the tokens an
     earlier one already holds (a token is known by its position in its unit, `KVBlock.unit_positions`: a
     block prefilled apart from its unit, MuKV's, is stored at other positions). Blocks of distinct units
-    pass untouched (the usual case, at no cost)."""
+    pass untouched (the usual case, at no cost). Where a unit has a per-head block on `layer`, tokens are
+    told apart head by head; a block that would then keep different counts on different heads cannot be
+    stored as one tensor and raises VideoKVError (no compressor of videokv makes overlapping per-head
+    blocks)."""
     units = [b.unit for b in blocks]
     if len(set(units)) == len(units):
         return blocks
-    seen: dict[int, set[tuple[int, ...]]] = {}
+    per_head = [b.keys[layer].shape[0] for b in blocks if b.per_head(layer) and units.count(b.unit) > 1]
+    heads = per_head[0] if per_head else 1
+    seen: dict[int, list[set[tuple[int, ...]]]] = {}
     out = []
     for b in blocks:
         if units.count(b.unit) == 1:
             out.append(b)
             continue
-        have = seen.setdefault(b.unit, set())
-        cols = [tuple(c) for c in b.unit_positions(layer).T.tolist()]
-        fresh = [i for i, c in enumerate(cols) if c not in have]
-        have.update(cols)
-        if len(fresh) == len(cols):
+        have = seen.setdefault(b.unit, [set() for _ in range(heads)])
+        pos = head_positions(b.unit_positions(layer), heads)
+        fresh = []
+        for h in range(heads):
+            cols = [tuple(c) for c in pos[h].T.tolist()]
+            fresh.append([i for i, c in enumerate(cols) if c not in have[h]])
+            have[h].update(cols)
+        n = pos.shape[-1]
+        if all(len(f) == n for f in fresh):
             out.append(b)
             continue
-        if not fresh:
+        if not any(fresh):
             continue
-        idx = torch.tensor(fresh, dtype=torch.long, device=b.keys[layer].device)
+        if len({len(f) for f in fresh}) != 1:
+            raise VideoKVError(
+                f"block {b.index} shares tokens with another block of unit {b.unit} on layer {layer}, and "
+                "its KV heads would keep different numbers of tokens: per-head selection cannot be combined "
+                "with overlapping blocks of one unit; set the compressor's per_head=false"
+            )
+        device = b.keys[layer].device
+        if all(f == fresh[0] for f in fresh) and not b.per_head(layer):
+            idx = torch.tensor(fresh[0], dtype=torch.long, device=device)
+        else:
+            idx = torch.tensor(fresh, dtype=torch.long, device=device)
         keys, values, positions = list(b.keys), list(b.values), list(b.positions)
-        keys[layer] = b.keys[layer].index_select(-2, idx)
-        values[layer] = b.values[layer].index_select(-2, idx)
-        positions[layer] = b.positions[layer].index_select(1, idx.to(b.positions[layer].device))
+        keys[layer], values[layer], positions[layer] = select_tokens(
+            b.keys[layer], b.values[layer], b.positions[layer], idx
+        )
         out.append(dataclasses.replace(b, keys=keys, values=values, positions=positions))
     return out
 
 
 def compact_positions(positions: list[torch.Tensor], start: int) -> tuple[list[torch.Tensor], int]:
-    """New positions for blocks placed one after another from `start`; returns (positions, next start)."""
+    """New positions for blocks ([P, n] each) placed one after another from `start`; returns (positions,
+    next start)."""
     out = []
     for pos in positions:
         if pos.shape[1] == 0:
@@ -74,6 +102,29 @@ def compact_positions(positions: list[torch.Tensor], start: int) -> tuple[list[t
         out.append(new)
         start = int(new.max()) + 1
     return out, start
+
+
+def compact_layer(positions: list[torch.Tensor], start: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """`compact_positions` of one layer's blocks, head by head where a block is per head: (the blocks' new
+    positions, the next start) where the next start is a 0-d tensor, or [kv_heads, 1, 1] (one per head, and
+    the new positions [kv_heads, P, n]) when any block is per head."""
+    heads = next((int(p.shape[0]) for p in positions if p.dim() == 3), None)
+    if heads is None:
+        new, end = compact_positions(positions, start)
+        return new, torch.tensor(end)
+    full = [head_positions(p, heads) for p in positions]
+    per_head = [compact_positions([p[h] for p in full], start) for h in range(heads)]
+    new = [torch.stack([placed[i] for placed, _ in per_head]) for i in range(len(positions))]
+    return new, torch.tensor([end for _, end in per_head]).view(heads, 1, 1)
+
+
+def _old_positions(blocks: list[KVBlock], layer: int, like: torch.Tensor) -> torch.Tensor:
+    """The blocks' stored positions on `layer`, end to end, on `like`'s device (per head if any block is)."""
+    pos = [b.positions[layer].to(like.device) for b in blocks]
+    heads = next((int(p.shape[0]) for p in pos if p.dim() == 3), None)
+    if heads is not None:
+        pos = [head_positions(p, heads) for p in pos]
+    return torch.cat(pos, dim=-1)
 
 
 def assemble(
@@ -101,19 +152,19 @@ def assemble(
     if policy != "compact":
         raise ValueError(f"unknown position policy {policy!r}; choose one of {POSITION_POLICIES}")
     placed = [
-        compact_positions([b.positions[layer] for b in blocks], sink_end)
+        compact_layer([b.positions[layer] for b in blocks], sink_end)
         for layer, blocks in enumerate(selection)
     ]
-    question_at = max(end for _, end in placed)
+    question_at = max(int(end.max()) for _, end in placed)
     last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (offsets, cos, sin) of a layer
     for layer, blocks in enumerate(selection):
         new_positions, end = placed[layer]
         layer_keys = [sink_keys[layer]]
         if blocks:
-            shift = question_at - end  # right-align this layer's blocks
             k = torch.cat([b.keys[layer] for b in blocks], dim=-2)
-            old = torch.cat([b.positions[layer].to(k.device) for b in blocks], dim=1)
-            offsets = torch.cat([p.to(k.device) for p in new_positions], dim=1) + shift - old
+            shift = question_at - end.to(k.device)  # right-align this layer's blocks (each head's)
+            old = _old_positions(blocks, layer, k)
+            offsets = torch.cat([p.to(k.device) for p in new_positions], dim=-1) + shift - old
             if last is None or not torch.equal(last[0], offsets):
                 last = (offsets, *angles(rotary, offsets, k))
             layer_keys.append(apply_rotation(k, last[1], last[2])[None])
@@ -154,14 +205,14 @@ def assemble_layer(
         )
     if policy != "compact":
         raise ValueError(f"unknown position policy {policy!r}; choose one of {POSITION_POLICIES}")
-    placed, end = compact_positions([b.positions[layer] for b in blocks], sink_end)
-    shift = cursor - end
+    placed, end = compact_layer([b.positions[layer] for b in blocks], sink_end)
+    shift = cursor - end.to(k.device)  # per head where a block is per head (each head's blocks end there)
     n_sinks = sink_keys.shape[-2]
-    offsets = [torch.full((rows, n_sinks), shift, dtype=torch.long, device=k.device)]
-    for b, new in zip(blocks, placed):
-        old = b.positions[layer].to(k.device)
-        offsets.append(new.to(k.device) + shift - old)
-    offset = torch.cat(offsets, dim=1)
+    offsets = [torch.zeros((rows, n_sinks), dtype=torch.long, device=k.device) + shift]
+    if blocks:
+        new = torch.cat([p.to(k.device) for p in placed], dim=-1)
+        offsets.append(new + shift - _old_positions(blocks, layer, k))
+    offset = torch.cat(offsets, dim=-1)
     if not bool((offset == 0).all()):
         k = apply_rotation(k[0], *angles(rotary, offset, k))[None]
     return k, v

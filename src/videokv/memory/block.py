@@ -1,8 +1,10 @@
 """KVBlock: one unit of memory (a frame, a segment, a patch, a text event) with its per-layer K/V.
 
 Keys are stored as the attention layers produced them: rotated at the positions in `positions`. Layers may
-keep different tokens (a per-layer compressor), so every per-layer field is a list over layers. `rkey`
-is the retrieval key: per layer, the mean of the block's *un-rotated* keys, flattened over KV heads.
+keep different tokens (a per-layer compressor), so every per-layer field is a list over layers; the KV heads
+of a layer may keep different tokens too (a per-head compressor, kvpress-style), every head the same count,
+and the layer's positions then have a leading head axis. `rkey` is the retrieval key: per layer, the mean
+of the block's *un-rotated* keys, flattened over KV heads.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ class KVBlock:
     index: the block's id in its session (unique, increasing with stream order; versions of one unit at
     several levels share `unit`). kind: "frame", "segment", "patch", "text", "summary". level: "full",
     "L"/"H" (bi-level), or a granularity tag. keys/values: per layer [kv_heads, n_l, head_dim]. positions:
-    per layer [P, n_l] (P = 3 for M-RoPE). rkey: [layers, kv_heads * head_dim] (float32). origin: what to
-    add to `positions` to get the tokens' positions in their unit (0 but for a block prefilled apart from its
-    unit, right after the sinks: MuKV's frame and patch blocks); `unit_positions` is what tells the same
-    stream token in two blocks of one unit.
+    per layer [P, n_l] (P = 3 for M-RoPE) when every KV head holds the same tokens, or [kv_heads, P, n_l]
+    when each head keeps its own (per-head selection: row h of keys/values holds the tokens at
+    positions[h], each head the same count n_l, in stream order); a block may mix the two over layers.
+    Positions are bookkeeping (not in `nbytes`). rkey: [layers, kv_heads * head_dim] (float32). origin:
+    what to add to `positions` to get the tokens' positions in their unit (0 but for a block prefilled
+    apart from its unit, right after the sinks: MuKV's frame and patch blocks); `unit_positions` is what
+    tells the same stream token in two blocks of one unit.
     """
 
     index: int
@@ -41,8 +46,13 @@ class KVBlock:
     origin: int = 0
 
     def unit_positions(self, layer: int) -> torch.Tensor:
-        """The tokens' positions [P, n_l] on `layer` in their unit's layout (`positions` + `origin`)."""
+        """The tokens' positions ([P, n_l] or per head [kv_heads, P, n_l]) on `layer` in their unit's layout
+        (`positions` + `origin`)."""
         return self.positions[layer] + self.origin if self.origin else self.positions[layer]
+
+    def per_head(self, layer: int) -> bool:
+        """Whether the KV heads of `layer` keep their own tokens (positions [kv_heads, P, n_l])."""
+        return self.positions[layer].dim() == 3
 
     @property
     def num_layers(self) -> int:
@@ -89,3 +99,33 @@ class KVBlock:
             dict(self.meta),
             self.origin,
         )
+
+
+def head_positions(positions: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """Positions as per-head positions [kv_heads, P, n]: per-head ones as they are, shared ones [P, n]
+    repeated for every head."""
+    return positions if positions.dim() == 3 else positions.expand(kv_heads, -1, -1)
+
+
+def select_tokens(
+    keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keys/values [kv_heads, n, d] and their positions ([P, n] or [kv_heads, P, n]) at the tokens `index`:
+    1-D [k] (the same tokens for every head) or per head [kv_heads, k] (row h: the tokens head h keeps; the
+    positions come out per head)."""
+    if index.dim() == 1:
+        i = index.to(keys.device)
+        return (
+            keys.index_select(1, i),
+            values.index_select(1, i),
+            positions.index_select(-1, i.to(positions.device)),
+        )
+    heads = index.shape[0]
+    i = index.to(keys.device)[..., None]
+    pos = head_positions(positions, heads)
+    rows = index.to(pos.device)[:, None, :].expand(-1, pos.shape[1], -1)
+    return (
+        keys.gather(1, i.expand(-1, -1, keys.shape[-1])),
+        values.gather(1, i.to(values.device).expand(-1, -1, values.shape[-1])),
+        pos.gather(2, rows),
+    )

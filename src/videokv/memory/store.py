@@ -90,7 +90,7 @@ class Store:
         self.check_fits(block.nbytes, cold)
         first = self._lane_tiers(lane)[0]
         nbytes = block.nbytes
-        tokens = int(block.positions[0].shape[1]) if block.positions else 0
+        tokens = int(block.positions[0].shape[-1]) if block.positions else 0  # per head if per head
         block = self._place(block, first)
         i = len(self.blocks)
         self.blocks.append(block)
