@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tests.conftest import get_tiny, random_frames
 from videokv import MemoryConfig, VideoQA, get_preset
-from videokv.memory.assemble import assemble, compact_positions
+from videokv.errors import VideoKVError
+from videokv.memory.assemble import assemble, assemble_layer, compact_positions, distinct_tokens
 from videokv.memory.block import KVBlock
 from videokv.models.rope import rerotate, rotate
 from videokv.policies.retrieve import TopK
@@ -90,6 +92,122 @@ def test_compact_assembly_rotates_each_layer_as_block_by_block(family):
         assert got.shape == expected.shape
         assert (got - expected).abs().max().item() < 1e-5
         assert torch.equal(context.layers[layer].keys[0, :, :start], sinks[layer][0])
+
+
+def per_head_blocks(family: str, layers: int = 2):
+    """Blocks as a per-head compressor stores them: each KV head keeps its own 3 of a frame's 6 tokens
+    (positions [kv_heads, P, 3]; an M-RoPE frame is 2 x 3 at time 20 + 10 i), and a text block kept whole
+    (positions [P, n], the same for every head). Returns (blocks, rotary, heads, dim, mrope)."""
+    model, tok = get_tiny(family)
+    rotary = VideoQA.from_model(model, tok).adapter.rotary_emb
+    text_cfg = model.config.get_text_config()
+    heads, dim = text_cfg.num_key_value_heads, text_cfg.hidden_size // text_cfg.num_attention_heads
+    mrope = getattr(rotary, "mrope_section", None) is not None
+    g = torch.Generator().manual_seed(1)
+    blocks = []
+    for i in range(3):
+        t = 20 + 10 * i
+        if mrope:
+            frame = torch.stack(
+                [torch.full((6,), t), torch.arange(6) // 3 + t, torch.arange(6) % 3 + t]
+            )  # [3, 6]: (t, h, w) of a 2 x 3 grid
+        else:
+            frame = torch.arange(t, t + 6)[None]
+        kept = [torch.randperm(6, generator=g)[:3].sort().values for _ in range(heads)]
+        pos = torch.stack([frame[:, k] for k in kept])  # [kv_heads, P, 3]
+        keys = [torch.randn(heads, 3, dim, generator=g) for _ in range(layers)]
+        values = [torch.randn(heads, 3, dim, generator=g) for _ in range(layers)]
+        blocks.append(KVBlock(i, i, "frame", float(i), i + 1.0, keys, values, [pos] * layers, torch.zeros(1)))
+    text = torch.arange(50, 54).expand(3 if mrope else 1, -1)
+    keys = [torch.randn(heads, 4, dim, generator=g) for _ in range(layers)]
+    values = [torch.randn(heads, 4, dim, generator=g) for _ in range(layers)]
+    blocks.append(KVBlock(3, 2, "text", 2.5, 2.5, keys, values, [text] * layers, torch.zeros(1)))
+    return blocks, rotary, heads, dim, mrope
+
+
+def test_compact_assembly_of_per_head_blocks_compacts_each_head(family):
+    """Per-head blocks under "compact": each KV head of a layer is compacted on its own by the rule the
+    shared blocks follow (each head's blocks one after another from the sinks, a frame keeping its (t, h, w)
+    offsets under M-RoPE), right-aligned to end just before the question; with 1-D RoPE every head gets the
+    same contiguous positions (each keeps the same count). Shared text blocks are the same on every head."""
+    blocks, rotary, heads, dim, mrope = per_head_blocks(family)
+    start = 5
+    g = torch.Generator().manual_seed(2)
+    sinks = [torch.randn(1, heads, start, dim, generator=g) for _ in range(2)]
+    selection = [[blocks[0], blocks[2], blocks[3]], [blocks[1], blocks[3]]]
+    context, question_at = assemble(sinks, sinks, start, selection, "compact", rotary, 999)
+    ends = []
+    expected_layers = []
+    for layer, chosen in enumerate(selection):
+        per_head = []
+        for h in range(heads):
+            pos = [b.positions[layer][h] if b.per_head(layer) else b.positions[layer] for b in chosen]
+            new, end = compact_positions(pos, start)  # the shared rule, on head h's own positions
+            ends.append(end)
+            per_head.append((pos, new, end))
+        expected_layers.append(per_head)
+    assert question_at == max(ends)
+    if not mrope:  # 1-D: every head the same count, so contiguous and ending right before the question
+        for layer, chosen in enumerate(selection):
+            n = sum(b.tokens(layer) for b in chosen)
+            assert {end for _, _, end in expected_layers[layer]} == {start + n}
+    for layer, chosen in enumerate(selection):
+        got = context.layers[layer].keys[0]
+        assert torch.equal(got[:, :start], sinks[layer][0])
+        for h, (pos, new, end) in enumerate(expected_layers[layer]):
+            shift = question_at - end
+            expected = torch.cat(
+                [rerotate(b.keys[layer][h], p, q + shift, rotary) for b, p, q in zip(chosen, pos, new)],
+                dim=-2,
+            )
+            assert (got[h, start:] - expected).abs().max().item() < 1e-5
+        assert torch.equal(
+            context.layers[layer].values[0, :, start:], torch.cat([b.values[layer] for b in chosen], 1)
+        )
+
+
+def test_layerwise_compact_of_per_head_blocks_puts_each_head_before_the_question(family):
+    """`assemble_layer` (the layer-by-layer retrieval forward, the question fixed at `cursor`): head h's
+    sinks and blocks are moved together so that its compacted blocks end right before the cursor."""
+    blocks, rotary, heads, dim, mrope = per_head_blocks(family, layers=1)
+    start, cursor, rows = 5, 400, 3 if mrope else 1
+    g = torch.Generator().manual_seed(3)
+    sink_k = torch.randn(1, heads, start, dim, generator=g)
+    chosen = [blocks[0], blocks[1], blocks[3]]
+    k, v = assemble_layer(sink_k, sink_k, start, chosen, 0, "compact", rotary, cursor, rows)
+    sink_pos = torch.arange(start).expand(rows, -1)
+    for h in range(heads):
+        pos = [b.positions[0][h] if b.per_head(0) else b.positions[0] for b in chosen]
+        new, end = compact_positions(pos, start)
+        shift = cursor - end
+        expected = torch.cat(
+            [rerotate(sink_k[0, h], sink_pos, sink_pos + shift, rotary)]
+            + [rerotate(b.keys[0][h], p, q + shift, rotary) for b, p, q in zip(chosen, pos, new)],
+            dim=-2,
+        )
+        assert (k[0, h] - expected).abs().max().item() < 1e-5
+    assert torch.equal(v[0, :, start:], torch.cat([b.values[0] for b in chosen], 1))
+
+
+def test_distinct_tokens_of_per_head_blocks_drop_each_heads_repeats():
+    """Two blocks of one unit on one layer: a later per-head block drops, head by head, the tokens an earlier
+    block holds on that head; when the heads would keep different counts it is refused (what to do said)."""
+
+    def block(index: int, pos: torch.Tensor) -> KVBlock:
+        heads, n = pos.shape[0], pos.shape[-1]
+        keys = [torch.arange(heads * n * 2, dtype=torch.float32).view(heads, n, 2) + 100 * index]
+        return KVBlock(index, 0, "frame", 0.0, 1.0, keys, [k + 0.5 for k in keys], [pos], torch.zeros(1))
+
+    first = block(0, torch.tensor([[[1, 2]], [[3, 4]]]))  # head 0 holds 1, 2; head 1 holds 3, 4
+    second = block(1, torch.tensor([[[2, 5]], [[4, 6]]]))  # each head repeats one token
+    out = distinct_tokens([first, second], 0)
+    assert out[0] is first
+    assert out[1].positions[0].tolist() == [[[5]], [[6]]]
+    assert torch.equal(out[1].keys[0], second.keys[0][:, 1:])
+    assert torch.equal(out[1].values[0], second.values[0][:, 1:])
+    uneven = block(2, torch.tensor([[[2, 5]], [[7, 8]]]))  # head 0 repeats a token, head 1 none
+    with pytest.raises(VideoKVError, match="per_head=false"):
+        distinct_tokens([first, uneven], 0)
 
 
 def test_x2l_evidence_gives_low_compression_to_top_chunks():
