@@ -98,7 +98,7 @@ def knorm_reference(model, tok, items: list[Frame], keep: float) -> dict:
     with sdpa(model):
         hook = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
         try:
-            cache = model(**kw, use_cache=True).past_key_values
+            cache = model(**kw, use_cache=True).cache
         finally:
             hook.remove()
         plain = [(la.keys[0, :, :n].clone(), la.values[0, :, :n].clone()) for la in cache.layers]

@@ -37,8 +37,10 @@ class InfiniPot(ScorerCompressor):
         (layer-adaptive 3-D / 2-D / 1-D average pooling, see `value_norm.adaptive_pool`); off by default, as
         in the reference (``process_kv_cache``'s default, its scripts leave it off).
     rounding: how a keep ratio becomes a count, "floor" (``int(n * keep)``) or "round".
-    per_head: select per KV head (off by default: a memory block keeps one token set for all its heads, so
-        the engine refuses per-head drafts until blocks store per-head positions); on, as InfiniPot-V.
+    per_head: select per KV head, as InfiniPot-V: each KV head of each layer keeps its own tokens, every head
+        the same count, and the memory block stores them per head (`KVBlock` positions [kv_heads, P, n]). Off
+        by default: no preset uses this scorer, and off keeps the meaning configs and saves had before blocks
+        stored heads apart (one token set per layer, the same on every head).
 
     Source: InfiniPot-V (Kim et al., "InfiniPot-V: Memory-Constrained KV Cache Compression for Streaming
     Video Understanding", NeurIPS 2025, arXiv 2506.15745), ``aiha-lab/InfiniPot-V`` ``kvcache_utils.py``,

@@ -37,8 +37,10 @@ class KeyNorm(ScorerCompressor):
     ----------
     keep: a float in (0, 1] is the kept fraction of the unit's tokens (at least 1), an int a token count.
     rounding: "floor" (kvpress: ``n_kept = int(k_len * (1 - compression_ratio))``) or "round".
-    per_head: select per KV head (off by default: a memory block keeps one token set for all its heads, so
-        the engine refuses per-head drafts until blocks store per-head positions); on, as kvpress.
+    per_head: select per KV head, as kvpress: each KV head of each layer keeps its own tokens, every head the
+        same count, and the memory block stores them per head (`KVBlock` positions [kv_heads, P, n]). Off by
+        default: no preset uses this scorer, and off keeps the meaning configs and saves had before blocks
+        stored heads apart (one token set per layer, the same on every head).
 
     Source: Devoto et al., "A Simple and Effective L2 Norm-Based Strategy for KV Cache Compression",
     EMNLP 2024 (arXiv 2406.11430); kvpress ``kvpress/presses/knorm_press.py`` (``KnormPress.score`` =

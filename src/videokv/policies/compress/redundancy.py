@@ -37,8 +37,10 @@ class Redundancy(ScorerCompressor):
     keep: a float in (0, 1] is the kept fraction of the unit's tokens (at least 1), an int a token count.
     recent: fraction of the unit's frames used as the always-kept reference, in (0, 1).
     rounding: how a keep ratio becomes a count, "floor" (``int(n * keep)``) or "round".
-    per_head: select per KV head (off by default: a memory block keeps one token set for all its heads, so
-        the engine refuses per-head drafts until blocks store per-head positions); on, as InfiniPot-V.
+    per_head: select per KV head, as InfiniPot-V: each KV head of each layer keeps its own tokens, every head
+        the same count, and the memory block stores them per head (`KVBlock` positions [kv_heads, P, n]). Off
+        by default: no preset uses this scorer, and off keeps the meaning configs and saves had before blocks
+        stored heads apart (one token set per layer, the same on every head).
 
     Source: InfiniPot-V (Kim et al., NeurIPS 2025, arXiv 2506.15745), Temporal-axis Redundancy (TaR), as in
     ``aiha-lab/InfiniPot-V`` ``kvcache_utils.py``, ``process_kv_cache`` (method "infinipot-v" with

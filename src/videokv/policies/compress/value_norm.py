@@ -31,8 +31,10 @@ class ValueNorm(ScorerCompressor):
     adaptive_pooling: pool the norms as InfiniPot-V's ``adaptive_pooling=True`` does (off by default, as
         there: its ``process_kv_cache`` default and its scripts leave it off); exclusive with `smooth`.
     rounding: how a keep ratio becomes a count, "floor" (``int(n * keep)``) or "round".
-    per_head: select per KV head (off by default: a memory block keeps one token set for all its heads, so
-        the engine refuses per-head drafts until blocks store per-head positions); on, as InfiniPot-V.
+    per_head: select per KV head, as InfiniPot-V: each KV head of each layer keeps its own tokens, every head
+        the same count, and the memory block stores them per head (`KVBlock` positions [kv_heads, P, n]). Off
+        by default: no preset uses this scorer, and off keeps the meaning configs and saves had before blocks
+        stored heads apart (one token set per layer, the same on every head).
 
     Source: InfiniPot-V (Kim et al., "InfiniPot-V: Memory-Constrained KV Cache Compression for Streaming
     Video Understanding", NeurIPS 2025, arXiv 2506.15745), Value-Norm (VaN) ranking, as in
