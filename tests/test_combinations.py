@@ -34,13 +34,18 @@ def _positions(i: int, retriever) -> str:
     return ("keep", "compact")[i % 2]
 
 
-def _config(i: int, compress: str, retrieve: str) -> MemoryConfig:
+PER_HEAD = ("infinipot", "knorm", "redundancy", "value_norm")  # the compressors that can select per KV head
+PER_HEAD_COMBOS = list(itertools.product(PER_HEAD, RETRIEVERS))
+
+
+def _config(i: int, compress: str, retrieve: str, per_head: bool = False) -> MemoryConfig:
     retriever = registry()["retrieve"][retrieve]()
+    compressor = registry()["compress"][compress](**({"per_head": True} if per_head else {}))
     return MemoryConfig(
-        name=f"{compress}+{retrieve}",
+        name=f"{compress}{'(per_head)' if per_head else ''}+{retrieve}",
         ingest=Independent(restart=True) if i % 8 == 5 else INGESTS[i % len(INGESTS)],  # 5: compact
         segment=SEGMENTERS[(i // 2) % len(SEGMENTERS)],
-        compress=registry()["compress"][compress](),
+        compress=compressor,
         retrieve=retriever,
         positions=_positions(i, retriever),
         summary=SegmentSummary() if i % 3 == 0 else None,
@@ -63,9 +68,24 @@ def _fingerprint(engine) -> list:
 @pytest.mark.parametrize(("compress", "retrieve"), COMBOS, ids=[f"{c}-{r}" for c, r in COMBOS])
 def test_every_combination_runs(compress, retrieve):
     i = COMBOS.index((compress, retrieve))
+    check_combination(i, _config(i, compress, retrieve))
+
+
+@pytest.mark.parametrize(
+    ("compress", "retrieve"), PER_HEAD_COMBOS, ids=[f"{c}-per_head-{r}" for c, r in PER_HEAD_COMBOS]
+)
+def test_every_per_head_combination_runs(compress, retrieve):
+    """The same checks with the compressors selecting per KV head (each head its own tokens, stored per
+    head): a layer's context holds, on every head, exactly that head's distinct stream tokens."""
+    i = PER_HEAD_COMBOS.index((compress, retrieve)) + 1  # another cycle of families and policies
+    store = check_combination(i, _config(i, compress, retrieve, per_head=True)).store
+    assert any(b.per_head(0) for b in store.blocks)  # frame blocks are stored per head
+
+
+def check_combination(i: int, config: MemoryConfig):
+    """Run the checks on a session of `config` (the family and stream chosen by `i`); returns its engine."""
     family = ("llava_onevision", "qwen2_vl")[i % 2]
     model, tok = get_tiny(family)
-    config = _config(i, compress, retrieve)
     s = VideoQA.from_model(model, tok, memory=config).session()
     frames = [Frame(float(t), f) for t, f in enumerate(random_frames(8, seed=i))]
     lines = [
@@ -92,11 +112,18 @@ def test_every_combination_runs(compress, retrieve):
             f"layer {layer}: a unit at two levels ({config.name})"
         )
         # a token is known by its position in its unit (MuKV's frame and patch blocks, prefilled on their
-        # own after the sinks, are stored at other positions: `unit_positions` maps them back)
-        cols = {
-            (store.blocks[r].unit, *c) for r in rows for c in store.get(r).unit_positions(layer).T.tolist()
-        }
-        assert engine.context_lengths[layer] == engine.n_sinks + len(cols), f"layer {layer} ({config.name})"
+        # own after the sinks, are stored at other positions: `unit_positions` maps them back); per KV head
+        # where a block keeps its tokens per head (positions [kv_heads, P, n]), every head the same count
+        blocks = [store.get(r) for r in rows]
+        heads = blocks[0].keys[layer].shape[0] if blocks else 1
+        for h in range(heads):
+            cols = set()
+            for b in blocks:
+                pos = b.unit_positions(layer)
+                cols |= {(b.unit, *c) for c in (pos[h] if pos.dim() == 3 else pos).T.tolist()}
+            assert engine.context_lengths[layer] == engine.n_sinks + len(cols), (
+                f"layer {layer} ({config.name})"
+            )
 
     # invariant 4: the byte counts are the K/V bytes held, tier by tier
     held = [
@@ -108,3 +135,4 @@ def test_every_combination_runs(compress, retrieve):
     for tier in ("device", "host", "disk"):
         assert by_tier[tier] == sum(n for n, t in zip(held, store.tier) if t == tier)
     assert engine.memory_stats()["memory_bytes"] == by_tier["device"] + by_tier["host"]
+    return engine

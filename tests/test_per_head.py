@@ -279,3 +279,40 @@ def test_per_head_compact_context_is_each_heads_tokens_at_contiguous_positions(k
         worst = max(worst, (got - expected).abs().max().item())
         assert cursor == n_sinks + n  # every head holds the same count; the question follows them
     assert worst < 1e-5, worst
+
+
+def test_per_head_retrieval_keys_unrotate_each_head_at_its_positions(knorm_case):
+    """A per-head block's retrieval key is, per layer and head, the mean of that head's kept keys un-rotated
+    at that head's own positions (RoPE written out by hand, 1-D)."""
+    from tests.test_retrieval_parity import rope
+
+    _, session, _ = knorm_case
+    theta = session.engine.adapter.model.config.get_text_config().rope_parameters["rope_theta"]
+    worst = 0.0
+    for b in (b for b in session.engine.store.blocks if b.kind != "text"):
+        for layer in range(b.num_layers):
+            heads = [
+                rope(b.keys[layer][h].float(), -b.positions[layer][h, 0], theta).mean(0)
+                for h in range(b.keys[layer].shape[0])
+            ]
+            worst = max(worst, (b.rkey[layer] - torch.cat(heads)).abs().max().item())
+    assert worst < 1e-5, worst
+
+
+def test_per_head_blocks_spill_to_disk_and_answer_the_same(knorm_case):
+    """Under a host budget of one block the older per-head blocks wait on disk (their per-head positions in
+    RAM, their K/V in spill files) and are read back for the question: the same logits, bit for bit."""
+    qa, session, _ = knorm_case
+    one = max(session.engine.store.nbytes_of)
+    spilled = VideoQA.from_model(
+        qa.adapter.model, qa.adapter.tokenizer, memory=qa.memory.replace(host_bytes=one)
+    )
+    s = spilled.session()
+    s.engine.ingest(frames_of(12))
+    s.engine.flush()
+    store = s.engine.store
+    assert "disk" in store.tier and store.resident_bytes <= one
+    assert store.bytes_by_tier() == {
+        t: sum(n for n, u in zip(store.nbytes_of, store.tier) if u == t) for t in ("device", "host", "disk")
+    }
+    assert torch.equal(session_logits(s), session_logits(session))
