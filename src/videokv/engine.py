@@ -547,7 +547,7 @@ class Engine:
                 unit.alone,
             )
             for d in self.config.compress.compress(frames_unit):
-                if d.index is not None:  # into the unit (an index per KV head stays one: `select_tokens`)
+                if d.index is not None:  # frame indices -> unit indices (a per-head [kv_heads, k] alike)
                     d = BlockDraft(
                         d.kind,
                         d.t0,
