@@ -117,3 +117,24 @@ def test_bilevel_with_a_guidance_level_runs():
     answer = s.ask("what is shown?", max_new_tokens=2)
     levels = {b.level for b in s.engine.store.blocks}
     assert levels == {"L", "H"} and answer.stats["blocks"] == len(s.engine.store.blocks)
+
+
+def test_videokv_offloaded_blocks_answer_exactly_as_resident_ones(tmp_path):
+    """`videokv` keeps every block off the fastest tier (on a CPU machine: on disk) and loads only the
+    retrieved ones: the same tensors as the resident memory (`compress.offload=false`), so the same logits
+    and answer, with no KV bytes resident."""
+    model, tok = get_tiny("qwen2_vl")
+    sessions = {}
+    for offload in (True, False):
+        config = resolve_memory("videokv", [f"compress.offload={str(offload).lower()}"])
+        config = config.replace(spill_dir=str(tmp_path / f"spill-{offload}"))
+        s = VideoQA.from_model(model, tok, memory=config).session()
+        s.engine.ingest(stream_items(9), chunk_frames=3)
+        s.add_text("[the umbrella is red]", t=4.0)
+        sessions[offload] = s
+    cold, hot = sessions[True], sessions[False]
+    assert cold.stats["memory_bytes"] == 0 and cold.stats["offloaded_bytes"] > 0
+    assert hot.stats["memory_bytes"] == cold.stats["offloaded_bytes"] and hot.stats["offloaded_bytes"] == 0
+    assert torch.equal(probe_logits(cold), probe_logits(hot))
+    a, b = cold.ask(QUESTION, max_new_tokens=5), hot.ask(QUESTION, max_new_tokens=5)
+    assert a.text == b.text and [(e.t0, e.t1) for e in a.evidence] == [(e.t0, e.t1) for e in b.evidence]
