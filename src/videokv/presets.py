@@ -120,11 +120,12 @@ PRESETS: dict[str, Preset] = {
             segment=Uniform(1),
             compress=NoCompression(offload=True),
             retrieve=WithText(
-                TopK(k=64, per_layer=True, layerwise=True), k=12, ratio=0.25, bridges=2, neighbours=1
+                TopK(k=32, per_layer=True, layerwise=True), k=12, ratio=0.25, bridges=2, neighbours=1
             ),
             positions="compact",
         ),
-        "videokv's own: rekv's faithful layer-wise per-layer top-64 frame blocks, plus up to 12 subtitle or "
+        "videokv's own: rekv's faithful layer-wise per-layer retrieval of the top-32 frame blocks (half of "
+        "rekv's 64: the text matching finds the timed facts), plus up to 12 subtitle or "
         "transcript blocks matching the question's words (each adding new words or repeating a kept line; "
         "two-hop bridges; a line's neighbours for before/after questions); every block waits off the fastest "
         "tier (host RAM beside an accelerator, disk on a CPU) and only the retrieved ones are loaded",
@@ -133,7 +134,7 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-# the memory of `ask`, `stream`, `serve` and the Python API when none is given
+# the memory of `ask`, `stream` and `serve` when none is given (the Python API's default is `full`, exact)
 DEFAULT_PRESET = "videokv"
 
 
