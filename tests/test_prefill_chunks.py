@@ -22,20 +22,24 @@ def session(request):
     return s
 
 
-def _prefill(session, chunk):
-    engine = session.engine
-    decoder = engine.decoder
-    decoder.prefill_chunk = chunk
-    cache = engine.cache.fork()
-    steps = decoder.prefill_steps(cache, engine.cursor, LONG)
+def _run(steps):
+    """Drain a step generator: (its return value, how many times it yielded)."""
     yields = 0
     while True:
         try:
             next(steps)
             yields += 1
         except StopIteration as stop:
-            logits, cursor = stop.value
-            return logits, cursor, cache.lengths(), yields
+            return stop.value, yields
+
+
+def _prefill(session, chunk):
+    engine = session.engine
+    decoder = engine.decoder
+    decoder.prefill_chunk = chunk
+    cache = engine.cache.fork()
+    (logits, cursor), yields = _run(decoder.prefill_steps(cache, engine.cursor, LONG))
+    return logits, cursor, cache.lengths(), yields
 
 
 def test_chunked_prefill_matches_one_forward(session):
@@ -61,14 +65,7 @@ def test_chunked_forward_all_logits(session):
 
 def _answer(session, chunk, **kw):
     session.engine.decoder.prefill_chunk = chunk
-    steps = session.ask_steps(LONG + " What is in the video?", max_new_tokens=12, logprobs=3, **kw)
-    yields = 0
-    while True:
-        try:
-            next(steps)
-            yields += 1
-        except StopIteration as stop:
-            return stop.value, yields
+    return _run(session.ask_steps(LONG + " What is in the video?", max_new_tokens=12, logprobs=3, **kw))
 
 
 def test_chunked_ask_gives_the_same_answer(session):

@@ -294,6 +294,19 @@ def mukv_block_range(frames, block, start: int, patches: int = 4) -> tuple[int, 
     return int(part[0]), int(part[-1]) + 1
 
 
+def mukv_stream(model, tok, config, n_frames: int, seed: int):
+    """A session of `config` on `n_frames` random frames, flushed: (the session, the pieces of every unit it
+    ingested, in order), so that a test can re-encode a unit by hand."""
+    session = VideoQA.from_model(model, tok, memory=config).session()
+    engine = session.engine
+    units = []
+    ingest_unit = engine._ingest_unit
+    engine._ingest_unit = lambda pieces: (units.append(list(pieces)), ingest_unit(pieces))[1]
+    session.add_frames(random_frames(n_frames, seed=seed), fps=1.0)
+    engine.flush()
+    return session, units
+
+
 def test_mukv_rotated_retrieval_matches_reference():
     """MuKV (IMBALDY/MuKV `model/mukv_rerank.py` `question_answering`; blocks from
     `model/mukv_dualsignal_compression.py` `_encode_granularity_chunk_with_compression`): the question is
@@ -308,13 +321,8 @@ def test_mukv_rotated_retrieval_matches_reference():
     retriever = RecordingHierarchical(k=k, over=2.0, context_top=5, alpha=0.3, rotated=True)
     config = dataclasses.replace(get_preset("mukv"), retrieve=retriever)
     assert config.retrieve.rotated == get_preset("mukv").retrieve.rotated is True
-    session = VideoQA.from_model(model, tok, memory=config).session()
+    session, units = mukv_stream(model, tok, config, 16, seed=7)
     engine = session.engine
-    units = []
-    ingest_unit = engine._ingest_unit
-    engine._ingest_unit = lambda pieces: (units.append(list(pieces)), ingest_unit(pieces))[1]
-    session.add_frames(random_frames(16, seed=7), fps=1.0)
-    engine.flush()
     blocks = engine.store.blocks
     kinds = [b.kind for b in blocks]
     assert all(sum(kd == g for kd in kinds) > 2 * k[g] for g in k)  # a real choice at every granularity
@@ -380,13 +388,8 @@ def test_mukv_frame_and_patch_blocks_are_prefilled_alone(compress):
     if compress is not None:
         config = dataclasses.replace(config, compress=compress)
     mg = config.compress
-    session = VideoQA.from_model(model, tok, memory=config).session()
+    session, units = mukv_stream(model, tok, config, 8, seed=11)
     engine = session.engine
-    units = []
-    ingest_unit = engine._ingest_unit
-    engine._ingest_unit = lambda pieces: (units.append(list(pieces)), ingest_unit(pieces))[1]
-    session.add_frames(random_frames(8, seed=11), fps=1.0)
-    engine.flush()
     n_sinks = engine.n_sinks
     lm = engine.adapter.language_model
     cfg = model.config.get_text_config()
