@@ -111,6 +111,7 @@ class LoadConfig:
     max_p95_ratio: float = 1.5  # honest p95 with the hostile clients / without: the target
     compare: bool = True  # with --hostile: run the baseline (no hostile client) first
     rounds: int = 1  # with --hostile: baseline/hostile pairs, alternating which goes first (ABBA)
+    trace_jobs: str | None = None  # the started server's job trace (VIDEOKV_TRACE_JOBS): model time by role
 
 
 @dataclass
@@ -219,6 +220,8 @@ class ServerProcess:
         cmd += ["--media-dir", str(clip.resolve().parent)]  # the sources name the clip by its server path
         self.command = cmd
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        if cfg.trace_jobs:
+            env["VIDEOKV_TRACE_JOBS"] = str(Path(cfg.trace_jobs).resolve())
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + cfg.startup_timeout
@@ -682,6 +685,7 @@ class LoadRun:
                 "max_sampled_bytes": max(self.rss_samples) if self.rss_samples else None,
             },
             "hostile": self._hostile_summary(),
+            "model_time": self._model_time(),
             "sessions": sessions,
             "budgets_held": budgets_held,
             "errors": self.errors,
@@ -690,6 +694,26 @@ class LoadRun:
             self.requested > 0 and len(ok) == self.requested and budgets_held and not self.errors
         )
         return report
+
+    def _model_time(self) -> dict | None:
+        """With --trace-jobs: the model time each role's sessions took, in how many pieces, the longest."""
+        if not self.cfg.trace_jobs or not Path(self.cfg.trace_jobs).exists():
+            return None
+        by: dict[str, list[float]] = {}
+        for line in Path(self.cfg.trace_jobs).read_text().splitlines():
+            fields = line.split("\t")
+            track = self.tracks.get(fields[1]) if len(fields) >= 4 else None
+            if track is not None:
+                by.setdefault(track.role, []).append(float(fields[3]))
+        return {
+            role: {
+                "pieces": len(v),
+                "seconds": round(sum(v), 3),
+                "p99_piece_s": round(percentile(v, 99), 4),
+                "max_piece_s": round(max(v), 4),
+            }
+            for role, v in sorted(by.items())
+        }
 
     def _hostile_summary(self) -> dict:
         by: dict[str, dict] = {}
@@ -818,6 +842,17 @@ def markdown(report: dict) -> str:
         for action, a in hostile["by_action"].items():
             statuses = ", ".join(f"{k}: {v}" for k, v in sorted(a["statuses"].items()))
             lines.append(f"| {action} | {a['requests']} | {statuses} | {a['wrong']} | {a['max_s']:.2f} s |")
+    if report.get("model_time"):
+        lines += [
+            "",
+            "| role | model time | pieces | p99 piece | longest piece |",
+            "|---|---|---|---|---|",
+        ]
+        for role, m in report["model_time"].items():
+            lines.append(
+                f"| {role} | {m['seconds']:.2f} s | {m['pieces']} | {m['p99_piece_s'] * 1000:.1f} ms | "
+                f"{m['max_piece_s'] * 1000:.1f} ms |"
+            )
     if report["errors"]:
         lines += ["", "Errors:", *[f"- {e}" for e in report["errors"][:20]]]
     return "\n".join(lines)
@@ -893,6 +928,12 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
         type=int,
         default=d.rounds,
         help="with --hostile: pairs of runs without/with, alternating which goes first; median ratio (1)",
+    )
+    p.add_argument(
+        "--trace-jobs",
+        default=None,
+        help="the started server writes one line per piece of model work here (VIDEOKV_TRACE_JOBS); the "
+        "report adds the model time per role and the longest piece",
     )
     p.add_argument("--out", default=None, help="write the JSON report here")
     args = p.parse_args(argv)

@@ -552,3 +552,59 @@ def test_a_redirect_given_to_ffmpeg_is_not_followed(serve_factory, tmp_path: Pat
     finally:
         for s in (target, sly):
             s.shutdown()
+
+
+def test_a_short_question_waits_for_one_slice_of_long_answers_not_for_them(
+    serve_factory, tmp_path, monkeypatch
+):
+    """Short jobs first: with two 1024-token answers of another session under way, an honest session's short
+    questions run after the slice in progress, even though the honest session has used more model time
+    (by fair share alone, the long answers ran until the two sessions' model times met: ~1 s of slices,
+    the credit a session gets when it starts). Read from the server's job trace (VIDEOKV_TRACE_JOBS)."""
+    trace = tmp_path / "jobs.tsv"
+    monkeypatch.setenv("VIDEOKV_TRACE_JOBS", str(trace))
+    server = serve_factory(media=False, extra=["--max-session-rps", "1000"])
+    with server.client() as c:
+        honest, hostile = create(c, memory="rekv")["id"], create(c, memory="rekv")["id"]
+        for sid in (honest, hostile):
+            assert (
+                c.post(f"/v1/sessions/{sid}/text", json={"events": [{"text": "a red kite"}]}).status_code
+                == 200
+            )
+        for _ in range(3):  # the honest session uses more model time than the hostile one first
+            assert c.post(
+                f"/v1/sessions/{honest}/ask", json={"question": QUESTION, "max_new_tokens": 48}
+            ).is_success
+
+        def long_answer() -> None:
+            with server.client() as h:
+                h.post(
+                    f"/v1/sessions/{hostile}/ask", json={"question": QUESTION * 20, "max_new_tokens": 1024}
+                )
+
+        threads = [threading.Thread(target=long_answer, daemon=True) for _ in range(2)]
+        for t in threads:
+            t.start()
+
+        def pieces(sid: str) -> list[list[str]]:
+            rows = [line.split("\t") for line in trace.read_text().splitlines()]
+            return [r for r in rows if r[1] == sid and r[2].endswith("ask.<locals>.run")]
+
+        wait_for(lambda: len(pieces(hostile)) >= 10)  # the long answers are under way
+        for _ in range(3):
+            r = c.post(f"/v1/sessions/{honest}/ask", json={"question": QUESTION, "max_new_tokens": 4})
+            assert r.status_code == 200, r.text
+        c.delete(f"/v1/sessions/{hostile}")  # ends the long answers
+        for t in threads:
+            t.join(30)
+        rows = [line.split("\t") for line in trace.read_text().splitlines()]
+    jobs: dict[str, list[list[str]]] = {}
+    for r in rows:
+        if r[1] == honest and r[2].endswith("ask.<locals>.run"):
+            jobs.setdefault(r[4] + r[5], []).append(r)
+    short = list(jobs.values())[-3:]  # the three short questions
+    hostile_starts = [float(r[0]) for r in rows if r[1] == hostile]
+    for job in short:
+        submitted, end = float(job[0][5]), float(job[-1][0]) + float(job[-1][3])
+        between = sum(submitted <= t < end for t in hostile_starts)
+        assert between <= 2, (between, len(job))  # the slice in progress (and one at most), not ~50

@@ -68,3 +68,48 @@ def test_a_sliced_job_of_a_gone_session_or_a_closed_scheduler_ends_with_an_error
     with pytest.raises(SchedulerClosed):
         job.result(5)
     s.close()
+
+
+def test_a_short_question_goes_before_a_long_answer_under_way_whichever_session_used_more():
+    """Short jobs first (least attained service by levels): a fresh question waits for the slice in
+    progress only, even when its session has used more model time than the one answering at length (the
+    fair share alone ran the long answer first until the two sessions' model times met)."""
+    s = Scheduler(slice_s=0.01, quantum_s=0.05, age_s=10.0)
+    try:
+        log: list = []
+        s.submit("honest", time.sleep, 0.3).result(5)  # the honest session has used 0.3 s of model time
+        long = s.submit("hostile", lambda: (yield from long_answer(200, 0.005, log)))  # 1 s in all
+        while len(log) < 25:  # past its first quantum (0.05 s): level 1
+            time.sleep(0.005)
+        t0 = time.monotonic()
+        short = s.submit("honest", lambda: log.append(("short",)) or "short done")
+        assert short.result(5) == "short done"
+        waited = time.monotonic() - t0
+        at = log.index(("short",))
+        assert at <= 25 + 6, at  # after the slice in progress (two steps), not after the long answer's
+        assert waited < 0.1, waited
+        assert long.result(5) == "long done"
+    finally:
+        s.close()
+
+
+def test_a_long_answer_keeps_moving_under_a_stream_of_short_jobs():
+    """Aging: a job waiting moves up a level per `age_s`, so a long answer is not starved by another
+    session that always has a fresh short job waiting."""
+    s = Scheduler(slice_s=0.01, quantum_s=0.02, age_s=0.1)
+    try:
+        log: list = []
+        long = s.submit("long", lambda: (yield from long_answer(400, 0.002, log)))
+        while len(log) < 20:  # past its first quantum
+            time.sleep(0.005)
+        shorts = [s.submit("short", time.sleep, 0.01) for _ in range(100)]  # 1 s of fresh short jobs
+        time.sleep(0.6)
+        done = sum(f.done() for f in shorts)
+        progressed = len(log) - 20
+        assert done < 100, "the short jobs ran out: the test did not keep them waiting"
+        assert progressed >= 8, (progressed, done)  # slices of the long answer ran between them
+        assert long.result(10) == "long done"
+        for f in shorts:
+            f.result(10)
+    finally:
+        s.close()

@@ -1,15 +1,24 @@
-"""A fair queue in front of one model: one worker thread, per-session FIFO queues, fair by model time.
+"""A fair queue in front of one model: one worker thread, per-session FIFO queues, short jobs first, then
+fair by model time.
 
 Every piece of model work (a chunk of ingest, a question) is one job. Jobs of one session run in the order
-they were submitted. Of the sessions with pending jobs, the one that has used the least model time goes
-next (virtual time, as in fair-share CPU schedulers); a session that gets work after being idle joins no
-further behind than the least used waiting one less `credit_s`, so it cannot bank idle time, but a short
-question beside a busy session runs before the busy one's next slice. Sessions with equal loads take
-turns. A long ingest is submitted chunk by chunk, so a question on another session waits for at most
-about one chunk of it. A job that returns a generator (a question: `Session.ask_steps` yields after its
+they were submitted. A job that returns a generator (a question: `Session.ask_steps` yields after its
 retrieval, between the prefill chunks of a long prompt and between decoding steps) runs in slices of
 `slice_s` seconds of model time and goes back to the head of its session's queue after each, so a long
 answer (1024 tokens) holds the model for a slice at a time, not for its whole length.
+
+Which session goes next: the one whose next job has used the least model time *by levels*, then the one
+whose session has used the least model time. A job starts at level 0 and moves down a level each time the
+model time it has used passes `quantum_s`, 4x, 16x, ... that (a multi-level feedback queue in
+least-attained-service order, as FastServe schedules LLM serving, Wu et al. 2023, arXiv:2305.05920): a
+short question or an ingest chunk goes before the next slice of a long answer that is already under way,
+whichever session has used more, so one long answer (or eight of them) cannot double the latency of the
+short questions beside it. A job moves back up a level for every `age_s` it has waited (past level 0, ahead
+of fresh jobs), so a long answer keeps moving, a slice at a time, under any load of short ones. Within a
+level the session that has used the least model time goes next (virtual time, as in fair-share CPU
+schedulers); a session that gets work after being idle joins no further behind than the least used waiting
+one less `credit_s`, so it cannot bank idle time. Sessions with equal loads take turns. A long ingest is
+submitted chunk by chunk, so a question on another session waits for at most about one chunk of it.
 """
 
 from __future__ import annotations
@@ -17,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import inspect
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,10 +40,12 @@ class SchedulerClosed(RuntimeError):
 
 
 class _Resume:
-    """A sliced job's generator, queued again after a slice."""
+    """A sliced job's generator, queued again after a slice; the model time it used, when it was queued."""
 
-    def __init__(self, steps) -> None:
+    def __init__(self, steps, used: float) -> None:
         self.steps = steps
+        self.used = used
+        self.queued = time.monotonic()
 
 
 def _drop(job: tuple, why: str) -> None:
@@ -48,9 +61,20 @@ def _drop(job: tuple, why: str) -> None:
 class Scheduler:
     """Runs callables on a single worker thread, fairly across keys (session ids)."""
 
-    def __init__(self, name: str = "videokv-model", slice_s: float = 0.02, credit_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        name: str = "videokv-model",
+        slice_s: float = 0.02,
+        credit_s: float = 1.0,
+        quantum_s: float = 0.1,
+        age_s: float = 1.0,
+        levels: int = 4,
+    ) -> None:
         self.slice_s = slice_s
         self.credit_s = credit_s
+        self.quantum_s = quantum_s  # a job stays at level 0 for this much model time, level 1 for 4x, ...
+        self.age_s = age_s  # a waiting job moves up a level per this many seconds waited
+        self.levels = levels
         # model seconds each session has used (virtual time): the waiting session with the least goes next
         self._used: dict[str, float] = {}
         self._floor = 0.0  # the virtual time of the job run last
@@ -59,6 +83,10 @@ class Scheduler:
         self._cond = threading.Condition()
         self._closed = False
         self.jobs_run = 0
+        # VIDEOKV_TRACE_JOBS=<file>: one line per piece of model work (start, session, job, seconds, job id,
+        # when the job was submitted), for finding what holds the model (benchmarks/load_test.py --trace-jobs)
+        trace = os.environ.get("VIDEOKV_TRACE_JOBS")
+        self._trace = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115 (closed in close)
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
@@ -68,6 +96,7 @@ class Scheduler:
     ) -> concurrent.futures.Future:
         """Queue `fn(*args, **kwargs)` behind `key`'s earlier jobs; returns its Future."""
         future: concurrent.futures.Future = concurrent.futures.Future()
+        future.submitted = time.monotonic()  # type: ignore[attr-defined]  (for the trace)
         with self._cond:
             if self._closed:
                 raise SchedulerClosed("the model scheduler is shut down")
@@ -120,6 +149,8 @@ class Scheduler:
                 _drop(job, "the model scheduler is shut down")
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        if self._trace is not None:
+            self._trace.close()
 
     # ---- the worker -----------------------------------------------------------------------------------
     def _next(self) -> tuple | None:
@@ -128,7 +159,9 @@ class Scheduler:
                 self._cond.wait()
             if self._closed:
                 return None
-            key = min(self._ring, key=self._used.__getitem__)  # ties: the first in turn order
+            now = time.monotonic()
+            # short jobs first (by level), then the least used session; ties: the first in turn order
+            key = min(self._ring, key=lambda k: (self._level(self._queues[k][0][1], now), self._used[k]))
             self._ring.remove(key)
             self._floor = self._used[key]
             queue = self._queues[key]
@@ -139,6 +172,17 @@ class Scheduler:
                 del self._queues[key]
             return key, *job
 
+    def _level(self, fn: Any, now: float) -> int:
+        """A queued job's level: 0 for a job not started, one more for each time the model time it has used
+        passes quantum_s x 4^n, one less for each `age_s` it has waited since its last slice (below 0: a
+        job that has waited long enough goes before fresh ones, for a slice)."""
+        if not isinstance(fn, _Resume):
+            return 0
+        level, bound = 0, self.quantum_s
+        while fn.used >= bound and level < self.levels - 1:
+            level, bound = level + 1, bound * 4
+        return level - int((now - fn.queued) / self.age_s)
+
     def _activate(self, key: str) -> None:
         """A session gets pending work: it joins the waiting ones, no further behind than the least used
         of them less `credit_s` (a session that was idle does not bank its idle time, but a short question
@@ -148,7 +192,7 @@ class Scheduler:
         self._used[key] = max(self._used.get(key, float("-inf")), floor - self.credit_s)
         self._ring.append(key)
 
-    def _requeue(self, key: str, future: concurrent.futures.Future, steps) -> None:
+    def _requeue(self, key: str, future: concurrent.futures.Future, steps, used: float) -> None:
         """A sliced job goes back to the head of its session's queue; the session to the back of the ring."""
         with self._cond:
             if self._closed or key not in self._used:  # shut down, or the session is gone (forget)
@@ -162,7 +206,7 @@ class Scheduler:
                 queue = self._queues[key] = collections.deque()
             if not queue:
                 self._ring.append(key)  # charged for its slice already: no credit
-            queue.appendleft((future, _Resume(steps), (), {}))
+            queue.appendleft((future, _Resume(steps, used), (), {}))
             self._cond.notify()
 
     def _work(self) -> None:
@@ -185,13 +229,21 @@ class Scheduler:
                 until = time.monotonic() + self.slice_s
                 while time.monotonic() < until:
                     next(steps)
-                self._requeue(key, future, steps)
+                used = (fn.used if isinstance(fn, _Resume) else 0.0) + time.monotonic() - t0
+                self._requeue(key, future, steps, used)
             except StopIteration as stop:
                 future.set_result(stop.value)
             except BaseException as e:  # the job's error belongs to whoever waits on it
                 future.set_exception(e)
             finally:
                 self.jobs_run += 1
+                took = time.monotonic() - t0
                 with self._cond:
                     if key in self._used:
-                        self._used[key] += time.monotonic() - t0
+                        self._used[key] += took
+                if self._trace is not None:  # closed only after this thread stops (or close timed out)
+                    label = getattr(fn.steps if isinstance(fn, _Resume) else fn, "__qualname__", "?")
+                    with contextlib.suppress(ValueError):
+                        self._trace.write(
+                            f"{t0:.4f}\t{key}\t{label}\t{took:.5f}\t{id(future)}\t{future.submitted:.4f}\n"
+                        )
