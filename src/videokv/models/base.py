@@ -113,6 +113,8 @@ class Adapter:
     rope_rows: int = 1  # rows of position ids: 3 for M-RoPE, 1 for 1-D RoPE
     frames_per_piece: int = 1  # frames that share visual tokens (Qwen2-VL's temporal patch: 2)
     placeholder: str = ""  # what the chat template writes for a video content part
+    preprocessor_class: type | None = None  # the official video processor's torchvision-free twin
+    verified: str = ""  # what is checked for this family, for `videokv models` (docs/ADAPTERS.md)
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
         self.model = model
@@ -220,6 +222,14 @@ class Adapter:
         raise NotImplementedError
 
     # ---- the language model ----------------------------------------------------------------------------
+    def decoder_inputs(self, embeds: torch.Tensor) -> dict:
+        """The language model's keyword arguments (besides positions and cache) for the tokens `embeds`
+        [n, width] of one sequence. Here: the embeddings themselves. A family whose tokens carry more than
+        their input embedding (Qwen3-VL's DeepStack features) packs it into trailing channels of its pieces'
+        `embeds` (the engine only concatenates, slices and averages pieces along tokens) and unpacks it
+        here into the model's own public arguments."""
+        return {"inputs_embeds": embeds.unsqueeze(0).to(self.dtype)}
+
     def forward(
         self, embeds: torch.Tensor, positions: torch.Tensor, cache: Cache, logits: str = "last"
     ) -> torch.Tensor | None:
@@ -232,7 +242,7 @@ class Adapter:
         # inference only, whatever grad mode the caller (or a suspended ask generator) left the thread in
         with attention_of(self.model, ATTN_NAME), torch.no_grad():
             out = self.language_model(
-                inputs_embeds=embeds.unsqueeze(0).to(self.dtype),
+                **self.decoder_inputs(embeds),
                 position_ids=pos,
                 use_cache=True,
                 **{self.cache_argument: cache},

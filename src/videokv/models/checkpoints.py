@@ -26,14 +26,17 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from videokv.models.tiny import _CORPUS, VOCAB_SIZE, build_tiny_model
+from videokv.models.tiny import _CORPUS, VOCAB_SIZE, build_tiny_model, wrap_tokenizer
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava_onevision", "internvl")
 
 CHECKPOINT_IDS = {
     "qwen2_vl": "Qwen/Qwen2-VL-7B-Instruct",
     "qwen2_5_vl": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "qwen3_vl": "Qwen/Qwen3-VL-8B-Instruct",
+    "qwen3_vl_moe": "Qwen/Qwen3-VL-30B-A3B-Instruct",
     "llava_onevision": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+    "internvl": "OpenGVLab/InternVL3_5-8B-HF",
 }
 
 # ------------------------------------------------------------------------------------------------------------
@@ -92,10 +95,155 @@ LLAVA_ONEVISION_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Qwen3-VL-8B-Instruct / Qwen3-VL-30B-A3B-Instruct chat_template.json: the text is quoted whole as
+# `chat_template_qwen3vl` in a public GUI-agent repository's constants (found by find_string on
+# "{{ video_count.value }}: {% endif -%}"). No default system message; videos and text in content order; the
+# processor collapses the video part's `<|vision_start|><|video_pad|><|vision_end|>` and writes one
+# timestamped vision block per temporal patch instead.
+QWEN3_VL_CHAT_TEMPLATE = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {%- if messages[0].content is string %}
+            {{- messages[0].content }}
+        {%- else %}
+            {%- for content in messages[0].content %}
+                {%- if 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '\\n\\n' }}
+    {%- endif %}
+    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n\
+You are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments \
+within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": \
+<args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\\n' }}
+        {%- if messages[0].content is string %}
+            {{- messages[0].content }}
+        {%- else %}
+            {%- for content in messages[0].content %}
+                {%- if 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set image_count = namespace(value=0) %}
+{%- set video_count = namespace(value=0) %}
+{%- for message in messages %}
+    {%- if message.role == "user" %}
+        {{- '<|im_start|>' + message.role + '\\n' }}
+        {%- if message.content is string %}
+            {{- message.content }}
+        {%- else %}
+            {%- for content in message.content %}
+                {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}
+                    {%- set image_count.value = image_count.value + 1 %}
+                    {%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}
+                    <|vision_start|><|image_pad|><|vision_end|>
+                {%- elif content.type == 'video' or 'video' in content %}
+                    {%- set video_count.value = video_count.value + 1 %}
+                    {%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}
+                    <|vision_start|><|video_pad|><|vision_end|>
+                {%- elif 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role + '\\n' }}
+        {%- if message.content is string %}
+            {{- message.content }}
+        {%- else %}
+            {%- for content_item in message.content %}
+                {%- if 'text' in content_item %}
+                    {{- content_item.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and message.content) or (not loop.first) %}
+                    {{- '\\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {%- if message.content is string %}
+            {{- message.content }}
+        {%- else %}
+            {%- for content in message.content %}
+                {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}
+                    {%- set image_count.value = image_count.value + 1 %}
+                    {%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}
+                    <|vision_start|><|image_pad|><|vision_end|>
+                {%- elif content.type == 'video' or 'video' in content %}
+                    {%- set video_count.value = video_count.value + 1 %}
+                    {%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}
+                    <|vision_start|><|video_pad|><|vision_end|>
+                {%- elif 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+# InternVL3 / InternVL3.5 -hf: `chat_template` of transformers' converter that wrote them,
+# src/transformers/models/internvl/convert_internvl_weights_to_hf.py: content in order, a video part as
+# `<video>\n`, an image as `<IMG_CONTEXT>\n`, no default system message.
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+
 CHAT_TEMPLATES = {
     "qwen2_vl": QWEN2_VL_CHAT_TEMPLATE,
     "qwen2_5_vl": QWEN2_5_VL_CHAT_TEMPLATE,
+    "qwen3_vl": QWEN3_VL_CHAT_TEMPLATE,
+    "qwen3_vl_moe": QWEN3_VL_CHAT_TEMPLATE,
     "llava_onevision": LLAVA_ONEVISION_CHAT_TEMPLATE,
+    "internvl": INTERNVL_CHAT_TEMPLATE,
 }
 
 # ------------------------------------------------------------------------------------------------------------
@@ -169,8 +317,64 @@ LLAVA_ONEVISION_VIDEO_PROCESSOR_CONFIG = {
 # vision_feature_select_strategy="full" (vision_aspect_ratio keeps its default "anyres_max_9")
 LLAVA_ONEVISION_PROCESSOR_KWARGS = {"num_image_tokens": 729, "vision_feature_select_strategy": "full"}
 
+# Qwen3-VL-8B-Instruct / 30B-A3B video_preprocessor_config.json: the whole-video budget size {longest_edge
+# 25165824, shortest_edge 4096}, patch 16, ImageNet-standard mean / std 0.5, fps 2, frames 4..768 (values
+# quoted by public conversion code, e.g. a GGUF-to-processor converter's `_qwen_video_processor_config`, and a
+# vLLM serving script naming "video_preprocessor_config.json size.longest_edge" 25165824).
+# preprocessor_config.json
+# (images): size {longest_edge 16777216, shortest_edge 65536}, patch 16, mean / std 0.5.
+QWEN3_VL_VIDEO_PROCESSOR_CONFIG = {
+    "size": {"longest_edge": 25165824, "shortest_edge": 4096},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "do_sample_frames": True,
+    "fps": 2,
+    "min_frames": 4,
+    "max_frames": 768,
+    "processor_class": "Qwen3VLProcessor",
+}
+QWEN3_VL_IMAGE_PROCESSOR_CONFIG = {
+    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": "Qwen3VLProcessor",
+}
+# InternVL3.5-8B-HF: the converter saves the image processor (448x448, rescale 1/255, ImageNet mean
+# [0.485, 0.456, 0.406] / std [0.229, 0.224, 0.225]) and builds `InternVLVideoProcessor.from_pretrained` from
+# that folder, so the video processor has the same size and normalisation (its class default is CLIP's, which
+# a converted checkpoint never uses); resample bicubic (3). image_seq_length 256 = (448 / 14)^2 * 0.5^2.
+_IMAGENET_MEAN = [0.485, 0.456, 0.406]
+_IMAGENET_STD = [0.229, 0.224, 0.225]
+INTERNVL_VIDEO_PROCESSOR_CONFIG = {
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": _IMAGENET_MEAN,
+    "image_std": _IMAGENET_STD,
+    "resample": 3,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"height": 448, "width": 448},
+}
+INTERNVL_IMAGE_PROCESSOR_CONFIG = dict(
+    INTERNVL_VIDEO_PROCESSOR_CONFIG,
+    image_processor_type="GotOcr2ImageProcessor",
+    processor_class="InternVLProcessor",
+)
+INTERNVL_PROCESSOR_KWARGS = {"image_seq_length": 256}
+
 # the video processor settings each checkpoint's AutoVideoProcessor ends up with
 VIDEO_PROCESSOR_CONFIGS = {
+    "qwen3_vl": QWEN3_VL_VIDEO_PROCESSOR_CONFIG,
+    "qwen3_vl_moe": QWEN3_VL_VIDEO_PROCESSOR_CONFIG,
+    "internvl": INTERNVL_VIDEO_PROCESSOR_CONFIG,
     "qwen2_vl": {k: v for k, v in QWEN2_VL_PREPROCESSOR_CONFIG.items() if k not in ("image_processor_type",)},
     "qwen2_5_vl": {
         k: v for k, v in QWEN2_5_VL_PREPROCESSOR_CONFIG.items() if k not in ("image_processor_type",)
@@ -178,6 +382,9 @@ VIDEO_PROCESSOR_CONFIGS = {
     "llava_onevision": LLAVA_ONEVISION_VIDEO_PROCESSOR_CONFIG,
 }
 IMAGE_PROCESSOR_CONFIGS = {
+    "qwen3_vl": QWEN3_VL_IMAGE_PROCESSOR_CONFIG,
+    "qwen3_vl_moe": QWEN3_VL_IMAGE_PROCESSOR_CONFIG,
+    "internvl": INTERNVL_IMAGE_PROCESSOR_CONFIG,
     "qwen2_vl": QWEN2_VL_PREPROCESSOR_CONFIG,
     "qwen2_5_vl": QWEN2_5_VL_PREPROCESSOR_CONFIG,
     "llava_onevision": LLAVA_ONEVISION_PREPROCESSOR_CONFIG,
@@ -239,7 +446,17 @@ _QWEN2_5_VL_EXTRA = [
 # LLaVA-OneVision: the Qwen2 tokenizer's three specials plus <image> and <video> (the converter's add_tokens)
 _LLAVA_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
+# Qwen3-VL adds the Qwen3 tool-response and thinking tokens (151665..151668, not special)
+_QWEN3_VL_EXTRA = _QWEN2_5_VL_EXTRA + ["<tool_response>", "</tool_response>", "<think>", "</think>"]
+# InternVL -hf: the Qwen2.5-VL tokenizer plus <img>, </img>, <IMG_CONTEXT>, <quad>, </quad>, <ref>, </ref>,
+# <box>, </box> as additional special tokens (the converter's write_tokenizer); <img>, </img>, <IMG_CONTEXT>
+# are added by `wrap_tokenizer(internvl=True)` with the names InternVLProcessor reads
+_INTERNVL_EXTRA_SPECIAL = ["<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
+
 SPECIAL_TOKENS = {
+    "qwen3_vl": (_QWEN2_VL_SPECIAL, _QWEN3_VL_EXTRA),
+    "qwen3_vl_moe": (_QWEN2_VL_SPECIAL, _QWEN3_VL_EXTRA),
+    "internvl": (_QWEN2_VL_SPECIAL + _INTERNVL_EXTRA_SPECIAL, _QWEN2_5_VL_EXTRA),
     "qwen2_vl": (_QWEN2_VL_SPECIAL, []),
     "qwen2_5_vl": (_QWEN2_VL_SPECIAL, _QWEN2_5_VL_EXTRA),
     "llava_onevision": (_LLAVA_SPECIAL, []),
@@ -251,6 +468,12 @@ QWEN2_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
     r"|\s+(?!\S)|\s+"
 )
+
+
+PROCESSOR_KWARGS = {
+    "llava_onevision": LLAVA_ONEVISION_PROCESSOR_KWARGS,
+    "internvl": INTERNVL_PROCESSOR_KWARGS,
+}
 
 
 def _check_family(family: str) -> None:
@@ -273,7 +496,7 @@ def qwen2_style_tokenizer(family: str) -> PreTrainedTokenizerFast:
     )
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - len(extra),
+        vocab_size=VOCAB_SIZE - len(extra) - 3 * (family == "internvl"),
         special_tokens=special,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -281,20 +504,17 @@ def qwen2_style_tokenizer(family: str) -> PreTrainedTokenizerFast:
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     if extra:
         tok.add_tokens(extra)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=special[1:],
-    )
+    fast = wrap_tokenizer(tok, special[1:], internvl=family == "internvl")
     fast.chat_template = CHAT_TEMPLATES[family]
     return fast
 
 
 def _build_model(family: str, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     """The tiny model with the layout-relevant settings of the real checkpoint."""
-    if family == "qwen2_vl":
+    if family in ("qwen2_vl", "qwen3_vl", "qwen3_vl_moe"):
         return build_tiny_model(family, tokenizer)
+    if family == "internvl":  # the real 448x448 tower input (1024 patches, 256 tokens a frame)
+        return build_tiny_model(family, tokenizer, {"image_size": 448})
     if family == "qwen2_5_vl":
         vision = {"window_size": QWEN2_5_VL_WINDOW_SIZE, "tokens_per_second": QWEN2_5_VL_TOKENS_PER_SECOND}
         return build_tiny_model(family, tokenizer, vision)
@@ -343,7 +563,6 @@ def save_tiny_checkpoint(family: str, folder: str | Path, seed: int = 0) -> Path
         "video_processor": dict(video),
         "processor_class": IMAGE_PROCESSOR_CONFIGS[family]["processor_class"],
     }
-    if family == "llava_onevision":
-        processor.update(LLAVA_ONEVISION_PROCESSOR_KWARGS)
+    processor.update(PROCESSOR_KWARGS.get(family, {}))
     (folder / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
     return folder

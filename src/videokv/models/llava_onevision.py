@@ -31,12 +31,17 @@ class LlavaOneVisionAdapter(Adapter):
     family = "llava_onevision"
     rope_rows = 1
     placeholder = "<video>"
+    preprocessor_class = LlavaVideoPreprocessor
+    verified = (
+        "official layout, 1-D positions: ids and first-token logits vs the official processor (fixtures)"
+    )
 
     def __init__(
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         preprocessor: LlavaVideoPreprocessor,
+        frame_tokens: int | None = None,  # fixed by the vision tower here; accepted for a uniform signature
     ):
         super().__init__(model, tokenizer)
         size = int(model.config.vision_config.image_size)

@@ -38,6 +38,11 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     rope_rows = 3
     placeholder = "<|vision_start|><|video_pad|><|vision_end|>"
+    preprocessor_class = QwenVideoPreprocessor
+    verified = (
+        "official layout, M-RoPE positions (Qwen2.5-VL: tokens_per_second time steps): ids, positions, "
+        "first-token logits vs the official processor and HF forward (fixtures)"
+    )
 
     def __init__(
         self,
@@ -69,7 +74,11 @@ class Qwen2VLAdapter(Adapter):
         self.vision_end_id = int(cfg.vision_end_token_id)
         self.tokens_per_second = getattr(vcfg, "tokens_per_second", None)  # Qwen2.5-VL only
         self.is_qwen2_5 = self.tokens_per_second is not None
-        self.text_after_video = _text_after_video_rule(model, self)
+        self.text_after_video = self._probe_text_rule(model)
+
+    def _probe_text_rule(self, model: PreTrainedModel) -> str:
+        """Where the installed transformers puts the text after a video ("grid" or "extent")."""
+        return _text_after_video_rule(model, self)
 
     @property
     def frame_tokens(self) -> int:

@@ -10,14 +10,46 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from videokv.errors import ConfigError, ModelNotAvailable
 from videokv.models.base import Adapter
+from videokv.models.internvl import InternVLAdapter
 from videokv.models.llava_onevision import LlavaOneVisionAdapter
 from videokv.models.qwen2_vl import Qwen2VLAdapter
+from videokv.models.qwen3_vl import Qwen3VLAdapter
 
-ADAPTERS: dict[str, type[Adapter]] = {
-    "qwen2_vl": Qwen2VLAdapter,
-    "qwen2_5_vl": Qwen2VLAdapter,
-    "llava_onevision": LlavaOneVisionAdapter,
+# model_type -> (adapter, the transformers class a checkpoint folder of that type is loaded with). Adding a
+# family is one adapter file and one line here (docs/ADAPTERS.md).
+FAMILIES: dict[str, tuple[type[Adapter], str]] = {
+    "qwen2_vl": (Qwen2VLAdapter, "Qwen2VLForConditionalGeneration"),
+    "qwen2_5_vl": (Qwen2VLAdapter, "Qwen2_5_VLForConditionalGeneration"),
+    "qwen3_vl": (Qwen3VLAdapter, "Qwen3VLForConditionalGeneration"),
+    "qwen3_vl_moe": (Qwen3VLAdapter, "Qwen3VLMoeForConditionalGeneration"),
+    "llava_onevision": (LlavaOneVisionAdapter, "LlavaOnevisionForConditionalGeneration"),
+    "internvl": (InternVLAdapter, "InternVLForConditionalGeneration"),
 }
+ADAPTERS: dict[str, type[Adapter]] = {k: v[0] for k, v in FAMILIES.items()}
+ADAPTERS_DOC = "docs/ADAPTERS.md"
+
+
+def unsupported(model_type: object, where: str = "") -> ConfigError:
+    """The error for a model_type videokv has no adapter for: the supported list and where to read more."""
+    return ConfigError(
+        f"{where}model_type {model_type!r} is not supported; supported: {', '.join(sorted(FAMILIES))}. "
+        f"`videokv models` lists what is verified for each; {ADAPTERS_DOC} says how a family is added"
+    )
+
+
+def supported_models() -> list[dict]:
+    """One row per supported model_type: its adapter family, transformers class and what is verified."""
+    return [
+        {
+            "model_type": k,
+            "family": a.family,
+            "class": c,
+            "positions": "M-RoPE" if a.rope_rows == 3 else "1-D",
+            "verified": a.verified,
+        }
+        for k, (a, c) in FAMILIES.items()
+    ]
+
 
 OFFLINE_NAME = "offline"
 TINY_PREFIX = "tiny-"
@@ -40,9 +72,7 @@ def adapter_for(
     model_type = getattr(model.config, "model_type", None)
     cls = ADAPTERS.get(model_type)
     if cls is None:
-        raise ConfigError(
-            f"videokv has no adapter for model_type {model_type!r}; supported: {', '.join(sorted(ADAPTERS))}"
-        )
+        raise unsupported(model_type)
     if hasattr(tokenizer, "tokenizer") and hasattr(tokenizer, "video_processor"):  # a transformers processor
         processor = tokenizer
         tokenizer = processor.tokenizer
@@ -50,19 +80,14 @@ def adapter_for(
             tokenizer.chat_template = processor.chat_template
         if video_processor is None:
             video_processor = processor.video_processor
-    preprocessor = resolve_preprocessor(cls.family, tokenizer, video_processor)
-    if cls is LlavaOneVisionAdapter:
-        return cls(model, tokenizer, preprocessor)
+    preprocessor = resolve_preprocessor(cls.preprocessor_class, tokenizer, video_processor)
     return cls(model, tokenizer, preprocessor, frame_tokens=frame_tokens)
 
 
-def resolve_preprocessor(family: str, tokenizer: PreTrainedTokenizerBase, video_processor: object = None):
-    """The video preprocessing settings of a checkpoint (see `adapter_for`)."""
-    from videokv.models.preprocess import (
-        LlavaVideoPreprocessor,
-        QwenVideoPreprocessor,
-        load_video_preprocessor,
-    )
+def resolve_preprocessor(kind: type, tokenizer: PreTrainedTokenizerBase, video_processor: object = None):
+    """The video preprocessing settings of a checkpoint, as a `kind` (an adapter's preprocessor class; see
+    `adapter_for`)."""
+    from videokv.models.preprocess import load_video_preprocessor
 
     source = video_processor
     if source is None:
@@ -78,12 +103,11 @@ def resolve_preprocessor(family: str, tokenizer: PreTrainedTokenizerBase, video_
             "of the tokenizer, or pass video_processor=<checkpoint folder or config dict>"
         )
     if isinstance(source, str | Path):
-        return load_video_preprocessor(source, family)
+        return load_video_preprocessor(source, kind)
     if hasattr(source, "to_dict") and not isinstance(source, dict):
         source = source.to_dict()
     if isinstance(source, dict):
-        cls = LlavaVideoPreprocessor if family == "llava_onevision" else QwenVideoPreprocessor
-        return cls.from_dict(source)
+        return kind.from_dict(source)
     return source  # already a videokv preprocessor
 
 
@@ -111,12 +135,9 @@ def load_model(
 
 
 def _load_checkpoint(path: str, dtype: torch.dtype | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    import transformers
     from transformers import AutoConfig, AutoTokenizer
-    from transformers import LlavaOnevisionForConditionalGeneration as Llava
-    from transformers import Qwen2_5_VLForConditionalGeneration as Qwen25
-    from transformers import Qwen2VLForConditionalGeneration as Qwen2
 
-    classes = {"qwen2_vl": Qwen2, "qwen2_5_vl": Qwen25, "llava_onevision": Llava}
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -124,12 +145,9 @@ def _load_checkpoint(path: str, dtype: torch.dtype | None) -> tuple[PreTrainedMo
             f"cannot load a model from {path!r}: {e}\nGive a local checkpoint folder (config.json, weights, "
             f"tokenizer), a hub id where the hub is reachable, 'offline', or 'tiny-qwen2_vl'."
         ) from e
-    cls = classes.get(config.model_type)
-    if cls is None:
-        raise ConfigError(
-            f"{path}: model_type {config.model_type!r} is not supported; supported: "
-            f"{', '.join(sorted(classes))}"
-        )
+    if config.model_type not in FAMILIES:
+        raise unsupported(config.model_type, f"{path}: ")
+    cls = getattr(transformers, FAMILIES[config.model_type][1])
     model = cls.from_pretrained(path, dtype=dtype or "auto")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not getattr(tokenizer, "chat_template", None):

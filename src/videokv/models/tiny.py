@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     PreTrainedModel,
@@ -21,9 +23,19 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
 )
 
-TINY_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
+TINY_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "internvl")
+# InternVL's image tokens (the -hf converter's additional special tokens)
+INTERNVL_TOKENS = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+}
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -53,8 +65,9 @@ _CORPUS = [
 VOCAB_SIZE = 512
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (vocabulary 512) with the Qwen special tokens and a ChatML template."""
+def tiny_tokenizer(internvl: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (vocabulary 512) with the Qwen special tokens and a ChatML template
+    (`internvl`: plus InternVL's `<img>`, `</img>`, `<IMG_CONTEXT>`, named as its processor reads them)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -65,17 +78,28 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return wrap_tokenizer(tok, SPECIAL_TOKENS[1:], internvl)
+
+
+def wrap_tokenizer(tok: Tokenizer, specials: list[str], internvl: bool = False) -> PreTrainedTokenizerFast:
+    """`tok` as a transformers tokenizer with the Qwen eos / pad and a ChatML template; with `internvl`, also
+    InternVL's image tokens (added as special tokens and named as `InternVLProcessor` reads them)."""
+    extra = {}
+    if internvl:
+        tok.add_special_tokens(list(INTERNVL_TOKENS.values()))
+        extra = {"extra_special_tokens": dict(INTERNVL_TOKENS, video_token="<video>")}
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        additional_special_tokens=specials,
+        **extra,
     )
     fast.chat_template = CHATML_TEMPLATE
     return fast
 
 
-def _text_config(tokenizer: PreTrainedTokenizerFast, mrope: bool) -> dict:
+def _text_config(tokenizer: PreTrainedTokenizerFast, mrope: bool | list[int]) -> dict:
     cfg = dict(
         vocab_size=VOCAB_SIZE,
         hidden_size=64,
@@ -93,7 +117,7 @@ def _text_config(tokenizer: PreTrainedTokenizerFast, mrope: bool) -> dict:
     # head_dim 16 -> 8 rotary frequencies, split over (t, h, w) for M-RoPE
     rope = {"rope_type": "default", "rope_theta": 10000.0}
     if mrope:
-        rope["mrope_section"] = [2, 3, 3]
+        rope["mrope_section"] = [2, 3, 3] if mrope is True else list(mrope)
     cfg["rope_parameters"] = rope
     return cfg
 
@@ -107,8 +131,10 @@ def tiny_video_processor(family: str) -> dict:
     from videokv.models.checkpoints import VIDEO_PROCESSOR_CONFIGS
 
     config = dict(VIDEO_PROCESSOR_CONFIGS[family])
-    if family == "llava_onevision":
+    if family in ("llava_onevision", "internvl"):
         config["size"] = {"height": TINY_LLAVA_SIZE, "width": TINY_LLAVA_SIZE}
+    elif family == "qwen3_vl":  # the budget counts both frames of a temporal patch
+        config["size"] = dict(config["size"], longest_edge=TINY_QWEN_FRAME_TOKENS * 32 * 32 * 2)
     else:
         config["max_pixels"] = TINY_QWEN_FRAME_TOKENS * 28 * 28
     return config
@@ -168,7 +194,77 @@ def build_tiny_model(
                 **{"vision_feature_select_strategy": "full", "vision_feature_layer": -1, **config},
             )
         )
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        return _tiny_qwen3_vl(family, tokenizer, vision, **config)
+    if family == "internvl":
+        return _tiny_internvl(tokenizer, vision, **config)
     raise ValueError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+
+
+# Qwen3-VL's text rotary: head_dim 16 -> 8 frequencies, interleaved (t, h, w) as the real [24, 20, 20] of 64
+QWEN3_VL_MROPE_SECTION = [4, 2, 2]
+
+
+def _tiny_qwen3_vl(family: str, tokenizer: PreTrainedTokenizerFast, vision: dict, **config: object):
+    """Qwen3-VL (dense, or MoE with 4 experts, 2 per token): vision depth 2 with DeepStack after both vision
+    layers, patch 16; text 2 layers with interleaved M-RoPE."""
+    ids = tokenizer.convert_tokens_to_ids
+    text = _text_config(tokenizer, mrope=QWEN3_VL_MROPE_SECTION)
+    text["head_dim"] = 16
+    text["rope_parameters"].update(rope_theta=5_000_000.0, mrope_interleaved=True)
+    if family == "qwen3_vl_moe":
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+    base = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=64,
+        num_position_embeddings=2304,
+        deepstack_visual_indexes=[0, 1],
+    )
+    cls, cfg = (
+        (Qwen3VLMoeForConditionalGeneration, Qwen3VLMoeConfig)
+        if family == "qwen3_vl_moe"
+        else (Qwen3VLForConditionalGeneration, Qwen3VLConfig)
+    )
+    return cls(
+        cfg(
+            text_config=text,
+            vision_config={**base, **vision},
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"),
+            **config,
+        )
+    )
+
+
+def _tiny_internvl(tokenizer: PreTrainedTokenizerFast, vision: dict, **config: object):
+    """InternVL with a Qwen3 text model (as InternVL3.5): InternViT depth 2, width 32, patch 14; pixel shuffle
+    0.5; the `<IMG_CONTEXT>` token as the image token."""
+    text = dict(_text_config(tokenizer, mrope=False), model_type="qwen3", head_dim=16)
+    base = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        patch_size=14,
+        image_size=448,
+        use_absolute_position_embeddings=True,
+    )
+    return InternVLForConditionalGeneration(
+        InternVLConfig(
+            text_config=text,
+            vision_config={**base, **vision},
+            image_token_id=tokenizer.convert_tokens_to_ids(INTERNVL_TOKENS["context_image_token"]),
+            **config,
+        )
+    )
 
 
 def tiny_model(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
@@ -177,12 +273,14 @@ def tiny_model(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedT
 
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer(internvl=family == "internvl")
     tokenizer.chat_template = CHAT_TEMPLATES[family]
     tokenizer.videokv_video_processor = tiny_video_processor(family)
     torch.manual_seed(seed)
-    if family == "llava_onevision":
+    if family in ("llava_onevision", "internvl"):
         model = build_tiny_model(family, tokenizer, vision={"image_size": TINY_LLAVA_SIZE})
+    elif family == "qwen3_vl":
+        model = build_tiny_model(family, tokenizer)
     else:
         model = build_tiny_model(family, tokenizer, vision={"window_size": 56, "tokens_per_second": 2})
     model.eval()
