@@ -1,6 +1,6 @@
-"""Any combination runs (issue 11.3, kvpress-style): every compressor x every retriever, with the segmenters,
-ingest policies, positions and the summary policy cycled over them so that each appears with many others, on
-a tiny model. For each: a question's context never holds the same stream tokens twice, the store's byte
+"""Any combination runs (issue 11.3, kvpress-style): every compressor x every retriever x every model family,
+with the segmenters, ingest policies, positions and the summary policy cycled over them so that each appears
+with many others, on a tiny model of each family. For each: a question's context never holds the same stream tokens twice, the store's byte
 counts are the bytes it holds (invariant 4), and questions leave the memory exactly as it was."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from tests.conftest import get_tiny, random_frames
 from videokv import MemoryConfig, TextEvent, VideoQA
 from videokv.engine import Frame
+from videokv.models.tiny import TINY_FAMILIES
 from videokv.policies import registry
 from videokv.policies.ingest import Independent, PrevBlocks, Window
 from videokv.policies.segment import Semantic, Uniform
@@ -65,10 +66,11 @@ def _fingerprint(engine) -> list:
     return out
 
 
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 @pytest.mark.parametrize(("compress", "retrieve"), COMBOS, ids=[f"{c}-{r}" for c, r in COMBOS])
-def test_every_combination_runs(compress, retrieve):
+def test_every_combination_runs(compress, retrieve, family):
     i = COMBOS.index((compress, retrieve))
-    check_combination(i, _config(i, compress, retrieve))
+    check_combination(i, _config(i, compress, retrieve), family)
 
 
 @pytest.mark.parametrize(
@@ -82,9 +84,10 @@ def test_every_per_head_combination_runs(compress, retrieve):
     assert any(b.per_head(0) for b in store.blocks)  # frame blocks are stored per head
 
 
-def check_combination(i: int, config: MemoryConfig):
-    """Run the checks on a session of `config` (the family and stream chosen by `i`); returns its engine."""
-    family = ("llava_onevision", "qwen2_vl")[i % 2]
+def check_combination(i: int, config: MemoryConfig, family: str | None = None):
+    """Run the checks on a session of `config` (the stream chosen by `i`; the family too where none is
+    given); returns its engine."""
+    family = family or TINY_FAMILIES[i % len(TINY_FAMILIES)]
     model, tok = get_tiny(family)
     s = VideoQA.from_model(model, tok, memory=config).session()
     frames = [Frame(float(t), f) for t, f in enumerate(random_frames(8, seed=i))]

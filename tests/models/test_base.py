@@ -83,7 +83,11 @@ def test_frame_pieces_carry_their_raster_token_grid(tiny):
     pieces, _, _ = ad.video_pieces(random_frames(n), np.arange(n, dtype=float), 1.0, None, 3)
     for p in pieces:
         rows, cols = p.hw
-        assert rows * cols == p.n_tokens - (1 if p is pieces[0] and ad.family != "llava_onevision" else 0)
+        if ad.family in ("qwen2_vl", "llava_onevision"):  # no text per frame: a video's opening token at most
+            assert rows * cols == p.n_tokens - (1 if p is pieces[0] and ad.family != "llava_onevision" else 0)
+        # the visual tokens are the last rows * cols; what precedes them (a family's per-frame text) is text
+        assert p.token_ids[-rows * cols :] == [ad.video_token_id] * (rows * cols)
+        assert ad.video_token_id not in p.token_ids[: -rows * cols]
         if ad.rope_rows == 3:
             pos = p.positions[:, -rows * cols :]
             assert torch.equal(pos[1] - pos[1].min(), torch.arange(rows).repeat_interleave(cols))

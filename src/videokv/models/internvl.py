@@ -56,7 +56,7 @@ class InternVLAdapter(Adapter):
                 f"this checkpoint"
             )
         self.preprocessor = preprocessor
-        self.context_id = int(model.config.image_token_id)
+        self.video_token_id = int(model.config.image_token_id)  # frames carry the image context token
         ids = [tokenizer.convert_tokens_to_ids(t) for t in (START, END)]
         if any(not isinstance(i, int) or i == tokenizer.unk_token_id for i in ids):
             raise ConfigError(f"the tokenizer has no {START} / {END} tokens: it is not an InternVL tokenizer")
@@ -92,7 +92,7 @@ class InternVLAdapter(Adapter):
                 "frame",
                 t0,
                 t0 + interval,
-                [self.context_id] * n,
+                [self.video_token_id] * n,
                 n_frames=1,
                 hw=hw,
             )
