@@ -1,6 +1,7 @@
-"""Any combination runs (issue 11.3, kvpress-style): every compressor x every retriever x every model family,
-with the segmenters, ingest policies, positions and the summary policy cycled over them so that each appears
-with many others, on a tiny model of each family. For each: a question's context never holds the same stream tokens twice, the store's byte
+"""Any combination runs (issue 11.3, kvpress-style): every compressor x every retriever x every model
+family, with the segmenters, ingest policies, positions and the summary policy cycled over them so that each
+appears with many others, on a tiny model of each family. For each: a question's context never holds the
+same stream tokens twice, the store's byte
 counts are the bytes it holds (invariant 4), and questions leave the memory exactly as it was."""
 
 from __future__ import annotations

@@ -111,9 +111,18 @@ class VideoQA:
         return Session.load(folder, self, configure)
 
     # ---- what callers may read of the model (the service checks request sizes with them) ----------------
+    @staticmethod
+    def supported_models() -> list[dict]:
+        """The model types videokv has an adapter for: one dict each with `model_type`, `family`, `class`
+        (the transformers class a checkpoint folder is loaded with), `positions` and `verified`."""
+        from videokv.models.registry import supported_models
+
+        return supported_models()
+
     @property
     def family(self) -> str:
-        """The model family ("qwen2_vl", "qwen2_5_vl", "llava_onevision")."""
+        """The adapter family ("qwen2_vl" (also Qwen2.5-VL), "qwen3_vl" (also the MoE), "llava_onevision",
+        "internvl")."""
         return self.adapter.family
 
     @property

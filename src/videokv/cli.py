@@ -1,4 +1,4 @@
-"""`videokv ask | demo | presets | bench | serve | stream`: the command line."""
+"""`videokv ask | demo | presets | models | bench | serve | stream`: the command line."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="offline",
-        help="checkpoint folder or hub id (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision); 'offline' (default) "
-        "is the offline real-weights model; 'tiny-qwen2_vl' a tiny random model",
+        help="checkpoint folder or hub id (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision, InternVL: "
+        "`videokv models`); 'offline' (default) is the offline real-weights model; 'tiny-qwen2_vl' a tiny "
+        "random model",
     )
     p.add_argument(
         "--memory",
@@ -139,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(demo)
 
     sub.add_parser("presets", help="list the memory presets and their sources")
+    models = sub.add_parser("models", help="list the supported model families and what is verified for each")
+    models.add_argument("--json", action="store_true", help="one JSON object per model type")
 
     # commands that live beside what they drive; each sets `func` on its parser
     from videokv.bench.cli import add_parser as add_bench_parser
@@ -251,9 +254,26 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from videokv import VideoQA
+
+    rows = VideoQA.supported_models()
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    width = max(len(r["model_type"]) for r in rows)
+    for r in rows:
+        print(f"{r['model_type']:<{width}}  {r['class']} ({r['positions']} positions)")
+        print(f"{'':<{width}}  verified: {r['verified']}")
+    print("Adding a family: docs/ADAPTERS.md")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"ask": cmd_ask, "demo": cmd_demo, "presets": cmd_presets}.get(args.command) or args.func
+    commands = {"ask": cmd_ask, "demo": cmd_demo, "presets": cmd_presets, "models": cmd_models}
+    handler = commands.get(args.command) or args.func
     try:
         return handler(args)
     except VideoKVError as e:

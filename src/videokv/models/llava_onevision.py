@@ -33,7 +33,7 @@ class LlavaOneVisionAdapter(Adapter):
     placeholder = "<video>"
     preprocessor_class = LlavaVideoPreprocessor
     verified = (
-        "official layout, 1-D positions: ids and first-token logits vs the official processor (fixtures)"
+        "official layout, 1-D positions: ids and first-token logits vs the official processor and HF forward"
     )
 
     def __init__(
