@@ -13,7 +13,7 @@ Model args (comma separated, as lmms-eval passes them):
   memory        a preset name (`videokv presets`); default "full"
   memory_set    overrides of the preset, `key=value` pairs separated by ";" (e.g. retrieve.k=8;...)
   fps           frames per second sampled from each video (default 1)
-  frame_tokens  Qwen2-VL family: cap on visual tokens per temporal patch
+  frame_tokens  Qwen2-VL / Qwen2.5-VL / Qwen3-VL: cap on visual tokens per temporal patch
   max_frames    at most this many frames per video: the fps is lowered for longer videos (default: none)
   dtype         float32 | bfloat16 | float16 (default: the checkpoint's own)
   system        a system prompt (default: the chat template's own)
