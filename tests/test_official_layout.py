@@ -159,3 +159,29 @@ def test_every_preset_streams_and_answers_on_the_new_families(family, preset):
     assert first.evidence, f"{preset} on {family} attended to nothing"
     end = max(t for video in meta["videos"] for t in video["frame_times"]) + 1.0
     assert all(0.0 <= e.t0 <= e.t1 <= end + 1e-6 for e in first.evidence)
+
+
+def test_an_unsupported_model_type_names_the_supported_ones(tmp_path):
+    """A checkpoint of a family videokv has no adapter for (Qwen3.5, hybrid linear attention) is refused
+    before any weight is read, naming every supported model_type and where adding one is described."""
+    import json
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(FIXTURES / "qwen3_vl" / "checkpoint", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(config, model_type="qwen3_5")))
+    with pytest.raises(ConfigError) as err:
+        VideoQA.from_pretrained(str(folder))
+    message = str(err.value)
+    assert "'qwen3_5' is not supported" in message and "docs/ADAPTERS.md" in message
+    for model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava_onevision", "internvl"):
+        assert model_type in message
+    assert [r["model_type"] for r in VideoQA.supported_models()] == [
+        "qwen2_vl",
+        "qwen2_5_vl",
+        "qwen3_vl",
+        "qwen3_vl_moe",
+        "llava_onevision",
+        "internvl",
+    ]
