@@ -252,3 +252,20 @@ def test_config_file_priority(tmp_path):
     nested = {"video_processor": {"max_pixels": 3000 * 784}}
     (tmp_path / "processor_config.json").write_text(json.dumps(nested))
     assert load_video_preprocessor(tmp_path, "qwen2_vl").max_pixels == 3000 * 784
+
+
+def test_a_processor_config_of_another_tower_size_is_refused(tmp_path):
+    """InternVL and LLaVA-OneVision resize frames to the tower's square; settings for another size are a
+    ConfigError when the checkpoint is loaded, not a wrong answer."""
+    import shutil
+
+    from videokv import VideoQA
+
+    for family in ("internvl", "llava_onevision"):
+        folder = tmp_path / family
+        shutil.copytree(FIXTURES / family / "checkpoint", folder)
+        config = json.loads((folder / "processor_config.json").read_text())
+        config["video_processor"]["size"] = {"height": 224, "width": 224}
+        (folder / "processor_config.json").write_text(json.dumps(config))
+        with pytest.raises(ConfigError, match="does not belong to this checkpoint"):
+            VideoQA.from_pretrained(str(folder))

@@ -48,13 +48,7 @@ class InternVLAdapter(Adapter):
         frame_tokens: int | None = None,  # fixed by the vision tower here; accepted for a uniform signature
     ):
         super().__init__(model, tokenizer)
-        size = tuple(int(v) for v in model.config.vision_config.image_size)
-        if (preprocessor.height, preprocessor.width) != size:
-            raise ConfigError(
-                f"the video processor resizes frames to {preprocessor.height}x{preprocessor.width} but the "
-                f"model's vision tower takes {size[0]}x{size[1]}: the processor config does not belong to "
-                f"this checkpoint"
-            )
+        preprocessor.check_tower(*(int(v) for v in model.config.vision_config.image_size))
         self.preprocessor = preprocessor
         self.video_token_id = int(model.config.image_token_id)  # frames carry the image context token
         ids = [tokenizer.convert_tokens_to_ids(t) for t in (START, END)]

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from videokv.errors import ConfigError
 from videokv.models.base import Adapter, Piece
 from videokv.models.preprocess import LlavaVideoPreprocessor
 
@@ -45,12 +44,7 @@ class LlavaOneVisionAdapter(Adapter):
     ):
         super().__init__(model, tokenizer)
         size = int(model.config.vision_config.image_size)
-        if (preprocessor.height, preprocessor.width) != (size, size):
-            raise ConfigError(
-                f"the video processor resizes frames to {preprocessor.height}x{preprocessor.width} but the "
-                f"model's vision tower takes {size}x{size}: the processor config does not belong to this "
-                f"checkpoint"
-            )
+        preprocessor.check_tower(size, size)
         self.preprocessor = preprocessor
         self.video_token_id = int(model.config.video_token_index)
 

@@ -312,6 +312,14 @@ class LlavaVideoPreprocessor:
             kwargs["resample"] = _check_resample(d["resample"])
         return cls(**kwargs)
 
+    def check_tower(self, height: int, width: int) -> None:
+        """A ConfigError unless frames are resized to what the vision tower takes (height x width)."""
+        if (self.height, self.width) != (height, width):
+            raise ConfigError(
+                f"the video processor resizes frames to {self.height}x{self.width} but the model's vision "
+                f"tower takes {height}x{width}: the processor config does not belong to this checkpoint"
+            )
+
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 [T, H, W, 3] -> [T, 3, height, width] float32 (the official pixel_values_videos[0])."""
         video = _as_frames(frames)
