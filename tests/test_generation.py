@@ -30,9 +30,11 @@ def streamed_session(family: str):
     session.add_items(items, chunk_frames=2)
     ids = tensors["input_ids"]
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": official}
-    if family == "qwen2_vl":
+    if family in ("qwen2_vl", "qwen3_vl"):
         inputs["video_grid_thw"] = tensors["video_grid_thw"]
         inputs["mm_token_type_ids"] = tensors["mm_token_type_ids"]
+    elif family == "internvl":  # the processor hands a video's frames over as images
+        inputs["pixel_values"] = inputs.pop("pixel_values_videos")
     elif official.dim() == 4:
         inputs["pixel_values_videos"] = official[None]
     return session, question, inputs
@@ -54,7 +56,10 @@ def answer_ids(answer) -> list[int]:
     return [step["token_id"] for step in answer.logprobs][: answer.stats["answer_tokens"]]
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
+FAMILIES = ["llava_onevision", "qwen2_vl", "qwen3_vl", "internvl"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_equals_hf_generate(family):
     session, question, inputs = streamed_session(family)
     answer = session.ask(question, max_new_tokens=N, logprobs=1)
@@ -65,7 +70,7 @@ def test_greedy_equals_hf_generate(family):
     assert "seed" not in answer.stats
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_sampling_with_a_seed_equals_hf_generate(family):
     session, question, inputs = streamed_session(family)
     first = session.ask(question, max_new_tokens=N, logprobs=1, seed=7, **SAMPLING)
