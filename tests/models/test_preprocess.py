@@ -269,3 +269,30 @@ def test_a_processor_config_of_another_tower_size_is_refused(tmp_path):
         (folder / "processor_config.json").write_text(json.dumps(config))
         with pytest.raises(ConfigError, match="does not belong to this checkpoint"):
             VideoQA.from_pretrained(str(folder))
+
+
+def test_qwen3_video_sizes_follow_transformers_smart_resize():
+    """Qwen3-VL's whole-video pixel budget: videokv sizes every temporal patch as transformers' own
+    `smart_resize` (imported from the installed video processor module, torchvision-free) sizes a video of
+    one temporal patch; for a video within the budget that is the size of the whole video's frames too."""
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as official
+
+    pre = Qwen3VideoPreprocessor.from_dict(
+        json.loads((FIXTURES / "qwen3_vl" / "checkpoint" / "processor_config.json").read_text())[
+            "video_processor"
+        ]
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(16, 2000, 2))
+        if max(h, w) / min(h, w) > 150:
+            continue
+        tp, f = pre.temporal_patch_size, pre.factor
+        assert pre.target_size(h, w) == official(tp, h, w, tp, f, pre.min_pixels, pre.max_pixels)
+    # a 640x272 clip's 256x640 frames fit Qwen3-VL-8B's budget up to 153 frames; beyond, the official frames
+    # shrink with the video's length
+    assert pre.target_size(272, 640) == (256, 640)
+    assert official(153, 272, 640, 2, 32, pre.min_pixels, pre.max_pixels) == (256, 640)
+    assert official(154, 272, 640, 2, 32, pre.min_pixels, pre.max_pixels) == (256, 608)
+    capped = pre.with_max_tokens(64)
+    assert capped.tokens_per_temporal_patch(272, 640) <= 64 < pre.tokens_per_temporal_patch(272, 640)

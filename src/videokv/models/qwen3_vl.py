@@ -85,8 +85,8 @@ class Qwen3VideoPreprocessor(QwenVideoPreprocessor):
     Its pixel budget `size["longest_edge"]` is for the whole video (frames x height x width), so the official
     frame size of a long video depends on how many frames the video has, which a stream does not know while
     it arrives. videokv sizes every temporal patch as the processor sizes a video of one temporal patch:
-    the official size for any video whose frames fit the budget (with Qwen3-VL-8B's 25,165,824 pixels, about
-    130 frames of 288x640), and `--frame-tokens` caps it below. Top-level min_pixels / max_pixels are image
+    the official size for any video whose frames fit the budget (with Qwen3-VL-8B's 25,165,824 pixels, up to
+    153 frames of 256x640), and `--frame-tokens` caps it below. Top-level min_pixels / max_pixels are image
     processor settings, ignored by the video processor (as here)."""
 
     patch_size: int = 16
