@@ -139,7 +139,11 @@ def build_processor(family: str, tokenizer, video_cfg: dict):
     template = CHAT_TEMPLATES[family]
     kwargs = PROCESSOR_KWARGS.get(family, {})
     if family == "llava_onevision":
-        cls, image, video = LlavaOnevisionProcessor, LlavaOnevisionImageProcessor, LlavaOnevisionVideoProcessor
+        cls, image, video = (
+            LlavaOnevisionProcessor,
+            LlavaOnevisionImageProcessor,
+            LlavaOnevisionVideoProcessor,
+        )
     elif family == "internvl":
         cls, image, video = InternVLProcessor, GotOcr2ImageProcessor, InternVLVideoProcessor
     elif family in QWEN3:
