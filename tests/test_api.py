@@ -150,3 +150,38 @@ def test_loglikelihood_bad_input_and_empty_context(session):
         session.loglikelihood("what?", "")
     logprob, _ = session.loglikelihood("", "red")  # lmms-eval asks unconditional scores with no context
     assert logprob < 0
+
+
+# ---- checks that need no stream (issue 35, items 2 and 3) -----------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"question": ""}, "empty"),
+        ({"choices": ["yes"]}, "at least two"),
+        ({"choices": ["yes", ""]}, "non-empty"),
+        ({"choices": "yes no"}, "list"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"logprobs": 21}, "logprobs"),
+    ],
+)
+def test_check_question_refuses_what_ask_refuses(session, kwargs, message):
+    """`check_question` (run before ingest by the CLI and the service) refuses exactly what `ask` would."""
+    from videokv.api import check_question
+
+    kwargs = {"question": "q?", **kwargs}
+    with pytest.raises(InputError, match=message):
+        check_question(**kwargs)
+    session.add_text("a line", t=0.0)
+    with pytest.raises(InputError):
+        session.ask(**kwargs)
+    check_question("q?", ["yes", "no"], 8, 2)  # a good one passes
+
+
+def test_from_pretrained_checks_the_memory_before_loading(monkeypatch):
+    import videokv.api as api
+
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match="unknown memory preset"):
+        VideoQA.from_pretrained("tiny-qwen2_vl", memory="nope")
+    with pytest.raises(ConfigError, match="unknown memory parameter"):
+        VideoQA.from_pretrained("tiny-qwen2_vl", memory="rekv", memory_set=["colour=red"])

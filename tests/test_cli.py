@@ -198,3 +198,159 @@ def test_ask_transcribe_puts_the_speech_in_memory(tmp_path):
         timeout=300,
     )
     assert silent.returncode == 2 and "no audio track to transcribe" in silent.stderr
+
+
+# ---- checks before ingest (issue 35, item 2) -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def minute_clip(tmp_path_factory):
+    """A real 60-second clip (2 fps, 56x84): 60 frames to ingest at the default 1 fps."""
+    from tests.server.conftest import make_clip
+
+    return make_clip(tmp_path_factory.mktemp("minute") / "minute.mp4", seconds=60.0, fps=2.0)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["What colour?", "  "], "the question is empty"),
+        (["What colour?", "--choices", "yes"], "at least two options"),
+        (["What colour?", "--choices", "yes", " "], "non-empty"),
+        (["What colour?", "--max-new-tokens", "0"], "max_new_tokens"),
+        (["What colour?", "--logprobs", "21"], "logprobs"),
+        (["What colour?", "--fps", "0"], "--fps must be > 0"),
+        (["What colour?", "--chunk-frames", "0"], "--chunk-frames"),
+        (["What colour?", "--subtitles", "/nonexistent.srt"], "not found"),
+    ],
+)
+def test_ask_refuses_bad_input_before_loading_or_ingesting(minute_clip, capsys, monkeypatch, extra, message):
+    """A bad question, option or file fails in well under a second on a 60-second clip: the model is not
+    loaded and not one frame is ingested (before the fix, `ask VIDEO ""` and `--choices yes` ingested the
+    whole video, then failed)."""
+    import time
+
+    from videokv.api import Session, VideoQA
+
+    calls = []
+    real = VideoQA.from_pretrained.__func__
+    monkeypatch.setattr(
+        VideoQA, "from_pretrained", classmethod(lambda *a, **k: calls.append("load") or real(*a, **k))
+    )
+    monkeypatch.setattr(Session, "add_video", lambda *a, **k: calls.append("ingest"))
+    t0 = time.perf_counter()
+    assert main(["ask", str(minute_clip), *extra, "--model", "tiny-qwen2_vl"]) == 2
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert err.startswith("videokv: error:") and message in err and err.count("\n") == 1, err
+    assert calls == [] and elapsed < 2.0, (calls, elapsed)
+
+
+# ---- model names (issue 35, item 3) ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "model, env, message",
+    [
+        ("tiny-qwen2vl", {}, "unknown model 'tiny-qwen2vl' (did you mean 'tiny-qwen2_vl'?)"),
+        ("tiny_internvl", {}, "did you mean 'tiny-internvl'?"),
+        ("./checkpoints/qwen2-vl", {}, "no checkpoint folder './checkpoints/qwen2-vl'"),
+        ("Qwen/Qwen2-VL-2B-Instructx", {"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+        ("Qwen/Qwen2-VL-2B-Instructx", {"HF_ENDPOINT": "http://127.0.0.1:{port}"}, "cannot be reached"),
+    ],
+)
+def test_a_bad_model_name_is_one_fast_line(tmp_path, capsys, monkeypatch, model, env, message):
+    """A typo in --model is one `videokv: error:` line naming the valid names, in well under the ~25 s of
+    network retries (and the 22-line traceback of a tiny typo) it took before."""
+    import time
+
+    from tests.server.conftest import free_port
+    from videokv.api import TINY_MODELS
+
+    for key in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.format(port=free_port()))
+    video, _ = prepare_demo(tmp_path)
+    t0 = time.perf_counter()
+    assert main(["ask", str(video), "What colour?", "--model", model]) == 2
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert err.startswith("videokv: error:") and err.count("\n") == 1, err
+    assert message in err and all(name in err for name in TINY_MODELS), err
+    assert elapsed < 5.0
+    if "/" in model and "." not in model:
+        assert "--model DIR" in err  # how to pass a local folder instead
+
+
+# ---- what the output shows (issue 35, item 8) -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv",
+    [["serve", "--json"], ["serve", "--logprobs", "2"], ["stream", "clip.mp4", "--logprobs", "2"]],
+)
+def test_options_that_mean_nothing_are_refused(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "unrecognized arguments: " + argv[-1 if argv[-1] == "--json" else -2] in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--logprobs", "2"], "add --json"), (["--logprobs", "2", "--json", "--choices", "a", "b"], "scored")],
+)
+def test_logprobs_without_meaning_in_ask_is_an_error(tmp_path, capsys, extra, message):
+    video, _ = prepare_demo(tmp_path)
+    assert main(["ask", str(video), "Which colour?", *extra, "--model", "tiny-qwen2_vl"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_text_output_shows_choice_scores_and_every_evidence_span(tmp_path, capsys):
+    """Multiple choice prints every option's score and how it was chosen; the evidence is listed in full,
+    frames and text apart: the same spans as the JSON output."""
+    import re
+
+    video, srt = prepare_demo(tmp_path)
+    argv = ["ask", str(video), "What colour is the jacket?", "--subtitles", str(srt), "--choices"]
+    argv += ["yellow", "blue", "red", "--model", "tiny-qwen2_vl", "--memory", "rekv", "--fps", "1"]
+    assert main([*argv, "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "choices (" in x)
+    scores = dict(re.findall(r"\*?(yellow|blue|red) (-?\d+\.\d\d)", line))
+    assert [float(scores[c]) for c in ("yellow", "blue", "red")] == pytest.approx(
+        obj["choice_scores"], abs=0.01
+    )
+    assert f"*{obj['answer']} " in line and obj["stats"]["choice_by"] in line
+    labels = {"frame": "frames", "text": "text", "frame+text": "frames and text"}
+    kinds = dict(re.findall(r"evidence, (frames|text|frames and text) \((\d+)\)", out))
+    expected: dict[str, int] = {}
+    for e in obj["evidence"]:
+        expected[labels[e["kind"]]] = expected.get(labels[e["kind"]], 0) + 1
+    assert {k: int(v) for k, v in kinds.items()} == expected
+    listed = re.findall(r"(\d+\.\d)-(\d+\.\d)s", "\n".join(x for x in out.splitlines() if "evidence," in x))
+    assert len(listed) == len(obj["evidence"])  # none cut
+
+
+def test_memory_figures_are_one_definition_in_text_and_json(tmp_path, capsys):
+    """`ask` prints resident KV as the ingest context + resident blocks and offloaded as the blocks on disk,
+    the same numbers as the JSON's `kv` (before, the text said 0.0 MiB KV for the default preset while the
+    JSON held 0.2 MiB on disk and a 0.2 MiB resident window)."""
+    import re
+
+    video, srt = prepare_demo(tmp_path)
+    argv = ["ask", str(video), "What colour is the jacket?", "--subtitles", str(srt)]
+    argv += ["--model", "tiny-qwen2_vl", "--max-new-tokens", "2"]
+    assert main([*argv, "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    kv, stats = obj["kv"], obj["stats"]
+    tiers = stats["bytes_by_tier"]
+    assert kv["resident_bytes"] == stats["ingest_context_bytes"] + tiers["device"] + tiers["host"] > 0
+    assert kv["offloaded_bytes"] == tiers["disk"] > 0 and stats["memory"] == "videokv"
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    resident, context, offloaded = re.search(
+        r"KV (\d+\.\d\d) MiB resident \(context (\d+\.\d\d), blocks: 0\.00\) \| (\d+\.\d\d) MiB offloaded",
+        out,
+    ).groups()
+    assert float(resident) == pytest.approx(kv["resident_bytes"] / 2**20, abs=0.006) and float(resident) > 0
+    assert float(context) == pytest.approx(kv["context_bytes"] / 2**20, abs=0.006)
+    assert float(offloaded) == pytest.approx(kv["offloaded_bytes"] / 2**20, abs=0.006)

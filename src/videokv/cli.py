@@ -18,7 +18,10 @@ OFFLINE_CLI_NOTICE = (
 )
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, answers: str = "json+logprobs") -> None:
+    """The model and memory options every command shares. `answers`: the output options the command has,
+    "json+logprobs" (ask, demo), "json" (stream: no per-token log-probabilities) or "" (serve: answers go
+    over HTTP, where each request says what it wants)."""
     p.add_argument(
         "--model",
         default="offline",
@@ -52,19 +55,21 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="system prompt (default: the checkpoint chat template's own; the demo uses one for subtitles)",
     )
-    p.add_argument(
-        "--logprobs",
-        type=int,
-        default=0,
-        metavar="N",
-        help="with --json: per answer token, its log-probability and the N most likely alternatives",
-    )
+    if "logprobs" in answers:
+        p.add_argument(
+            "--logprobs",
+            type=int,
+            default=0,
+            metavar="N",
+            help="with --json: per answer token, its log-probability and the N most likely alternatives",
+        )
     p.add_argument(
         "--chunk-frames", type=int, default=8, help="frames per forward during ingest (default: 8)"
     )
     p.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit (default: 48)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: CPU)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per question on stdout")
+    if "json" in answers:
+        p.add_argument("--json", action="store_true", help="print one JSON object per question on stdout")
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -130,14 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--choices",
         nargs="+",
         metavar="CHOICE",
-        help="multiple choice: pick one of these options (by likelihood) for every question",
+        help="multiple choice, for every question: answer freely, and pick the option that answer names, "
+        "else the most likely option (every option's score is shown)",
     )
     _add_model_args(ask)
     _add_generation_args(ask)
 
     demo = sub.add_parser("demo", help="answer three questions about a real clip with the offline model")
     demo.add_argument("--out", default=None, help="folder for the demo's subtitle file (default: a temp dir)")
-    _add_model_args(demo)
+    _add_model_args(demo, answers="json")
 
     sub.add_parser("presets", help="list the memory presets and their sources")
     models = sub.add_parser("models", help="list the supported model families and what is verified for each")
@@ -173,36 +179,130 @@ def _open_session(args: argparse.Namespace, system: str | None = None):
     return qa.session(fps=args.fps)
 
 
-def _print_answer(answer, as_json: bool, correct: bool | None = None) -> None:
+EVIDENCE_LABELS = {"frame": "frames", "text": "text", "frame+text": "frames and text"}
+
+
+def evidence_lines(evidence: list) -> list[str]:
+    """Every evidence span of an answer, one line per kind: `evidence, frames (3): 0.0-1.0s, ...`,
+    `evidence, text (1): 2.5-3.0s` (`frames and text`: a stretch of the stream where both were attended,
+    as the `full` and `window` memories report it); a level other than full (e.g. x2l's pooled H) follows
+    its span."""
+    if not evidence:
+        return ["evidence: none"]
+    kinds = sorted({e.kind for e in evidence}, key=lambda k: (list(EVIDENCE_LABELS) + [k]).index(k))
+    lines = []
+    for kind in kinds:
+        spans = [e for e in evidence if e.kind == kind]
+        items = ", ".join(
+            f"{e.t0:.1f}-{e.t1:.1f}s" + ("" if e.level == "full" else f" ({e.level})") for e in spans
+        )
+        lines.append(f"evidence, {EVIDENCE_LABELS.get(kind, kind)} ({len(spans)}): {items}")
+    return lines
+
+
+def choice_line(answer, choices: list[str]) -> str:
+    """A multiple-choice answer's options with their scores (mean log-probability per token), the chosen
+    one marked, and how it was chosen."""
+    if answer.choice is None or not answer.choice_scores:
+        return ""
+    options = list(choices)
+    parts = []
+    for i, score in enumerate(answer.choice_scores):
+        name = options[i] if i < len(options) else f"option {i + 1}"
+        parts.append(f"{'*' if i == answer.choice else ''}{name} {score:.2f}")
+    how = answer.stats.get("choice_by", "likelihood")
+    free = answer.stats.get("free_answer")
+    said = f"; the free answer was {free!r}" if free is not None else ""
+    return f"choices (mean log-prob per token; * chosen, by {how}{said}): " + ", ".join(parts)
+
+
+def _print_answer(
+    answer, as_json: bool, correct: bool | None = None, choices: list[str] | None = None
+) -> None:
     if as_json:
         d = answer.to_dict()
         if correct is not None:
             d["correct"] = correct
         print(json.dumps(d), flush=True)
         return
+    from videokv.api import kv_memory, kv_text
+
     mark = "" if correct is None else ("  [correct]" if correct else "  [WRONG]")
     print(f"Q: {answer.question}\nA: {answer.text}{mark}")
-    spans = ", ".join(f"{e.t0:.1f}-{e.t1:.1f}s" for e in answer.evidence[:6])
-    more = f" (+{len(answer.evidence) - 6} more)" if len(answer.evidence) > 6 else ""
-    print(f"   evidence: {spans}{more}")
+    if choices:
+        print(f"   {choice_line(answer, choices)}")
+    for line in evidence_lines(answer.evidence):
+        print(f"   {line}")
     s = answer.stats
     print(
-        f"   memory: {s['memory']} | {s['memory_tokens']} tokens, {s['memory_bytes'] / 2**20:.1f} MiB KV | "
+        f"   memory: {s['memory']} | {s['memory_tokens']} tokens | {kv_text(kv_memory(s))} | "
         f"{s['blocks']} blocks, {s['stream_seconds']:.1f}s of stream | prefill {s['prefill_s']:.2f}s, "
         f"decode {s['decode_s']:.2f}s ({s['answer_tokens']} tokens)\n",
         flush=True,
     )
 
 
-def cmd_ask(args: argparse.Namespace) -> int:
+def check_ask_args(args: argparse.Namespace):
+    """Every check of `ask` that does not need the stream, before the model loads and anything is ingested:
+    the questions, choices and decoding options, fps, the video, its subtitles and audio. Returns the
+    decoding options."""
+    from videokv.api import check_question
     from videokv.errors import InputError
     from videokv.generation import GREEDY
 
-    generation = _generation(args)  # bad options fail before the model loads
+    generation = _generation(args)
     if args.choices and generation.replace(seed=None) != GREEDY:
         raise InputError(
             "--choices are picked by likelihood: drop --do-sample, --repetition-penalty and --stop"
         )
+    if args.choices is not None and len(args.choices) < 2:
+        raise InputError(
+            f"--choices needs at least two options; got {len(args.choices)} ({' '.join(args.choices)!r}): "
+            "give every option, e.g. --choices yes no"
+        )
+    if args.logprobs and not args.json:
+        raise InputError("--logprobs N adds per-token log-probabilities to the JSON output: add --json")
+    if args.logprobs and args.choices:
+        raise InputError(
+            "--choices are scored, not generated, so --logprobs does not apply: each option's score is in "
+            "the output (choice_scores with --json)"
+        )
+    for q in args.questions:
+        check_question(q, args.choices, args.max_new_tokens, args.logprobs)
+    check_stream_args(args)
+    _check_media(args.video, args.subtitles, args.transcribe)
+    return generation
+
+
+def check_stream_args(args: argparse.Namespace) -> None:
+    """The ingest options every command shares: fps and frames per forward."""
+    from videokv.errors import InputError
+
+    if not args.fps > 0:
+        raise InputError(f"--fps must be > 0; got {args.fps}")
+    if args.chunk_frames < 1:
+        raise InputError(f"--chunk-frames must be >= 1; got {args.chunk_frames}")
+    if args.frame_tokens is not None and args.frame_tokens < 1:
+        raise InputError(f"--frame-tokens must be >= 1; got {args.frame_tokens}")
+
+
+def _check_media(video: str, subtitles: str | None, transcribe: str | None) -> None:
+    """The video is one FFmpeg reads, the subtitles parse, the audio track exists when it is transcribed."""
+    from videokv.video.decode import probe
+    from videokv.video.subtitles import load_subtitles
+
+    probe(video)
+    if subtitles is not None:
+        load_subtitles(subtitles)
+    if transcribe:
+        from videokv.video.transcribe import parse_transcribe, require_audio
+
+        parse_transcribe(transcribe)
+        require_audio(video)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    generation = check_ask_args(args)  # bad input fails before the model loads and the video is ingested
     session = _open_session(args)
     session.add_video(
         args.video,
@@ -219,7 +319,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
             logprobs=args.logprobs,
             generation=None if args.choices else generation,
         )
-        _print_answer(answer, args.json)
+        _print_answer(answer, args.json, choices=args.choices)
     return 0
 
 
@@ -270,6 +370,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line(message: str) -> str:
+    """An error message on one line (a loader's message may span several)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"ask": cmd_ask, "demo": cmd_demo, "presets": cmd_presets, "models": cmd_models}
@@ -277,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except VideoKVError as e:
-        print(f"videokv: error: {e}", file=sys.stderr)
+        print(f"videokv: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("videokv: interrupted", file=sys.stderr)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from videokv.errors import ConfigError
+from videokv.errors import ConfigError, InputError
 from videokv.generation import GREEDY, GenerationOptions, Picker, StopText
 from videokv.memory.cache import ContextCache
 from videokv.models.base import Adapter, Piece
@@ -41,6 +41,48 @@ def drain(steps: Generator):
             next(steps)
         except StopIteration as stop:
             return stop.value
+
+
+def kv_memory(stats: dict) -> dict:
+    """The one definition of a stream's KV memory, from `memory_stats()` (an answer's or a session's stats):
+
+    - resident_bytes: KV held in accelerator or host memory: the ingest context plus the memory blocks
+      resident on those tiers;
+    - context_bytes: the ingest context (attention sinks + the recent window new tokens attend to; for the
+      presets without a block store, `full` and `window`, the whole memory);
+    - blocks_bytes: the memory blocks resident by tier, {"device", "host"};
+    - offloaded_bytes: memory blocks on disk (the cold lane), read only when a question retrieves them.
+    """
+    tiers = stats.get("bytes_by_tier")
+    if tiers is None:  # a context-mode preset: the context is the memory
+        context = int(stats.get("memory_bytes", 0))
+        blocks = {"device": 0, "host": 0}
+        offloaded = 0
+    else:
+        context = int(stats.get("ingest_context_bytes", 0))
+        blocks = {"device": int(tiers.get("device", 0)), "host": int(tiers.get("host", 0))}
+        offloaded = int(tiers.get("disk", 0))
+    return {
+        "resident_bytes": context + sum(blocks.values()),
+        "context_bytes": context,
+        "blocks_bytes": blocks,
+        "offloaded_bytes": offloaded,
+    }
+
+
+def kv_text(kv: dict) -> str:
+    """`kv_memory` on one line, as `ask`, `stream` and the web page show it:
+    `KV 0.21 MiB resident (context 0.21, blocks 0.00) | 0.20 MiB offloaded to disk`; blocks name their
+    tiers when any is resident (`blocks: host 1.50`)."""
+
+    def mib(n: int) -> str:
+        return f"{n / 2**20:.2f}"
+
+    tiers = {k: v for k, v in kv["blocks_bytes"].items() if v}
+    blocks = ", ".join(f"{k} {mib(v)}" for k, v in tiers.items()) if tiers else "0.00"
+    resident = f"KV {mib(kv['resident_bytes'])} MiB resident"
+    parts = f"(context {mib(kv['context_bytes'])}, blocks: {blocks})"
+    return f"{resident} {parts} | {mib(kv['offloaded_bytes'])} MiB offloaded to disk"
 
 
 @dataclass(frozen=True)
@@ -75,6 +117,8 @@ class Answer:
             "evidence": [e.to_dict() for e in self.evidence],
             "stats": self.stats,
         }
+        if "memory_bytes" in self.stats:
+            d["kv"] = kv_memory(self.stats)
         if self.choice is not None:
             d["choice"] = self.choice
             d["choice_scores"] = self.choice_scores
@@ -146,6 +190,41 @@ def question_text(question: str, choices: list[str] | None = None) -> str:
     if choices:
         text += "\nOptions:\n" + "\n".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))
     return text
+
+
+def check_question(
+    question: object,
+    choices: object = None,
+    max_new_tokens: object = 64,
+    logprobs: object = 0,
+    generation: object = None,
+) -> None:
+    """Every check of a question that does not need the stream: raise InputError on a question `ask` would
+    refuse. Callers that ingest before they ask (the CLI, the service's chat route) run it first, so that a
+    bad question never costs an ingest. The arguments are `Session.ask`'s."""
+    if not isinstance(question, str) or not question.strip():
+        raise InputError("the question is empty; ask something about the stream")
+    if choices is not None:
+        if isinstance(choices, str) or not isinstance(choices, list | tuple):
+            raise InputError(f"choices must be a list of at least two options; got {choices!r}")
+        if len(choices) < 2:
+            raise InputError(
+                f"choices must be at least two non-empty strings; got {len(choices)} ({list(choices)!r}): "
+                "give every option, or ask without choices"
+            )
+        if any(not isinstance(c, str) or not c.strip() for c in choices):
+            raise InputError("choices must be at least two non-empty strings; one is empty")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be an int >= 1; got {max_new_tokens!r}")
+    if isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= 20:
+        raise InputError(f"logprobs must be an int from 0 to 20; got {logprobs!r}")
+    if generation is not None and not isinstance(generation, GenerationOptions):
+        raise InputError(f"generation must be a GenerationOptions; got {type(generation).__name__}")
+    if choices and generation is not None and generation.replace(seed=None) != GREEDY:
+        raise InputError(
+            "choices are picked by likelihood, so sampling, repetition_penalty and stop do not apply; "
+            "drop those options, or ask without choices"
+        )
 
 
 class Decoder:

@@ -174,7 +174,7 @@ def test_video_part_creates_a_session_that_answers_like_an_upload(oai, client, b
         model=f"{MODEL}:full",
         messages=[video_turn(data_uri(bikes_cut))],
         max_tokens=6,
-        extra_body={"fps": FPS},
+        extra_body={"fps": FPS, "keep_session": True},
     )
     sid = r.model_extra["session"]
     assert r.model == f"{MODEL}:full"
@@ -198,7 +198,7 @@ def test_video_part_creates_a_session_that_answers_like_an_upload(oai, client, b
         model=f"{MODEL}:full",
         messages=[{"role": "system", "content": "You watch street scenes."}, video_turn(data_uri(bikes_cut))],
         max_tokens=2,
-        extra_body={"fps": FPS},
+        extra_body={"fps": FPS, "keep_session": True},
     )
     assert with_system.usage.prompt_tokens > r.usage.prompt_tokens
     client.delete(f"/v1/sessions/{with_system.model_extra['session']}")
@@ -241,9 +241,12 @@ def test_video_url_over_http_equals_the_data_uri(oai, client, bikes_cut: Path):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/{bikes_cut.name}"
-        by_url = oai.chat.completions.create(model=f"{MODEL}:full", messages=[video_turn(url)], max_tokens=6)
+        keep = {"keep_session": True}
+        by_url = oai.chat.completions.create(
+            model=f"{MODEL}:full", messages=[video_turn(url)], max_tokens=6, extra_body=keep
+        )
         by_data = oai.chat.completions.create(
-            model=f"{MODEL}:full", messages=[video_turn(data_uri(bikes_cut))], max_tokens=6
+            model=f"{MODEL}:full", messages=[video_turn(data_uri(bikes_cut))], max_tokens=6, extra_body=keep
         )
         assert by_url.choices[0].message.content == by_data.choices[0].message.content
         a, b = (status(client, r.model_extra["session"]) for r in (by_url, by_data))
@@ -384,3 +387,87 @@ def test_readme_example_runs(server: ServerHandle, client: httpx.Client, bikes_c
     st = status(client, session)
     assert st["frames"] == round(probe(bikes_cut).duration) and st["memory"] == "rekv"
     client.delete(f"/v1/sessions/{session}")
+
+
+# ---- session lifetime and evidence (issue 35, items 1 and 2) ----------------------------------------------
+def image_turn(value: int, text: str = QUESTION) -> dict:
+    image = {"type": "image_url", "image_url": {"url": png_uri(np.full((56, 84, 3), value, np.uint8))}}
+    return {"role": "user", "content": [image, {"type": "text", "text": text}]}
+
+
+def test_a_chat_without_a_session_holds_none_and_keep_session_expires(serve_factory, bikes_cut: Path):
+    """20 media chats in a row from the `openai` client are all answered (each chat's session is released
+    when its response ends: before, the 17th got 429 for good); `keep_session` gives an id, a distinct name
+    and an idle expiry, after which the server deletes it; every answer carries its evidence."""
+    import time
+
+    srv = serve_factory(extra=["--chat-idle-s", "2"])  # --max-sessions 16, the default
+    oai = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=srv.token, max_retries=0, timeout=300)
+    with srv.client() as client:
+        for i in range(20):
+            r = oai.chat.completions.create(model=MODEL, messages=[image_turn(10 * i)], max_tokens=2)
+            assert r.model_extra["session"] is None and r.choices[0].message.content is not None
+            assert [e["kind"] for e in r.model_extra["evidence"]] == ["frame"]
+        streamed = list(
+            oai.chat.completions.create(
+                model=MODEL, messages=[video_turn(data_uri(bikes_cut))], max_tokens=2, stream=True
+            )
+        )
+        last = streamed[-1].model_extra
+        assert last["session"] is None and last["evidence"] and last["evidence"][0]["t0"] == 0.0
+        assert client.get("/v1/sessions").json() == []
+
+        kept = [
+            oai.chat.completions.create(
+                model=MODEL,
+                messages=[video_turn(data_uri(bikes_cut))],
+                max_tokens=3,
+                extra_body={"keep_session": True, "fps": FPS},
+            )
+            for _ in range(2)
+        ]
+        ids = [r.model_extra["session"] for r in kept]
+        names = [r.model_extra["session_name"] for r in kept]
+        assert all(ids) and len(set(ids)) == 2 and len(set(names)) == 2 and names[0].startswith("openai-")
+        st = status(client, ids[0])
+        assert st["name"] == names[0] and st["idle_expiry_s"] == 2.0
+        assert kept[0].model_extra["session_expires_at"] == pytest.approx(time.time() + 2, abs=1.5)
+        # the evidence is what the native API gives for the same stream and question
+        native = native_answer(client, ids[0], QUESTION, max_new_tokens=3)
+        assert kept[0].model_extra["evidence"] == native["evidence"] and native["evidence"]
+        # the conversation goes on while it is used, and ends after 2 s without a request
+        again = oai.chat.completions.create(
+            model=MODEL, messages=[image_turn(200, "And now?")], max_tokens=2, extra_body={"session": ids[0]}
+        )
+        assert again.model_extra["session"] == ids[0] and again.model_extra["evidence"]
+        deadline = time.monotonic() + 15
+        while client.get("/v1/sessions").json() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert client.get("/v1/sessions").json() == []
+        assert client.get(f"/v1/sessions/{ids[0]}").status_code == 404
+
+
+def test_a_bad_question_is_refused_before_the_video_is_read(oai, client, tmp_path: Path):
+    """A chat whose question or options `ask` would refuse fails before its 60-second video is read or a
+    session is created: in far less time than the ingest takes."""
+    import time
+
+    clip = data_uri(make_clip(tmp_path / "minute.mp4", seconds=60.0, fps=2.0))
+    before = client.get("/v1/sessions").json()
+    for turn, extra, param in [
+        (video_turn(clip, "   "), {}, "messages[0].content"),
+        (video_turn(clip), {"top_logprobs": 3}, "top_logprobs"),
+        (video_turn(clip), {"extra_body": {"top_k": 3}}, "top_k"),
+    ]:
+        t0 = time.perf_counter()
+        with pytest.raises(openai.BadRequestError) as e:
+            oai.chat.completions.create(model=MODEL, messages=[turn], max_tokens=2, **extra)
+        assert e.value.body["param"] == param and time.perf_counter() - t0 < 2.0
+    assert client.get("/v1/sessions").json() == before
+    # the same chat with a good question reads all 60 s of it
+    ok = oai.chat.completions.create(
+        model=MODEL, messages=[video_turn(clip)], max_tokens=2, extra_body={"keep_session": True}
+    )
+    sid = ok.model_extra["session"]
+    assert ok.model_extra["evidence"] and status(client, sid)["frames"] == 60
+    client.delete(f"/v1/sessions/{sid}")

@@ -161,7 +161,9 @@ def test_openai_chats_reach_their_sessions_replica(rc: httpx.Client):
         "role": "user",
         "content": [{"type": "image_url", "image_url": {"url": img}}, {"type": "text", "text": QUESTION}],
     }
-    first = oai.chat.completions.create(model=model, messages=[turn], max_tokens=3)
+    first = oai.chat.completions.create(
+        model=model, messages=[turn], max_tokens=3, extra_body={"keep_session": True}
+    )
     sid = first.model_extra["session"]
     st = rc.get(f"/v1/sessions/{sid}").json()
     holder, frames = st["replica"]["id"], st["frames"]

@@ -45,12 +45,17 @@ def test_stream_a_real_clip_and_answer_piped_questions(tmp_path: Path):
     out = proc.stdout
     assert out.count("Q: ") == 2 and "Q: who passes?\nA: " in out and "never asked" not in out
     # every answer names its evidence spans, inside the 10 s that were ingested
-    spans = re.findall(r"(\d+\.\d)-(\d+\.\d)s \((frame|text)\)", out)
-    assert spans and all(0.0 <= float(a) <= float(b) <= 10.0 for a, b, _ in spans)
-    assert "(text)" in out  # the subtitle is in memory and can be evidence
+    lines = re.findall(r"evidence, (frames|text) \((\d+)\): (.*)", out)
+    assert lines and {kind for kind, _, _ in lines} == {"frames", "text"}  # the subtitle can be evidence
+    for _, n, text in lines:  # every span listed, none cut
+        spans = re.findall(r"(\d+\.\d)-(\d+\.\d)s", text)
+        assert len(spans) == int(n) and all(0.0 <= float(a) <= float(b) <= 10.0 for a, b in spans)
     assert "at stream 10.0s | 11 blocks" in out
-    # the progress line on stderr: stream clock, frames, blocks, MiB
-    assert re.search(r"\[stream +10\.0s \| 10 frames \| 11 blocks \| [\d.]+ MiB \| done\]", proc.stderr)
+    # the progress line on stderr: stream clock, frames, blocks, resident and offloaded KV (as `ask` counts)
+    line = r"\[stream +10\.0s \| 10 frames \| 11 blocks \| KV [\d.]+ MiB resident, "
+    line += r"[\d.]+ MiB offloaded \| done\]"
+    assert re.search(line, proc.stderr)
+    assert re.search(r"KV [\d.]+ MiB resident \(context [\d.]+, blocks: [^)]+\) \| [\d.]+ MiB offloaded", out)
 
 
 def test_stream_realtime_questions_while_it_streams(tmp_path: Path):

@@ -179,6 +179,15 @@ def test_page_session_upload_ask_evidence(server, browser, tmp_path: Path) -> No
     # the status panel (polled every second) shows what the server reports
     _wait(browser, lambda d: _text(d, "st-frames") == str(status["frames"]), 30, "status never updated")
     assert _text(browser, "st-blocks") == str(status["blocks"])
+    # memory: one definition (issue 35, item 4): resident = ingest context + resident blocks, as `ask` says
+    kv = status["kv"]
+    assert kv["resident_bytes"] == kv["context_bytes"] + sum(kv["blocks_bytes"].values()) > 0
+
+    def mib(n: int) -> str:  # the page's own format
+        return f"{n / 2**20:.{2 if n < 10 * 2**20 else 1}f} MiB"
+
+    assert _text(browser, "st-resident") == mib(kv["resident_bytes"])
+    assert _text(browser, "st-offloaded") == mib(kv["offloaded_bytes"])
     # the timeline draws the memory's spans, text spans (the subtitles) among them
     spans = browser.find_elements("css selector", "#timeline .span")
     assert len(spans) == len(timeline["spans"]) > 0

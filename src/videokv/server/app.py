@@ -24,7 +24,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
-from videokv.api import GenerationOptions, VideoQA
+from videokv.api import GenerationOptions, VideoQA, check_question
 from videokv.errors import InputError, SubtitleError, VideoError, VideoKVError
 from videokv.presets import DEFAULT_PRESET, PRESETS
 from videokv.server import limits as L
@@ -48,6 +48,7 @@ from videokv.video.subtitles import load_subtitles
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 512 * 2**20
+DEFAULT_CHAT_IDLE_S = 600.0
 
 ERRORS = {
     code: {"model": S.Error, "description": text}
@@ -199,6 +200,7 @@ def create_app(
     restore_sessions: bool = True,
     replica: dict | None = None,
     manager_cls: type[SessionManager] = SessionManager,
+    chat_idle_s: float = DEFAULT_CHAT_IDLE_S,
 ) -> FastAPI:
     """The videokv service over `qa` (one model shared by every session), keeping sessions in `data_dir`.
 
@@ -210,8 +212,11 @@ def create_app(
     Sessions already in `data_dir` are restored from their journals when the app starts (with
     restore_sessions=False none are: a replica of a cluster restores only the sessions it is given).
     replica: this process's place in a cluster ({"id", "pid", "node"}), reported in every session's status.
-    manager_cls: the SessionManager (sub)class that holds the sessions.
+    manager_cls: the SessionManager (sub)class that holds the sessions. chat_idle_s: the idle expiry of the
+    sessions an OpenAI chat keeps (`keep_session`): deleted after that many seconds without a request.
     """
+    if not (math.isfinite(chat_idle_s) and chat_idle_s > 0):
+        raise ValueError(f"chat_idle_s must be a positive number of seconds; got {chat_idle_s}")
     limits = limits or Limits()
     limits.check()
     manager = manager_cls(
@@ -233,8 +238,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if restore_sessions:
             await asyncio.to_thread(manager.restore_all)
-        yield
-        await asyncio.to_thread(manager.close)
+        sweeper = asyncio.create_task(_expire_idle(manager, min(30.0, max(0.25, chat_idle_s / 4))))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await asyncio.to_thread(manager.close)
 
     app = FastAPI(
         title="videokv",
@@ -468,14 +477,14 @@ def create_app(
     @api.post("/sessions/{sid}/ask", response_model=S.AnswerOut, responses=SSE_DOC)
     async def ask(sid: str, body: S.Ask) -> object:
         m = manager.get(sid)
-        if not body.question.strip():
-            raise BadRequest("the question is empty; ask something about the stream")
-        if body.choices is not None and (len(body.choices) < 2 or any(not c.strip() for c in body.choices)):
-            raise BadRequest("choices must be at least two non-empty strings (or null for a free answer)")
-        L.check_ask(limits, body.question, body.choices)
         generation = GenerationOptions.make(**body.generation())  # bad options: 400 before any work
-        if body.choices and generation.replace(seed=None) != GenerationOptions():
-            raise BadRequest("choices are picked by likelihood: drop do_sample, repetition_penalty and stop")
+        try:  # the checks `ask` makes that need no stream, as the CLI makes them
+            check_question(body.question, body.choices, body.max_new_tokens, body.logprobs, generation)
+        except InputError as e:
+            raise BadRequest(
+                f"{e} (choices: null for a free answer)" if "choices" in str(e) else str(e)
+            ) from None
+        L.check_ask(limits, body.question, body.choices)
         await L.check_tokens(limits, qa.tokenize, [body.question, *(body.choices or [])], "question")
         if not body.stream:
             return await manager.ask(
@@ -564,6 +573,7 @@ def create_app(
             route_class=JSONRoute,
             dependencies=[Depends(require_token)],
             unauthorized=_Unauthorized,
+            chat_idle_s=chat_idle_s,
         )
     )
 
@@ -583,6 +593,20 @@ def create_app(
 
 class _Unauthorized(Exception):
     pass
+
+
+async def _expire_idle(manager: SessionManager, every: float) -> None:
+    """Delete sessions past their idle expiry (those an OpenAI chat kept), every `every` seconds."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await manager.expire_idle()
+        except SchedulerClosed:
+            return
+        except Exception:  # noqa: BLE001 - a failed sweep is logged; the next one tries again
+            import logging
+
+            logging.getLogger("videokv.server").exception("videokv: the idle-session sweep failed")
 
 
 __all__ = ["create_app", "NotFound"]

@@ -48,9 +48,16 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args: Callable) -> No
         default=None,
         help="each session's budget of resident KV memory in MiB; older blocks spill to disk (default: none)",
     )
+    serve.add_argument(
+        "--chat-idle-s",
+        type=float,
+        default=600.0,
+        help="seconds without a request after which a session an OpenAI chat kept (keep_session) is "
+        "deleted (default: 600)",
+    )
     _add_limit_args(serve)
     _add_ray_args(serve)
-    add_model_args(serve)
+    add_model_args(serve, answers="")  # each request says how it wants its answer
     serve.set_defaults(func=cmd_serve)
 
     stream = sub.add_parser(
@@ -74,7 +81,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args: Callable) -> No
         "--wait", action="store_true", help="ingest the whole source before reading the first question"
     )
     stream.add_argument("--quiet", action="store_true", help="no progress line on stderr")
-    add_model_args(stream)
+    add_model_args(stream, answers="json")
     stream.set_defaults(func=cmd_stream)
 
 
@@ -281,6 +288,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.session_mb is not None and args.session_mb <= 0:
         print("videokv serve: --session-mb must be > 0", file=sys.stderr)
         return 2
+    if not args.chat_idle_s > 0:
+        print("videokv serve: --chat-idle-s must be > 0", file=sys.stderr)
+        return 2
 
     try:
         limits = _limits(args)
@@ -315,6 +325,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_name=args.model,
         limits=limits,
         bound_host=args.host,
+        chat_idle_s=args.chat_idle_s,
     )
     where = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}"
     print(f"videokv serve: {args.model} on {where} (data in {args.data_dir})", file=sys.stderr, flush=True)
@@ -345,10 +356,14 @@ class _Progress:
         self.tty = sys.stderr.isatty()
 
     def line(self) -> str:
+        from videokv.api import kv_memory
+
         s = self.stats
+        kv = kv_memory(s)
         return (
             f"[stream {s.get('stream_seconds', 0.0):7.1f}s | {s.get('frames', 0)} frames | "
-            f"{s.get('blocks', 0)} blocks | {s.get('memory_bytes', 0) / 2**20:.1f} MiB | {self.source.state}]"
+            f"{s.get('blocks', 0)} blocks | KV {kv['resident_bytes'] / 2**20:.2f} MiB resident, "
+            f"{kv['offloaded_bytes'] / 2**20:.2f} MiB offloaded | {self.source.state}]"
         )
 
     def _run(self) -> None:
@@ -376,11 +391,13 @@ class _Progress:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
+    from videokv.cli import check_stream_args
     from videokv.errors import InputError
     from videokv.server.live import LiveSource
     from videokv.server.scheduler import Scheduler
     from videokv.video.decode import probe
 
+    check_stream_args(args)
     if "://" not in args.source:
         probe(args.source)  # a missing or unreadable file fails before the model loads
         if args.transcribe:
@@ -473,12 +490,14 @@ def _answer(scheduler, session, question: str, args: argparse.Namespace) -> None
     if not streamed:
         print(json.dumps(answer.to_dict()), flush=True)
         return
-    spans = ", ".join(f"{e.t0:.1f}-{e.t1:.1f}s ({e.kind})" for e in answer.evidence[:8])
-    more = f" (+{len(answer.evidence) - 8} more)" if len(answer.evidence) > 8 else ""
+    from videokv.api import kv_memory, kv_text
+    from videokv.cli import evidence_lines
+
+    evidence = "".join(f"   {line}\n" for line in evidence_lines(answer.evidence))
     s = answer.stats
     print(
-        f"\n   evidence: {spans or 'none'}{more}\n"
+        f"\n{evidence}"
         f"   at stream {s['stream_seconds']:.1f}s | {s['blocks']} blocks | "
-        f"{s['memory_bytes'] / 2**20:.1f} MiB | answered in {time.perf_counter() - t0:.2f}s\n",
+        f"{kv_text(kv_memory(s))} | answered in {time.perf_counter() - t0:.2f}s\n",
         flush=True,
     )

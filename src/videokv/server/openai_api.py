@@ -22,6 +22,7 @@ The server's token, Host/Origin guard and limits apply here as everywhere under 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -35,7 +36,7 @@ from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from videokv.api import GenerationOptions, VideoQA
+from videokv.api import GenerationOptions, VideoQA, check_question
 from videokv.errors import InputError, VideoError, VideoKVError
 from videokv.presets import PRESETS, resolve_memory
 from videokv.server import limits as L
@@ -128,6 +129,11 @@ class ChatRequest(BaseModel):
     store: bool | None = Field(None, description="accepted, not used")
     # extensions
     session: str | None = Field(None, max_length=64, description="a live videokv session to ask")
+    keep_session: bool = Field(
+        False,
+        description="keep the session this chat creates (its id, name and idle expiry come back in the "
+        "response) instead of releasing it when the response ends",
+    )
     fps: float | None = Field(None, gt=0, le=120, description="frames sampled per second of a new video")
     top_k: int | None = Field(None, ge=0, le=100_000, description="with temperature > 0 (0: off)")
     repetition_penalty: float | None = Field(None, gt=0, le=100, description="transformers' (1: off)")
@@ -246,6 +252,7 @@ def openai_router(
     route_class: type,
     dependencies: list,
     unauthorized: type,
+    chat_idle_s: float = 600.0,
 ) -> APIRouter:
     """The OpenAI routes on the service's manager. `route_class` (the app's body-capped route) and
     `dependencies` (its token check) apply as to every /v1 route; every error, theirs included, is answered
@@ -318,6 +325,8 @@ def openai_router(
             raise ParamError("top_logprobs needs logprobs: true", "top_logprobs")
         want_logprobs = bool(body.logprobs)
         system, question, parts = read_messages(body.messages, with_session=body.session is not None)
+        n_logprobs = max(1, top) if want_logprobs else 0
+        check_question(question, None, max_tokens, n_logprobs, options)  # before any media is read
         L.check_ask(limits, question, None)
         texts = [question] + ([system] if system else [])
         await L.check_tokens(limits, qa.tokenize, texts, "question")
@@ -339,10 +348,13 @@ def openai_router(
         media: MediaSet = await asyncio.to_thread(
             read_media, parts, limits, manager.data_dir, max_upload_bytes
         )
+        keep = body.session is None and body.keep_session
         try:
             new = False
-            if m is None and media.items:
-                m = await manager.create(preset, [], body.fps or 1.0, "openai", system=system)
+            if m is None and (media.items or keep):
+                name = f"openai-{secrets.token_hex(4)}"
+                idle = chat_idle_s if keep else None
+                m = await manager.create(preset, [], body.fps or 1.0, name, system=system, idle_expiry=idle)
                 new = True
             if m is not None and media.items:
                 try:
@@ -353,21 +365,38 @@ def openai_router(
                     raise
         finally:
             media.cleanup()
+        release = m if new and not keep else None  # a chat that named no session holds none afterwards
 
-        n_logprobs = max(1, top) if want_logprobs else 0
         rid = f"chatcmpl-{secrets.token_hex(12)}"
         base = {"id": rid, "created": int(time.time()), "model": model_id(preset)}
         base["system_fingerprint"] = f"videokv-{preset}"
-        base["session"] = m.id if m is not None else None
-        headers = {"X-Videokv-Session": m.id} if m is not None else {}
+        held = m if m is not None and release is None else None
+        base["session"] = held.id if held is not None else None
+        headers = {"X-Videokv-Session": held.id} if held is not None else {}
+
+        def extras(answer: dict) -> dict:
+            """The videokv fields of a response: the evidence, and the held session's name and expiry."""
+            out = {"evidence": answer.get("evidence", [])}
+            if held is not None:
+                out.update(session_name=held.name, session_expires_at=held.expires_at)
+            return out
 
         def run_ask(on_token=None):
             if m is not None:
                 return manager.ask(m, question, None, max_tokens, on_token, n_logprobs, generation=options)
             return ask_once(preset, system, question, max_tokens, on_token, n_logprobs, options)
 
+        async def released(work):
+            """`work`'s result; the session this chat created is released after it, whatever happens."""
+            try:
+                return await work
+            finally:
+                if release is not None:
+                    with contextlib.suppress(ServiceError, SchedulerClosed):
+                        await asyncio.shield(manager.delete(release.id))
+
         if not body.stream:
-            answer = await run_ask()
+            answer = await released(run_ask())
             message = {"role": "assistant", "content": answer["answer"], "refusal": None}
             choice = {
                 "index": 0,
@@ -376,7 +405,7 @@ def openai_router(
                 "finish_reason": answer["stats"].get("finish_reason", "stop"),
             }
             out = {**base, "object": "chat.completion", "choices": [choice], "usage": usage_of(answer)}
-            return JSONResponse(out, headers=headers)
+            return JSONResponse({**out, **extras(answer)}, headers=headers)
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         loop = asyncio.get_running_loop()
@@ -385,15 +414,18 @@ def openai_router(
         def on_token(text: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, ("token", text))
 
-        task = asyncio.ensure_future(run_ask(on_token))
+        # released when the answer is done, even if the client has gone (the stream is never read then)
+        task = asyncio.ensure_future(released(run_ask(on_token)))
         task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, ("done", None)))
 
-        def chunk(delta: dict, finish: str | None = None, logprobs: dict | None = None) -> bytes:
+        def chunk(
+            delta: dict, finish: str | None = None, logprobs: dict | None = None, extra: dict | None = None
+        ) -> bytes:
             c = {**base, "object": "chat.completion.chunk"}
             c["choices"] = [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]
             if include_usage:
                 c["usage"] = None
-            return b"data: " + json.dumps(c).encode() + b"\n\n"
+            return b"data: " + json.dumps({**c, **(extra or {})}).encode() + b"\n\n"
 
         async def events() -> AsyncIterator[bytes]:
             yield chunk({"role": "assistant", "content": ""})
@@ -415,7 +447,7 @@ def openai_router(
                 yield b"data: [DONE]\n\n"
                 return
             finish = answer["stats"].get("finish_reason", "stop")
-            yield chunk({}, finish, logprobs_of(answer, top) if want_logprobs else None)
+            yield chunk({}, finish, logprobs_of(answer, top) if want_logprobs else None, extras(answer))
             if include_usage:
                 c = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage_of(answer)}
                 yield b"data: " + json.dumps(c).encode() + b"\n\n"

@@ -51,6 +51,17 @@ class ReplicaInfo(BaseModel):
     node: str = Field(description="the address of its node")
 
 
+class KVMemory(BaseModel):
+    """The stream's KV memory, one definition everywhere (videokv.api.kv_memory; README, "Memory")."""
+
+    resident_bytes: int = Field(description="KV in accelerator or host memory: context + resident blocks")
+    context_bytes: int = Field(
+        description="the ingest context (sinks + recent window; full and window: the whole memory)"
+    )
+    blocks_bytes: dict[str, int] = Field(description="memory blocks resident by tier: device, host")
+    offloaded_bytes: int = Field(description="memory blocks on disk, read when a question retrieves them")
+
+
 class SessionStatus(BaseModel):
     id: str
     name: str | None
@@ -69,6 +80,13 @@ class SessionStatus(BaseModel):
     source: SourceStatus | None
     error: str | None
     created: float = Field(description="unix time")
+    idle_expiry_s: float | None = Field(
+        None, description="seconds without a request after which the server deletes it (null: never)"
+    )
+    expires_at: float | None = Field(
+        None, description="unix time it is deleted at if no request touches it before (null: never)"
+    )
+    kv: KVMemory | None = Field(None, description="the KV memory: resident (by tier) and offloaded")
     replica: ReplicaInfo | None = Field(
         None, description="with `videokv serve --ray`: the replica that holds the session (else null)"
     )

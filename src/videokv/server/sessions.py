@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from videokv.api import Frame, GenerationOptions, SaveError, Session, VideoQA
+from videokv.api import Frame, GenerationOptions, SaveError, Session, VideoQA, kv_memory
 from videokv.config import MemoryConfig
 from videokv.errors import ConfigError, InputError, VideoKVError
 from videokv.journal import Journal
@@ -129,6 +129,9 @@ class Managed:
     outer: contextlib.ExitStack | None = None  # the transaction of a multi-chunk request ingest
     outer_clock: float = 0.0
     resume: dict | None = None  # the live source to resume after a restart (from the journal)
+    idle_expiry: float | None = None  # seconds without a request after which the server deletes it
+    last_used: float = field(default_factory=time.time)  # unix time of the last request that touched it
+    asking: int = 0  # questions in progress
 
     @property
     def fps(self) -> float:
@@ -151,7 +154,22 @@ class Managed:
             "created": self.created,
             "budget": self.budget,
             "source": self.source.spec() if self.source is not None else None,
+            "idle_expiry": self.idle_expiry,
         }
+
+    @property
+    def expires_at(self) -> float | None:
+        """Unix time the session is deleted at if no request touches it before (None: never)."""
+        return None if self.idle_expiry is None else self.last_used + self.idle_expiry
+
+    def touch(self) -> None:
+        self.last_used = time.time()
+
+    @property
+    def in_use(self) -> bool:
+        """Ingesting, asking or fed by a running live source: never expired while so."""
+        live = self.source is not None and self.source.running
+        return bool(self.busy or self.asking or live or self.lock.locked())
 
     def status(self) -> dict:
         s = self.stats
@@ -174,6 +192,9 @@ class Managed:
             "source": self.source.describe() if self.source is not None else None,
             "error": self.error,
             "created": self.created,
+            "idle_expiry_s": self.idle_expiry,
+            "expires_at": self.expires_at,
+            "kv": kv_memory(s) if s else None,
         }
 
 
@@ -418,8 +439,10 @@ class SessionManager:
         fps: float = 1.0,
         name: str | None = None,
         system: str | None = None,
+        idle_expiry: float | None = None,
     ) -> Managed:
-        """A new session (system: its system prompt; default the VideoQA's)."""
+        """A new session (system: its system prompt; default the VideoQA's; idle_expiry: seconds without a
+        request after which `expire_idle` deletes it, None: kept until deleted)."""
         self._reserve()
         sid = self._new_id()
         folder = self.sessions_dir / sid
@@ -436,6 +459,7 @@ class SessionManager:
                 memory=config.name,
                 name=name,
                 budget=self.session_bytes,
+                idle_expiry=idle_expiry,
             )
             folder.mkdir(parents=True)
             try:
@@ -464,10 +488,25 @@ class SessionManager:
             raise SessionMoved(f"session {sid} is moving to another replica; retry in a moment")
         if m is None:
             raise NotFound(f"no session {sid!r}; list the sessions with GET /v1/sessions")
+        m.touch()
         return m
 
     def list(self) -> list[Managed]:
         return sorted(self.sessions.values(), key=lambda m: m.created)
+
+    async def expire_idle(self, now: float | None = None) -> list[str]:
+        """Delete the sessions whose idle expiry has passed (none in use); returns their ids."""
+        now = time.time() if now is None else now
+        gone_ids = []
+        for m in list(self.sessions.values()):
+            expires = m.expires_at
+            if expires is None or expires > now or m.in_use or m.deleted:
+                continue
+            with contextlib.suppress(ServiceError):
+                await self.delete(m.id)
+                gone_ids.append(m.id)
+                log.info("videokv: session %s expired after %.0f s idle", m.id, m.idle_expiry)
+        return gone_ids
 
     async def delete(self, sid: str) -> None:
         m = self.get(sid)
@@ -520,6 +559,7 @@ class SessionManager:
                 return added
             finally:
                 m.busy -= 1
+                m.touch()
 
     def frame_chunks(
         self, m: Managed, frames: np.ndarray, timestamps: list[float] | None
@@ -662,7 +702,12 @@ class SessionManager:
             )
             return answer.to_dict()
 
-        return await self.scheduler.run(m.id, run)
+        m.asking += 1
+        try:
+            return await self.scheduler.run(m.id, run)
+        finally:
+            m.asking -= 1
+            m.touch()
 
     # ---- snapshots ------------------------------------------------------------------------------------
     def _snapshot_dir(self, name: str) -> Path:
@@ -817,6 +862,7 @@ class SessionManager:
             name=info.get("name"),
             created=float(info.get("created") or time.time()),
             budget=budget,
+            idle_expiry=info.get("idle_expiry"),
         )
         m.thumbs.remove_after(session.clock)  # thumbnails of frames whose chunk never committed
         m.resume = info.get("source")

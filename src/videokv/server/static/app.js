@@ -338,8 +338,14 @@ function renderStatus(s) {
   $("st-clock").textContent = secs(s.clock);
   $("st-frames").textContent = String(s.frames);
   $("st-blocks").textContent = String(s.blocks);
-  $("st-resident").textContent = mib(s.memory_bytes);
-  $("st-offloaded").textContent = mib(s.offloaded_bytes);
+  // one definition of memory (videokv.api.kv_memory): resident = ingest context + resident blocks
+  const kv = s.kv || { resident_bytes: 0, context_bytes: 0, blocks_bytes: {}, offloaded_bytes: 0 };
+  const tiers = Object.entries(kv.blocks_bytes || {}).filter(([, n]) => n > 0);
+  $("st-resident").textContent = mib(kv.resident_bytes);
+  $("st-resident").title =
+    "context " + mib(kv.context_bytes) + "; blocks: " +
+    (tiers.length ? tiers.map(([t, n]) => t + " " + mib(n)).join(", ") : mib(0));
+  $("st-offloaded").textContent = mib(kv.offloaded_bytes);
   $("st-budget").textContent = s.budget_bytes ? mib(s.budget_bytes) : "none";
   $("st-fps").textContent = s.ingest_fps ? s.ingest_fps.toFixed(1) + " frames/s" : "–";
   const src = s.source;
