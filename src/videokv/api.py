@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import heapq
 import math
-import os
-import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -18,11 +15,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from videokv.config import MemoryConfig
 from videokv.engine import Engine, Frame
-from videokv.errors import ConfigError, InputError, ModelNotAvailable
+from videokv.errors import InputError
 from videokv.generation import GenerationOptions
 from videokv.models.base import Adapter
-from videokv.models.registry import OFFLINE_NAME, TINY_PREFIX, adapter_for, load_model
-from videokv.models.tiny import TINY_FAMILIES
+from videokv.models.registry import TINY_MODELS, adapter_for, check_model_name, load_model
 from videokv.persist import SaveError, load_config, read_save, restore_engine, save_engine
 from videokv.presets import resolve_memory
 from videokv.qa import (
@@ -51,6 +47,7 @@ __all__ = [
     "Session",
     "TextEvent",
     "VideoQA",
+    "TINY_MODELS",
     "check_model_name",
     "check_question",
     "kv_memory",
@@ -62,90 +59,6 @@ __all__ = [
 ]
 
 _QA_SYSTEM = object()  # Session's system prompt: the VideoQA's own
-
-
-#: The built-in model names: the offline real-weights model and the tiny random models (one per family).
-TINY_MODELS = tuple(TINY_PREFIX + f for f in TINY_FAMILIES)
-BUILTIN_MODELS = (OFFLINE_NAME, *TINY_MODELS)
-_VALID_MODELS = (
-    "a checkpoint folder (config.json, weights, tokenizer, processor), a hub id already in the local cache "
-    f"or with the hub reachable, {OFFLINE_NAME!r}, or a tiny random model: {', '.join(TINY_MODELS)}"
-)
-_HUB_TIMEOUT_S = 3.0
-
-
-def check_model_name(name_or_path: str) -> None:
-    """Fail fast, before any weights are read, on a model name `VideoQA.from_pretrained` cannot load: an
-    unknown built-in name (ConfigError, naming the valid ones and the closest), a folder that does not exist
-    or has no config.json, or a hub id that is neither in the local cache nor reachable (ModelNotAvailable:
-    HF_HUB_OFFLINE is set, or the hub does not answer within a few seconds; no network retries)."""
-    if not isinstance(name_or_path, str) or not name_or_path.strip():
-        raise ConfigError(f"the model name is empty; give {_VALID_MODELS}")
-    name = name_or_path
-    if name == OFFLINE_NAME:
-        return
-    if name.startswith(TINY_PREFIX) and not os.path.exists(name):
-        if name[len(TINY_PREFIX) :].replace("-", "_") in TINY_FAMILIES:
-            return
-        raise ConfigError(
-            f"unknown model {name!r}{_did_you_mean(name)}; the tiny models are {', '.join(TINY_MODELS)}"
-        )
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotAvailable(
-                f"{name!r} is a folder without config.json: give the folder a checkpoint was saved to "
-                "(model.save_pretrained + processor.save_pretrained)"
-            )
-        return
-    if not _is_hub_id(name):
-        raise ModelNotAvailable(f"no checkpoint folder {name!r}{_did_you_mean(name)}; give {_VALID_MODELS}")
-    _check_hub(name)
-
-
-def _did_you_mean(name: str) -> str:
-    close = difflib.get_close_matches(name, BUILTIN_MODELS, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _is_hub_id(name: str) -> bool:
-    """`name` is shaped like a hub id (`org/name` or `name`), not a path."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if name.count("/") > 1 or name.startswith((".", "~")) or os.sep in name.replace("/", ""):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def _check_hub(repo: str) -> None:
-    """A hub id loads if its config is in the local cache, or the hub answers; otherwise fail at once."""
-    from huggingface_hub import try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
-        return
-    where = f"{repo!r} is not a local folder and not in the Hugging Face cache"
-    local = (
-        f"{_did_you_mean(repo)}; download it where the hub is reachable (hf download {repo} --local-dir DIR) "
-        f"and pass --model DIR, or use {OFFLINE_NAME!r} or a tiny model ({', '.join(TINY_MODELS)})"
-    )
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        raise ModelNotAvailable(f"{where}, and HF_HUB_OFFLINE is set{local}")
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return  # the hub is reached through a proxy: the loader's own error says what went wrong
-    from urllib.parse import urlsplit
-
-    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=_HUB_TIMEOUT_S).close()
-    except OSError:
-        raise ModelNotAvailable(f"{where}, and the hub ({host}:{port}) cannot be reached{local}") from None
 
 
 class VideoQA:

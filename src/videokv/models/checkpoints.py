@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from videokv.errors import ConfigError
 from videokv.models.tiny import _CORPUS, VOCAB_SIZE, build_tiny_model, wrap_tokenizer
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava_onevision", "internvl")
@@ -478,7 +479,7 @@ PROCESSOR_KWARGS = {
 
 def _check_family(family: str) -> None:
     if family not in FAMILIES:
-        raise ValueError(f"unknown checkpoint family {family!r}; choose one of {', '.join(FAMILIES)}")
+        raise ConfigError(f"unknown checkpoint family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
 def qwen2_style_tokenizer(family: str) -> PreTrainedTokenizerFast:

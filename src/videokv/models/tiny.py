@@ -29,6 +29,8 @@ from transformers import (
     Qwen3VLMoeForConditionalGeneration,
 )
 
+from videokv.errors import ConfigError
+
 TINY_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "internvl")
 # InternVL's image tokens (the -hf converter's additional special tokens)
 INTERNVL_TOKENS = {
@@ -198,7 +200,7 @@ def build_tiny_model(
         return _tiny_qwen3_vl(family, tokenizer, vision, **config)
     if family == "internvl":
         return _tiny_internvl(tokenizer, vision, **config)
-    raise ValueError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+    raise ConfigError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
 
 
 # Qwen3-VL's text rotary: head_dim 16 -> 8 frequencies, interleaved (t, h, w) as the real [24, 20, 20] of 64
@@ -272,7 +274,7 @@ def tiny_model(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedT
     from videokv.models.checkpoints import CHAT_TEMPLATES
 
     if family not in TINY_FAMILIES:
-        raise ValueError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+        raise ConfigError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
     tokenizer = tiny_tokenizer(internvl=family == "internvl")
     tokenizer.chat_template = CHAT_TEMPLATES[family]
     tokenizer.videokv_video_processor = tiny_video_processor(family)
