@@ -46,7 +46,7 @@ import torch
 
 from videokv.config import MemoryConfig
 from videokv.errors import InputError
-from videokv.generation import GREEDY, GenerationOptions
+from videokv.generation import GenerationOptions
 from videokv.memory.assemble import assemble, assemble_layer
 from videokv.memory.attention import confine_to_new, observe_attention, separate_groups
 from videokv.memory.block import KVBlock, select_tokens
@@ -60,7 +60,16 @@ from videokv.models.base import Adapter, Piece, piece_spans
 from videokv.models.rope import unrotate
 from videokv.policies.base import BlockDraft, Unit
 from videokv.policies.compress.base import Compressor
-from videokv.qa import DEFAULT_SYSTEM, Answer, Decoder, Evidence, drain, prompt_layout, question_text
+from videokv.qa import (
+    DEFAULT_SYSTEM,
+    Answer,
+    Decoder,
+    Evidence,
+    check_question,
+    drain,
+    prompt_layout,
+    question_text,
+)
 from videokv.video.subtitles import TextEvent
 
 
@@ -647,22 +656,7 @@ class Engine:
     ) -> Generator[None, None, Answer]:
         """`ask` as a generator: it yields between decoding steps, so that a scheduler can run other
         sessions' work there (the server does), and returns the Answer."""
-        if not isinstance(question, str) or not question.strip():
-            raise InputError("the question is empty; ask something about the stream")
-        if choices is not None:
-            if len(choices) < 2 or any(not isinstance(c, str) or not c.strip() for c in choices):
-                raise InputError("choices must be at least two non-empty strings")
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
-        if not isinstance(logprobs, int) or not 0 <= logprobs <= 20:
-            raise InputError(f"logprobs must be an int from 0 to 20; got {logprobs!r}")
-        if generation is not None and not isinstance(generation, GenerationOptions):
-            raise InputError(f"generation must be a GenerationOptions; got {type(generation).__name__}")
-        if choices and generation is not None and generation.replace(seed=None) != GREEDY:
-            raise InputError(
-                "choices are picked by likelihood, so sampling, repetition_penalty and stop do not apply; "
-                "drop those options, or ask without choices"
-            )
+        check_question(question, choices, max_new_tokens, logprobs, generation)
         prompt = question_text(question, choices)
         t_start = time.perf_counter()
         with torch.no_grad():
