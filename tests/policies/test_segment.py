@@ -141,3 +141,23 @@ def test_semantic_closes_when_most_similar_pair_has_different_shapes():
     units = run(Semantic(threshold=-1.0, min_len=1, max_len=2), pieces)
     assert [n_frames(u) for u in units] == [2, 1]
     assert units[1][0].t0 == 2
+
+
+def labelled_frame(vec: torch.Tensor, t: float, label: torch.Tensor, n: int = 4) -> Piece:
+    """A frame piece as Qwen3-VL and InternVL write one: two text tokens (a timestamp, a frame label) before
+    its n visual tokens (`hw`)."""
+    embeds = torch.cat([label.float().expand(2, HIDDEN), vec.float().expand(n, HIDDEN)])
+    pos = torch.full((3, n + 2), int(t * 10))
+    return Piece(embeds, pos, "frame", t0=t, t1=t + 1, token_ids=[int(t)] * (n + 2), hw=(2, n // 2))
+
+
+def test_semantic_reads_a_frames_visual_tokens_not_the_text_before_them():
+    """Identical frames whose timestamps differ are one scene; different frames behind one label are two.
+    A merge averages the visual tokens and keeps the first frame's text."""
+    same = [labelled_frame(basis(0), t, basis(t + 1)) for t in range(3)]
+    assert [n_frames(u) for u in run(Semantic(threshold=0.9, min_len=1, max_len=8), same)] == [3]
+    cut = [labelled_frame(basis(0), 0, basis(7)), labelled_frame(basis(1), 1, basis(7))]
+    assert [n_frames(u) for u in run(Semantic(threshold=0.9, min_len=1, max_len=8), cut)] == [1, 1]
+    merged = run(Semantic(threshold=-1.0, min_len=1, max_len=2), same)[0][0]
+    assert torch.equal(merged.embeds[:2], same[0].embeds[:2])  # the first frame's timestamp, unaveraged
+    assert torch.equal(merged.embeds[2:], (same[0].embeds[2:] + same[1].embeds[2:]) / 2)

@@ -13,9 +13,16 @@ from videokv.models.base import Piece
 from videokv.policies.segment import Segmenter, SegmenterState
 
 
+def _visual(piece: Piece) -> slice:
+    """A frame piece's visual tokens: its last rows x cols (`Piece.hw`); text a family writes before them (a
+    video's opening token, Qwen3-VL's timestamp, InternVL's frame label) is not the frame's content."""
+    n = piece.hw[0] * piece.hw[1] if piece.hw else piece.n_tokens
+    return slice(piece.n_tokens - n, None)
+
+
 def _feature(piece: Piece) -> torch.Tensor:
-    """A frame's feature: the mean of its token embeddings (fp32)."""
-    return piece.embeds.detach().float().mean(0)
+    """A frame's feature: the mean of its visual tokens' embeddings (fp32)."""
+    return piece.embeds[_visual(piece)].detach().float().mean(0)
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -26,11 +33,12 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 class Semantic(Segmenter):
     """Cut the stream where consecutive frames stop looking alike, with a minimum and maximum unit length.
 
-    From StreamKV (arXiv 2511.07278). A frame's feature is the mean of its token embeddings. Before a frame
-    is added, the open unit is closed if it already holds `min_len` frames and the cosine similarity between
-    this frame's feature and the previous frame's is below `threshold`. When a unit would exceed `max_len`
-    frames, its most similar pair of adjacent frames is merged into one frame piece (token embeddings
-    averaged element-wise; positions, token ids and start time of the first, end time of the second), so a
+    From StreamKV (arXiv 2511.07278). A frame's feature is the mean of its visual tokens' embeddings (the
+    text a family writes before a frame left out). Before a frame is added, the open unit is closed if it
+    already holds `min_len` frames and the cosine similarity between this frame's feature and the previous
+    frame's is below `threshold`. When a unit would exceed `max_len` frames, its most similar pair of
+    adjacent frames is merged into one frame piece (visual token embeddings averaged element-wise; the text
+    before them, positions, token ids and start time of the first, end time of the second), so a
     unit never holds more than `max_len` frames. If that pair cannot be merged (different token counts, or
     no two frames are adjacent), the unit is closed instead. Text pieces join the open unit.
 
@@ -117,7 +125,10 @@ class SemanticState(SegmenterState):
         first, second = self.open[best], self.open[best + 1]
         if first.embeds.shape != second.embeds.shape:
             return False
-        embeds = ((first.embeds.float() + second.embeds.float()) / 2).to(first.embeds.dtype)
+        embeds = first.embeds.clone()  # the first frame's text (a timestamp, a label), the two frames' mean
+        visual = _visual(first)
+        mean = (first.embeds[visual].float() + second.embeds[visual].float()) / 2
+        embeds[visual] = mean.to(first.embeds.dtype)
         merged = replace(first, embeds=embeds, t1=second.t1, token_ids=list(first.token_ids))
         self.open[best : best + 2] = [merged]
         self.features[best : best + 2] = [_feature(merged)]
