@@ -354,3 +354,25 @@ def test_memory_figures_are_one_definition_in_text_and_json(tmp_path, capsys):
     assert float(resident) == pytest.approx(kv["resident_bytes"] / 2**20, abs=0.006) and float(resident) > 0
     assert float(context) == pytest.approx(kv["context_bytes"] / 2**20, abs=0.006)
     assert float(offloaded) == pytest.approx(kv["offloaded_bytes"] / 2**20, abs=0.006)
+
+
+def test_demo_keeps_the_subtitle_file_it_names(tmp_path, capsys, monkeypatch):
+    """`videokv demo` prints the path of its subtitle track; that file is still there when it ends (it was a
+    temporary folder, deleted on exit), so `videokv ask VIDEO ... --subtitles PATH` works as printed."""
+    import re
+
+    monkeypatch.setenv("VIDEOKV_HOME", str(tmp_path / "home"))
+    rc = main(["demo", "--model", "tiny-qwen2_vl", "--max-new-tokens", "2"])
+    assert rc in (0, 1)  # a random model: the answers are nonsense, the files are the point
+    err = capsys.readouterr().err
+    video, srt = re.search(
+        r"videokv demo: (\S+) \(real street footage, 10 s\) with subtitles (\S+)", err
+    ).groups()
+    assert srt == str(tmp_path / "home" / "demo" / "bikes.srt")
+    assert "Via Roma" in open(srt).read()
+    argv = ["ask", video, "Where is the camera?", "--subtitles", srt, "--model", "tiny-qwen2_vl"]
+    assert main([*argv, "--max-new-tokens", "2", "--json"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "mine"
+    assert main(["demo", "--out", str(out), "--model", "tiny-qwen2_vl", "--max-new-tokens", "2"]) in (0, 1)
+    assert (out / "bikes.srt").exists()

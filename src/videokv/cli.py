@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from collections.abc import Sequence
 
 from videokv.errors import VideoKVError
@@ -142,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(ask)
 
     demo = sub.add_parser("demo", help="answer three questions about a real clip with the offline model")
-    demo.add_argument("--out", default=None, help="folder for the demo's subtitle file (default: a temp dir)")
+    demo.add_argument(
+        "--out",
+        default=None,
+        help="folder for the demo's subtitle file, kept after the demo (default: $VIDEOKV_HOME/demo, i.e. "
+        "~/.cache/videokv/demo)",
+    )
     _add_model_args(demo, answers="json")
 
     sub.add_parser("presets", help="list the memory presets and their sources")
@@ -327,21 +331,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from videokv.api import STREAM_SYSTEM
     from videokv.demo import DEMO_QUESTIONS, is_correct, prepare_demo
 
-    with tempfile.TemporaryDirectory() as tmp:
-        video, srt = prepare_demo(args.out or tmp)
-        if not args.json:
-            print(
-                f"videokv demo: {video.name} (real street footage, 10 s) with subtitles {srt}",
-                file=sys.stderr,
-            )
-        session = _open_session(args, system=args.system or STREAM_SYSTEM)
-        session.add_video(video, subtitles=srt, chunk_frames=args.chunk_frames, progress=not args.json)
-        n_ok = 0
-        for q in DEMO_QUESTIONS:
-            answer = session.ask(q.question, max_new_tokens=args.max_new_tokens)
-            ok = is_correct(answer.text, q)
-            n_ok += ok
-            _print_answer(answer, args.json, correct=ok)
+    video, srt = prepare_demo(args.out)  # kept after the demo: the path printed below stays valid
+    if not args.json:
+        print(
+            f"videokv demo: {video} (real street footage, 10 s) with subtitles {srt}",
+            file=sys.stderr,
+        )
+    session = _open_session(args, system=args.system or STREAM_SYSTEM)
+    session.add_video(video, subtitles=srt, chunk_frames=args.chunk_frames, progress=not args.json)
+    n_ok = 0
+    for q in DEMO_QUESTIONS:
+        answer = session.ask(q.question, max_new_tokens=args.max_new_tokens)
+        ok = is_correct(answer.text, q)
+        n_ok += ok
+        _print_answer(answer, args.json, correct=ok)
     if not args.json:
         print(f"{n_ok}/{len(DEMO_QUESTIONS)} answers correct.")
     return 0 if n_ok == len(DEMO_QUESTIONS) else 1

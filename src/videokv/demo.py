@@ -6,6 +6,7 @@ real language weights but an untrained vision tower, so the facts it can answer 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +36,21 @@ DEMO_QUESTIONS = [
 ]
 
 
-def prepare_demo(out_dir: str | Path) -> tuple[Path, Path]:
-    """Locate the demo clip and write its subtitle track into `out_dir`; returns (video, subtitles)."""
-    out = Path(out_dir)
+def demo_dir() -> Path:
+    """Where `videokv demo` writes its subtitle track by default: `<home>/demo`, `<home>` being videokv's
+    cache folder (`$VIDEOKV_HOME`, else `$XDG_CACHE_HOME/videokv` or `~/.cache/videokv`, as for the offline
+    model's weights). It stays after the demo, so the path it prints can be given to `ask --subtitles`."""
+    home = os.environ.get("VIDEOKV_HOME")
+    if home:
+        return Path(home).expanduser() / "demo"
+    cache = os.environ.get("XDG_CACHE_HOME")
+    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "videokv" / "demo"
+
+
+def prepare_demo(out_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """Locate the demo clip and write its subtitle track into `out_dir` (default: `demo_dir()`); returns
+    (video, subtitles)."""
+    out = Path(out_dir) if out_dir is not None else demo_dir()
     out.mkdir(parents=True, exist_ok=True)
     srt = out / "bikes.srt"
     write_srt(DEMO_SUBTITLES, srt)

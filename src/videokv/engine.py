@@ -785,7 +785,10 @@ class Engine:
             self.adapter.rotary_emb,
             self.cursor,
         )
-        evidence = [Evidence(loaded[r].t0, loaded[r].t1, loaded[r].kind, loaded[r].level) for r in rows]
+        evidence = [
+            Evidence(b.t0, b.t1, b.kind, b.level, _span_text(b.kind, b.text))
+            for b in (loaded[r] for r in rows)
+        ]
         return context, cursor, sorted(evidence, key=lambda e: (e.t0, e.t1))
 
     def _load(self, row: int, loaded: dict[int, KVBlock]) -> KVBlock:
@@ -803,9 +806,12 @@ class Engine:
             last = spans[-1] if spans else None
             if last is not None and b.t0 <= last.t1 + 1e-6:
                 kind = last.kind if b.kind in last.kind.split("+") else f"{last.kind}+{b.kind}"
-                spans[-1] = Evidence(last.t0, max(last.t1, b.t1), kind, self.config.name)
+                text = "\n".join(filter(None, (last.text, _span_text(b.kind, b.text))))
+                spans[-1] = Evidence(
+                    last.t0, max(last.t1, b.t1), kind, self.config.name, _span_text(kind, text)
+                )
             else:
-                spans.append(Evidence(b.t0, b.t1, b.kind, self.config.name))
+                spans.append(Evidence(b.t0, b.t1, b.kind, self.config.name, _span_text(b.kind, b.text)))
         return spans
 
     def memory_stats(self) -> dict:
@@ -868,7 +874,14 @@ class Engine:
 
 def _lead_evidence(lead: list[Piece]) -> list[Evidence]:
     """Evidence spans of the frames and text a question saw besides the memory."""
-    return [Evidence(p.t0, p.t1, p.kind, "full") for p in lead if p.n_frames or p.text]
+    return [
+        Evidence(p.t0, p.t1, p.kind, "full", _span_text(p.kind, p.text)) for p in lead if p.n_frames or p.text
+    ]
+
+
+def _span_text(kind: str, text: str | None) -> str | None:
+    """The lines of a text span (evidence), as written into the stream; None for any other kind."""
+    return text.strip() if kind == "text" and text else None
 
 
 # ---- pre-RoPE statistics for compressors that need "guidance_qk" (StreamKV's guidance score) --------------

@@ -93,9 +93,16 @@ class Evidence:
     t1: float
     kind: str
     level: str = "full"
+    text: str | None = None  # a text span's lines, as written into the stream (`[12.0s] ...`); else None
 
     def to_dict(self) -> dict:
-        return {"t0": round(self.t0, 3), "t1": round(self.t1, 3), "kind": self.kind, "level": self.level}
+        return {
+            "t0": round(self.t0, 3),
+            "t1": round(self.t1, 3),
+            "kind": self.kind,
+            "level": self.level,
+            "text": self.text,
+        }
 
 
 @dataclass

@@ -124,6 +124,67 @@ def test_cli_report_and_errors(run, tmp_path, capsys):
     assert "not a `videokv bench run` folder" in capsys.readouterr().err
 
 
+def test_report_refuses_to_overwrite_unless_forced(run, tmp_path, capsys):
+    """`bench report --docs docs --name needles` must not silently replace a committed report."""
+    out, _ = run
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    committed = docs / "needles.md"
+    committed.write_text("committed\n")
+    with pytest.raises(InputError, match="would overwrite .*needles.md.*--force"):
+        write_report(out, docs, "needles")
+    assert committed.read_text() == "committed\n"
+    assert sorted(p.name for p in docs.iterdir()) == ["needles.md"]  # nothing else written either
+    args = ["bench", "report", str(out), "--docs", str(docs), "--name", "needles"]
+    assert main(args) == 2
+    assert "--force" in capsys.readouterr().err and committed.read_text() == "committed\n"
+    assert main([*args, "--force"]) == 0
+    assert committed.read_text().startswith("# Benchmark: needles")
+    # any one of its files counts: a JSON or a plot of that name is not replaced either
+    (docs / "other_latency_vs_length.png").write_bytes(b"png")
+    assert main(["bench", "report", str(out), "--docs", str(docs), "--name", "other"]) == 2
+    assert not (docs / "other.md").exists()
+
+
+def test_report_names_every_command_and_what_frame_tokens_counts(run, tmp_path):
+    """A folder written by several commands (more videos, a resume) names them all; `--frame-tokens` is
+    read as `videokv ask` reads it: per temporal patch of 2 frames, not per frame."""
+    out, _ = run
+    folder = tmp_path / "copy"
+    shutil.copytree(out, folder)
+    meta = json.loads((folder / "run.json").read_text())
+    meta["command"] = "videokv bench run ds.json --out copy --videos a"
+    meta["resumed"] = ["videokv bench run ds.json --out copy --videos a,b"]
+    (folder / "run.json").write_text(json.dumps(meta))
+    write_report(folder, tmp_path / "docs", "x")
+    md = (tmp_path / "docs" / "x.md").read_text()
+    assert "```bash\nvideokv bench run ds.json --out copy --videos a\n" in md
+    assert "videokv bench run ds.json --out copy --videos a,b\n```" in md
+    assert "`--frame-tokens 4` (visual tokens per temporal patch of 2 frames" in md
+    assert "tokens per frame" not in md
+
+
+def test_a_resumed_run_records_its_command(run, dataset, tmp_path):
+    out, _ = run
+    folder = tmp_path / "copy"
+    shutil.copytree(out, folder)
+    first = json.loads((folder / "run.json").read_text())["command"]
+    again = "videokv bench run ds.json --memory full --out copy"
+    for _ in range(2):  # recorded once, however often it is run
+        run_benchmark(
+            dataset, ["full"], folder, settings(dataset, evidence_kind="text"), progress=False, command=again
+        )
+    meta = json.loads((folder / "run.json").read_text())
+    assert meta["command"] == first and meta["resumed"] == [again]
+
+
+def test_bench_run_frame_tokens_help_says_per_temporal_patch(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "per temporal patch (2 frames)" in text and "per frame" not in text
+
+
 @pytest.mark.realmodel
 def test_offline_model_answers_needles_with_full_memory(tmp_path):
     """The real-weights model answers the needle questions of a stream that fits its context (in the official

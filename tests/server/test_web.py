@@ -2,13 +2,19 @@
 
 A real `videokv serve` subprocess (tiny model, bearer token) serves the page; the browser opens it with
 `?token=`, creates a session, uploads a real clip with a subtitle file, asks a question and watches the
-answer stream in token by token, then checks the evidence spans highlighted on the timeline and the
-thumbnail shown for one of them.
+answer stream in token by token, then checks the evidence spans highlighted on the timeline, the
+thumbnail shown for a frame span and the subtitle line shown for a text span. Issue 35, item 7 (what a new
+user trips on) has one test or assertion per point: the header's session count is the list's, the list
+keeps up with the status panel, each session keeps its own question, text evidence shows its line, the
+preset description is one short sentence, and no control character reaches the page.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +46,11 @@ Two more bikes pass a parked red car.
 00:00:08,000 --> 00:00:09,800
 The riders turn the corner.
 """
+CUES = {
+    0.5: "A cyclist rides down the street.",
+    4.0: "Two more bikes pass a parked red car.",
+    8.0: "The riders turn the corner.",
+}
 
 # Records the length of every text the answer element is given, one entry per DOM change (the page
 # appends each streamed piece), so the test can tell a streamed answer from one set all at once.
@@ -53,6 +64,30 @@ new MutationObserver((records) => {
   }
 }).observe(answer, {childList: true, characterData: true, subtree: true});
 """
+
+# The header's session count and the number of sessions listed, read at one instant.
+COUNTS = """
+const m = /(\\d+) sessions?\\b/.exec(document.getElementById('health').textContent);
+return [m ? Number(m[1]) : null, document.querySelectorAll('#sessions li').length];
+"""
+
+# The open session's row in the list and the status panel, read at one instant.
+ROW_AND_PANEL = """
+const meta = document.querySelector('#sessions li.current .meta');
+return [meta ? meta.textContent : null, document.getElementById('st-state').textContent,
+        document.getElementById('st-clock').textContent];
+"""
+
+# Answers every POST .../ask with the server-sent events given (the rest of the page talks to the server).
+STUB_ASK = """
+const events = arguments[0];
+const realFetch = window.fetch;
+window.fetch = (url, init) => String(url).endsWith('/ask')
+  ? Promise.resolve(new Response(events, {status: 200, headers: {'Content-Type': 'text/event-stream'}}))
+  : realFetch(url, init);
+"""
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 IMAGE_LOADED = """
 const img = document.getElementById('thumbnail');
@@ -107,15 +142,33 @@ def _error_text(driver) -> str:
     return box.text if box.is_displayed() else ""
 
 
-def _open_page(driver, server, token: str | None) -> None:
-    driver.get(f"{server.url}/" + (f"?token={token}" if token is not None else ""))
+def _open_page(driver, server, token: str | None, fragment: str = "") -> None:
+    driver.get(f"{server.url}/" + (f"?token={token}" if token is not None else "") + fragment)
     _wait(driver, lambda d: d.execute_script("return document.readyState") == "complete", 60)
+
+
+def _current(driver) -> str | None:
+    """The id of the session marked open in the sessions list (read in one go: the list is rebuilt)."""
+    return driver.execute_script(
+        "const r = document.querySelector('#sessions li.current'); return r && r.dataset.id"
+    )
+
+
+def _open_listed(driver, sid: str) -> None:
+    """Click a session in the list (found and clicked in one go: the list is rebuilt every few seconds)."""
+    driver.execute_script(f"document.querySelector('#sessions li[data-id=\"{sid}\"] button.open').click()")
+    _wait(driver, lambda d: _current(d) == sid, 10, f"session {sid} did not open from the list")
+
+
+def _value(driver, element_id: str) -> str:
+    return driver.execute_script(f"return document.getElementById('{element_id}').value")
 
 
 def _create_session(driver, name: str) -> str:
     """Create a session from the page (rekv preset, 1 fps); return its id from the sessions list."""
     from selenium.webdriver.support.ui import Select
 
+    before = _current(driver)
     _wait(
         driver,
         lambda d: len(d.find_elements("css selector", "#preset option")) > 0,
@@ -135,13 +188,12 @@ def _create_session(driver, name: str) -> str:
         "the session panel never opened",
     )
     assert not _error_text(driver), _error_text(driver)
-    current = _wait(
+    return _wait(
         driver,
-        lambda d: d.find_elements("css selector", "#sessions li.current"),
+        lambda d: _current(d) not in (None, before) and _current(d),
         30,
         "the new session is not marked in the sessions list",
     )
-    return current[0].get_attribute("data-id")
 
 
 def test_page_session_upload_ask_evidence(server, browser, tmp_path: Path) -> None:
@@ -228,15 +280,29 @@ def test_page_session_upload_ask_evidence(server, browser, tmp_path: Path) -> No
         assert node.is_displayed()
     assert len(browser.find_elements("css selector", "#evidence-list li")) == len(evidence)
 
-    # hovering an evidence span shows a thumbnail of its frames; clicking another switches to it
-    ActionChains(browser).move_to_element(evidence[0]).perform()
+    # hovering a frame span shows a thumbnail of its frames; clicking another switches to it
+    frames = [n for n in evidence if n.get_attribute("data-kind") != "text"]
+    ActionChains(browser).move_to_element(frames[0]).perform()
     _wait(browser, lambda d: d.execute_script(IMAGE_LOADED) > 0, 60, "no thumbnail loaded on hover")
     assert browser.find_element("id", "thumb-box").is_displayed()
     assert "evidence" in _text(browser, "thumb-caption")
-    browser.execute_script("arguments[0].click()", evidence[-1])  # spans may overlap: click this one
-    _wait(browser, lambda d: "active" in evidence[-1].get_attribute("class"), 10)
+    browser.execute_script("arguments[0].click()", frames[-1])  # spans may overlap: click this one
+    _wait(browser, lambda d: "active" in frames[-1].get_attribute("class"), 10)
     _wait(browser, lambda d: d.execute_script(IMAGE_LOADED) > 0, 60, "no thumbnail loaded on click")
     assert not _error_text(browser), _error_text(browser)
+
+    # issue 35, item 7: a text span (a subtitle) shows its line, not thumbnails of the frames around it
+    texts = [n for n in evidence if n.get_attribute("data-kind") == "text"]
+    assert texts, "no subtitle was evidence (rekv's top 64 blocks hold all 13 of this clip's)"
+    for node in (texts[0], texts[-1]):
+        browser.execute_script("arguments[0].click()", node)
+        _wait(browser, lambda d: d.find_element("id", "thumb-text").is_displayed(), 10, "no subtitle line")
+        cue = CUES[float(node.get_attribute("data-t0"))]
+        assert cue in _text(browser, "thumb-text"), (cue, _text(browser, "thumb-text"))
+        assert not browser.find_element("id", "thumbs").is_displayed()  # no frame stands in for the text
+        assert _text(browser, "thumb-caption").startswith("text evidence")
+    chips = [c.text for c in browser.find_elements("css selector", "#evidence-list li")]
+    assert any(CUES[0.5] in c for c in chips), chips  # the evidence list quotes the line too
 
 
 def test_page_reports_server_errors(server, browser, tmp_path: Path) -> None:
@@ -270,9 +336,16 @@ def test_page_reports_server_errors(server, browser, tmp_path: Path) -> None:
     assert not browser.find_element("id", "upload").get_attribute("disabled")
 
 
+def _row_matches_panel(driver) -> tuple[bool, list]:
+    """Whether the open session's row in the list says what the status panel says (one instant)."""
+    meta, st_state, st_clock = driver.execute_script(ROW_AND_PANEL)
+    return meta == f"rekv · {st_state} · {st_clock}", [meta, st_state, st_clock]
+
+
 def test_page_live_source(server, browser, tmp_path: Path) -> None:
     """Start a live source from the page (a file path on the server, under its --media-dir, at stream
-    pace), watch the stream clock advance in the status panel, stop it."""
+    pace), watch the stream clock advance in the status panel, stop it. The open session's row in the
+    sessions list keeps up with the status panel all along (issue 35, item 7: it lagged up to 5 s)."""
     import shutil
 
     clip = tmp_path / "bikes.mp4"  # the test server's media folder holds the tests' temp folders
@@ -289,7 +362,14 @@ def test_page_live_source(server, browser, tmp_path: Path) -> None:
         "the live source never showed as running",
     )
     assert not _error_text(browser), _error_text(browser)
-    _wait(browser, lambda d: int(_text(d, "st-frames")) > 0, 120, "the live source ingested nothing")
+    same, seen = _row_matches_panel(browser)
+    assert same and seen[1] == "live", seen  # the row says "live" as soon as the panel does
+    start = time.monotonic()
+    while time.monotonic() - start < 5 or int(_text(browser, "st-frames")) == 0:
+        same, seen = _row_matches_panel(browser)  # sampled while the stream clock moves
+        assert same, f"the sessions list lags the status panel: {seen}"
+        assert time.monotonic() - start < 120, "the live source ingested nothing"
+        time.sleep(0.25)
     browser.find_element("id", "source-stop").click()
     _wait(
         browser,
@@ -319,3 +399,98 @@ def test_static_assets_need_no_token(server) -> None:
         r = httpx.get(server.url + asset, timeout=30)
         assert r.status_code == 200 and len(r.content) > 100
     assert httpx.get(f"{server.url}/v1/sessions", timeout=30).status_code == 401
+
+
+def test_page_header_counts_the_listed_sessions(server, browser) -> None:
+    """Issue 35, item 7: the header's session count is the length of the list beside it, also when sessions
+    are created and deleted elsewhere (it was read once, at page load)."""
+    _open_page(browser, server, server.token)
+    _wait(browser, lambda d: _text(d, "health").startswith("model "), 60, "health never loaded")
+    _create_session(browser, "counted")
+    counts = _wait(browser, lambda d: (c := d.execute_script(COUNTS))[0] == c[1] > 0 and c, 10, "header")
+    with server.client() as api:
+        other = api.post("/v1/sessions", json={"name": "elsewhere"}).raise_for_status().json()["id"]
+        grown = _wait(browser, lambda d: d.execute_script(COUNTS)[1] == counts[1] + 1, 15, "list never grew")
+        assert grown and browser.execute_script(COUNTS) == [counts[1] + 1] * 2
+        api.delete(f"/v1/sessions/{other}").raise_for_status()
+    _wait(browser, lambda d: d.execute_script(COUNTS)[1] == counts[1], 15, "the list never shrank")
+    assert browser.execute_script(COUNTS) == [counts[1]] * 2
+    assert re.search(rf"\b{counts[1]} sessions?\b", _text(browser, "health"))
+
+
+def test_page_question_is_per_session(server, browser) -> None:
+    """Issue 35, item 7: a question typed for one session does not carry over to another; each keeps its
+    own until it is asked."""
+    _open_page(browser, server, server.token)
+    first = _create_session(browser, "draft-a")
+    browser.find_element("id", "question").send_keys("What does the first camera show?")
+    browser.find_element("id", "choices").send_keys("a car\na bike")
+    second = _create_session(browser, "draft-b")
+    assert second != first
+    assert _value(browser, "question") == "" and _value(browser, "choices") == ""
+    browser.find_element("id", "question").send_keys("And the second?")
+    _open_listed(browser, first)
+    assert _value(browser, "question") == "What does the first camera show?"
+    assert _value(browser, "choices") == "a car\na bike"
+    _open_listed(browser, second)
+    assert _value(browser, "question") == "And the second?" and _value(browser, "choices") == ""
+
+
+def test_page_preset_descriptions_are_short(server, browser) -> None:
+    """Issue 35, item 7: the picked preset is described in one plain sentence of at most three lines; its
+    exact summary and source wait behind "How it works" (they were a 20-line block)."""
+    from selenium.webdriver.support.ui import Select
+
+    _open_page(browser, server, server.token)
+    _wait(browser, lambda d: d.find_elements("css selector", "#preset option"), 60, "no presets")
+    with server.client() as api:
+        presets = api.get("/v1/presets").raise_for_status().json()
+    lines = """
+        const e = document.getElementById('preset-summary');
+        return e.getBoundingClientRect().height / parseFloat(getComputedStyle(e).lineHeight);
+    """
+    assert _value(browser, "preset") == "videokv"  # the default, with the longest summary
+    shown = _text(browser, "preset-summary")
+    assert 0 < len(shown) <= 160 and browser.execute_script(lines) <= 3.2, shown
+    for preset in presets:
+        Select(browser.find_element("id", "preset")).select_by_value(preset["name"])
+        shown = _text(browser, "preset-summary")
+        assert 0 < len(shown) <= 160 and browser.execute_script(lines) <= 3.2, (preset["name"], shown)
+        assert shown == preset["description"] and preset["summary"] not in shown
+        assert not browser.find_element("id", "preset-more").is_displayed()
+    browser.find_element("css selector", "#preset-details summary").click()
+    more = _text(browser, "preset-more")
+    assert presets[-1]["summary"] in more and presets[-1]["source"] in more
+
+
+def test_page_strips_control_characters(server, browser) -> None:
+    """Issue 35, item 7: control characters (a model's raw bytes, terminal escapes) never reach the page:
+    not in a streamed answer, not in the evidence, not in a session's name. Newlines and tabs stay. The
+    answer comes from a stub of the ask route (the tiny model's bytes are not reliably control characters)."""
+    with server.client() as api:
+        name = "cam\x1b[31m\x00 one\x07"
+        sid = api.post("/v1/sessions", json={"name": name}).raise_for_status().json()["id"]
+    _open_page(browser, server, server.token, f"#session={sid}")
+    _wait(browser, lambda d: _current(d) == sid, 30, "the session in the address did not open")
+
+    pieces = ["Bell\x07 and\x00 escape\x1b[0m", "\ttab\r\nnext\x85line\x7f"]
+    evidence = [{"t0": 0.0, "t1": 1.0, "kind": "text", "level": "full", "text": "[0.0s] a\x1b[1m line\x00"}]
+    answer = {"question": "q", "answer": "".join(pieces), "evidence": evidence, "stats": {"answer_tokens": 2}}
+    events = "".join(f"event: token\ndata: {json.dumps({'text': p})}\n\n" for p in pieces)
+    browser.execute_script(STUB_ASK, events + f"event: answer\ndata: {json.dumps(answer)}\n\n")
+    browser.find_element("id", "question").send_keys("Say something odd")
+    browser.find_element("id", "ask").click()
+    _wait(browser, lambda d: "tokens" in _text(d, "answer-meta") or _error_text(d), 30, "no answer")
+    assert not _error_text(browser), _error_text(browser)
+    shown = browser.execute_script("return document.getElementById('answer').textContent")
+    assert shown == "Bell and escape[0m\ttab\nnextline", repr(shown)
+
+    browser.find_element("css selector", "#evidence-list button").click()
+    _wait(browser, lambda d: d.find_element("id", "thumb-text").is_displayed(), 10, "no evidence line")
+    line = browser.execute_script("return document.getElementById('thumb-text').textContent")
+    assert line == "[0.0s] a[1m line", repr(line)
+    label = browser.execute_script(
+        "return document.querySelector('#sessions li.current button.open').firstChild.textContent"
+    )
+    assert label == "cam[31m one", repr(label)
+    assert not CONTROL.search(browser.execute_script("return document.body.textContent"))

@@ -97,7 +97,13 @@ def add_parser(sub: argparse._SubParsersAction, add_model_args: Callable) -> Non
     run.add_argument("--out", required=True, help="results folder (a later run into it resumes)")
     run.add_argument("--model", default="offline", help="model (default: the offline real-weights model)")
     run.add_argument("--fps", type=float, default=0.5, help="frames sampled per second (default: 0.5)")
-    run.add_argument("--frame-tokens", type=int, default=16, help="visual tokens per frame (default: 16)")
+    run.add_argument(
+        "--frame-tokens",
+        type=int,
+        default=16,
+        help="cap on visual tokens per temporal patch (2 frames) for Qwen2-VL-family models, as in `videokv "
+        "ask` (default: 16 for every model; `ask` keeps a checkpoint's own budget unless given)",
+    )
     run.add_argument("--chunk-frames", type=int, default=8)
     run.add_argument("--max-new-tokens", type=int, default=32)
     run.add_argument("--device", default=None)
@@ -120,8 +126,17 @@ def add_parser(sub: argparse._SubParsersAction, add_model_args: Callable) -> Non
 
     report = bsub.add_parser("report", help="Markdown table and plots of a run folder")
     report.add_argument("folder")
-    report.add_argument("--docs", default="docs", help="output folder (default: docs)")
+    report.add_argument(
+        "--docs",
+        default="docs/reports",
+        help="output folder (default: docs/reports, beside the committed reports)",
+    )
     report.add_argument("--name", default=None, help="file name stem (default: the run folder's name)")
+    report.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite the report's files if they exist (without it, an existing one is an error)",
+    )
     report.set_defaults(func=cmd_report)
     del add_model_args
 
@@ -180,6 +195,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from videokv.bench.report import write_report
 
-    for path in write_report(args.folder, args.docs, args.name):
+    for path in write_report(args.folder, args.docs, args.name, force=args.force):
         print(path)
     return 0

@@ -200,7 +200,8 @@ def markdown(
     cell = {(r["preset"], r["video_id"]): r for r in rows}
     s = run["settings"]
     lines = [
-        f"Model `{s['model']}`, {s['fps']} fps, {s['frame_tokens']} tokens per frame, dataset "
+        f"Model `{s['model']}`, {s['fps']} fps, `--frame-tokens {s['frame_tokens']}` (visual tokens per "
+        f"temporal patch of 2 frames, Qwen2-VL family), dataset "
         f"`{Path(s['dataset']).name}`; machine: {run['machine']['processor']}, {run['machine']['cpus']} CPUs "
         f"({run['machine']['platform']}); started {run['started']}.",
         "",
@@ -308,19 +309,46 @@ def plots(rows: list[dict], out: Path, name: str) -> list[Path]:
     return paths
 
 
-def write_report(folder: str | Path, docs: str | Path = "docs", name: str | None = None) -> list[Path]:
-    """Write `<docs>/<name>.md` and its plots from run `folder`; returns the files written."""
+def report_files(docs: str | Path, name: str) -> list[Path]:
+    """The files `write_report` writes for `name` into `docs`: the Markdown, its two plots, the JSON."""
+    docs = Path(docs)
+    return [
+        docs / f"{name}.md",
+        docs / f"{name}_accuracy_vs_memory.png",
+        docs / f"{name}_latency_vs_length.png",
+        docs / f"{name}.json",
+    ]
+
+
+def write_report(
+    folder: str | Path, docs: str | Path = "docs/reports", name: str | None = None, force: bool = False
+) -> list[Path]:
+    """Write `<docs>/<name>.md`, its plots and `<docs>/<name>.json` from run `folder`; returns the files
+    written. A file of that name already there (a committed report, another run's) is an InputError before
+    anything is written, unless `force`."""
     folder = Path(folder)
     run, rows = summarize(folder)
     name = name or folder.name
     docs = Path(docs)
+    existing = [p for p in report_files(docs, name) if p.exists()]
+    if existing and not force:
+        raise InputError(
+            f"the report would overwrite {', '.join(map(str, existing))}: give another --name or --docs "
+            "folder, or --force to replace them"
+        )
     docs.mkdir(parents=True, exist_ok=True)
-    command = run.get("command")
     md = docs / f"{name}.md"
     pngs = plots(rows, docs, name)
     task_rows = summarize_tasks(folder)
-    body = f"# Benchmark: {name}\n\n" + markdown(run, rows, command, task_rows)
+    body = f"# Benchmark: {name}\n\n" + markdown(run, rows, run_commands(run), task_rows)
     body += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
     md.write_text(body)
     (docs / f"{name}.json").write_text(json.dumps({"run": run, "rows": rows, "tasks": task_rows}, indent=1))
     return [md, *pngs, docs / f"{name}.json"]
+
+
+def run_commands(run: dict) -> str | None:
+    """Every `videokv bench run` command that wrote into the folder (run.json's `command`, then the
+    `resumed` ones), one a line; None if none was recorded (a run started from Python)."""
+    commands = [c for c in [run.get("command"), *run.get("resumed", [])] if c]
+    return "\n".join(dict.fromkeys(commands)) or None

@@ -1,8 +1,8 @@
 """`videokv bench run`: every preset over every video of a dataset, one record per question, resumable.
 
 Layout of the output folder:
-- `run.json`: the settings (dataset, model, fps, ...), the machine and the date; a later run into the same
-  folder must use the same settings (it resumes).
+- `run.json`: the settings (dataset, model, fps, ...), the command, the machine and the date; a later run into
+  the same folder must use the same settings (it resumes), and its command is added to `resumed`.
 - `results/<preset>.jsonl`: one JSON record per question, appended (and flushed to disk) as soon as the
   question is answered. A crash or Ctrl-C loses nothing already written; a half-written last line is dropped
   when the file is read back.
@@ -92,6 +92,7 @@ def _check_settings(out: Path, settings: RunSettings, command: str | None) -> No
                 f"{out} holds a run with other settings ({what}); "
                 "use another --out folder or the same settings to resume"
             )
+        _record_resumed(run_file, command)
         return
     run_file.write_text(
         json.dumps(
@@ -104,6 +105,18 @@ def _check_settings(out: Path, settings: RunSettings, command: str | None) -> No
             indent=1,
         )
     )
+
+
+def _record_resumed(run_file: Path, command: str | None) -> None:
+    """A later command into the same folder (other videos or presets, a resume) is added to run.json's
+    `resumed` list, so that the report names every command whose records it holds."""
+    meta = json.loads(run_file.read_text())
+    if not command or command == meta.get("command") or command in meta.get("resumed", []):
+        return
+    meta.setdefault("resumed", []).append(command)
+    tmp = run_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, run_file)
 
 
 def run_benchmark(

@@ -97,6 +97,29 @@ SSE_DOC = {
 }
 
 
+# One plain sentence per preset for people picking one (the web page; GET /v1/presets `description`); the
+# preset's `summary` says exactly what it does, in the papers' terms.
+PRESET_DESCRIPTIONS = {
+    "full": "Keeps the whole video: exact, but memory grows with the video. For short clips.",
+    "window": "Keeps only the most recent stretch of the video; anything older is forgotten.",
+    "uniform": "Answers from 64 frames spread evenly over the video (and all subtitles), whatever is asked.",
+    "rekv": "Keeps every frame; for each question, looks up the 64 frames that match it best.",
+    "streamkv": "Groups frames into scenes with summaries; for each question, looks up the matching frames.",
+    "mukv": "Keeps short clips at several levels of detail; for each question, looks up the matching parts.",
+    "x2l": "Keeps the video at two levels of detail; reloads the parts that match the question in full.",
+    "videokv": "The default: for each question, looks up the frames and the subtitle or transcript lines "
+    "that match it.",
+}
+
+
+def preset_description(name: str, summary: str) -> str:
+    """The plain sentence about a preset: its own, or the first clause of its summary."""
+    if name in PRESET_DESCRIPTIONS:
+        return PRESET_DESCRIPTIONS[name]
+    first = summary.split(";")[0].strip()
+    return first if len(first) <= 120 else first[:119].rstrip() + "…"
+
+
 def _decode_b64(data: str, what: str) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
@@ -310,7 +333,15 @@ def create_app(
 
     @api.get("/presets", response_model=list[S.PresetInfo])
     async def presets() -> list[dict]:
-        return [{"name": n, "summary": p.summary, "source": p.source} for n, p in PRESETS.items()]
+        return [
+            {
+                "name": n,
+                "description": preset_description(n, p.summary),
+                "summary": p.summary,
+                "source": p.source,
+            }
+            for n, p in PRESETS.items()
+        ]
 
     # ---- sessions --------------------------------------------------------------------------------------
     @api.post("/sessions", response_model=S.SessionStatus, status_code=201)

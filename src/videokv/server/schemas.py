@@ -22,14 +22,17 @@ class Health(BaseModel):
 
 class PresetInfo(BaseModel):
     name: str
-    summary: str
-    source: str
+    description: str = Field(description="one plain sentence: what the preset keeps and how it answers")
+    summary: str = Field(description="exactly what it does, in its papers' terms")
+    source: str = Field(description="the paper or code it follows")
 
 
 class CreateSession(BaseModel):
     model_config = ConfigDict(extra="forbid")
     memory: str | None = Field(
-        None, max_length=64, description="memory preset (GET /v1/presets); default: the server's (rekv)"
+        None,
+        max_length=64,
+        description="memory preset (GET /v1/presets); default: the server's (videokv unless --memory)",
     )
     memory_set: list[str] = Field(
         default_factory=list, max_length=64, description="key=value overrides, e.g. retrieve.k=16"
@@ -174,10 +177,16 @@ class EvidenceSpan(BaseModel):
     level: str
 
 
+class Evidence(EvidenceSpan):
+    text: str | None = Field(
+        None, description="a text span's subtitle or transcript lines, as ingested (`[12.0s] ...`); else null"
+    )
+
+
 class AnswerOut(BaseModel):
     question: str
     answer: str
-    evidence: list[EvidenceSpan]
+    evidence: list[Evidence]
     stats: dict
     choice: int | None = None
     choice_scores: list[float] | None = None

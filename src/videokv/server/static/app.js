@@ -15,6 +15,9 @@ const MiB = 1024 * 1024;
 
 const state = {
   token: "",
+  model: "", // the server's model (/v1/health)
+  sessionCount: null, // sessions on the server, as the sessions list last showed them
+  drafts: new Map(), // session id -> {question, choices} typed there and not yet asked
   current: null, // id of the open session
   status: null, // its last SessionStatus
   timeline: null, // its last timeline {clock, spans, thumbnails}
@@ -27,6 +30,21 @@ const state = {
 };
 
 const $ = (id) => document.getElementById(id);
+
+/* ---------- text into the DOM ---------- */
+
+// C0 controls but tab and newline, DEL, C1 controls: a model's raw bytes, a terminal's escape codes
+const CONTROL = /[\u0000-\u0008\u000B-\u001F\u007F-\u009F]/g;
+
+/** Text as it may reach the page: control characters (other than newline and tab) removed. */
+function clean(text) {
+  return String(text === null || text === undefined ? "" : text).replace(CONTROL, "");
+}
+
+/** Every text the page shows goes through here: textContent (never innerHTML), cleaned. */
+function setText(node, text) {
+  node.textContent = clean(text);
+}
 
 /* ---------- HTTP ---------- */
 
@@ -93,13 +111,13 @@ async function api(method, path, body) {
 
 function showError(err) {
   const box = $("error");
-  box.textContent = err instanceof Error ? err.message : String(err);
+  setText(box, err instanceof Error ? err.message : String(err));
   box.hidden = false;
 }
 
 function clearError() {
   $("error").hidden = true;
-  $("error").textContent = "";
+  setText($("error"), "");
 }
 
 /** Run an async action from a button: disable it meanwhile, report errors. */
@@ -139,9 +157,11 @@ function el(tag, attrs, ...children) {
     if (k === "class") node.className = v;
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else if (k === "dataset") Object.assign(node.dataset, v);
-    else node.setAttribute(k, v === true ? "" : v);
+    else node.setAttribute(k, v === true ? "" : clean(v));
   }
-  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  for (const c of children) {
+    if (c !== null && c !== undefined) node.append(typeof c === "string" ? clean(c) : c);
+  }
   return node;
 }
 
@@ -175,15 +195,24 @@ async function refreshHealth() {
   const health = $("health");
   try {
     const h = await api("GET", "/health");
-    health.textContent =
-      "model " + h.model + " · " + h.sessions + " session" + (h.sessions === 1 ? "" : "s");
+    state.model = h.model;
+    state.sessionCount = h.sessions;
     health.classList.remove("state-error");
+    renderHealth();
     return true;
   } catch (err) {
-    health.textContent = err.status === 401 ? "token needed: enter it above" : err.message;
+    setText(health, err.status === 401 ? "token needed: enter it above" : err.message);
     health.classList.add("state-error");
     return false;
   }
+}
+
+/** The header: the model, and as many sessions as the list beside it shows. */
+function renderHealth() {
+  if (!state.model) return;
+  const n = state.sessionCount;
+  const sessions = n === null ? "" : " · " + n + " session" + (n === 1 ? "" : "s");
+  setText($("health"), "model " + state.model + sessions);
 }
 
 async function saveToken(event) {
@@ -206,7 +235,7 @@ async function loadPresets() {
   const previous = select.value;
   select.replaceChildren();
   for (const p of presets) {
-    select.append(el("option", { value: p.name, title: p.summary || "" }, p.name));
+    select.append(el("option", { value: p.name, title: p.description || "" }, p.name));
   }
   const names = presets.map((p) => p.name);
   select.value = names.includes(previous) ? previous : names.includes("videokv") ? "videokv" : names[0] || "";
@@ -214,37 +243,63 @@ async function loadPresets() {
   showPresetSummary();
 }
 
+/** The picked preset: one plain sentence; what it does exactly and its source behind "How it works". */
 function showPresetSummary() {
   const select = $("preset");
   const p = (select.presets || []).find((x) => x.name === select.value);
-  $("preset-summary").textContent = p ? p.summary + (p.source ? " (" + p.source + ")" : "") : "";
+  setText($("preset-summary"), p ? p.description || p.summary : "");
+  setText($("preset-more"), p ? p.summary + (p.source ? " Source: " + p.source + "." : "") : "");
+  $("preset-details").hidden = !p;
+}
+
+/** The meta line of a session in the list, from the same status the status panel shows. */
+function sessionMeta(s) {
+  return s.memory + " · " + s.state + " · " + secs(s.clock);
+}
+
+function sessionItem(s) {
+  const current = s.id === state.current;
+  return el(
+    "li",
+    { class: current ? "current" : "", dataset: { id: s.id } },
+    el(
+      "button",
+      {
+        type: "button",
+        class: "open",
+        "aria-current": current ? "true" : null,
+        onclick: () => openSession(s.id),
+      },
+      clean(s.name) || s.id,
+      el("span", { class: "meta" }, sessionMeta(s)),
+    ),
+  );
 }
 
 async function refreshSessions() {
   const sessions = await api("GET", "/sessions");
-  const list = $("sessions");
-  list.replaceChildren();
-  for (const s of sessions) {
-    const label = s.name || s.id;
-    const item = el(
-      "li",
-      { class: s.id === state.current ? "current" : "", dataset: { id: s.id } },
-      el(
-        "button",
-        {
-          type: "button",
-          class: "open",
-          "aria-current": s.id === state.current ? "true" : null,
-          onclick: () => openSession(s.id),
-        },
-        label,
-        el("span", { class: "meta" }, s.memory + " · " + s.state + " · " + secs(s.clock)),
-      ),
-    );
-    list.append(item);
-  }
+  $("sessions").replaceChildren(...sessions.map(sessionItem));
   $("sessions-empty").hidden = sessions.length > 0;
+  state.sessionCount = sessions.length;
+  renderHealth();
+  // the open session's row and the status panel show the same status, whichever arrived last
+  const open = sessions.find((s) => s.id === state.current);
+  if (open) renderStatus(open);
   return sessions;
+}
+
+/** Keep the open session's row in the list in step with the status panel. */
+function renderSessionRow(s) {
+  const row = $("sessions").querySelector('li[data-id="' + CSS.escape(s.id) + '"] .meta');
+  if (row) setText(row, sessionMeta(s)); // in place: a focused button keeps its focus
+}
+
+/** Each session keeps its own unsent question and options: nothing typed for one shows up in another. */
+function switchDraft(from, to) {
+  if (from) state.drafts.set(from, { question: $("question").value, choices: $("choices").value });
+  const draft = state.drafts.get(to) || { question: "", choices: "" };
+  $("question").value = draft.question;
+  $("choices").value = draft.choices;
 }
 
 async function createSession(event) {
@@ -266,16 +321,17 @@ async function createSession(event) {
 async function openSession(id, status) {
   clearError();
   if (state.current !== id) {
+    switchDraft(state.current, id);
     state.current = id;
     state.status = null;
     state.timeline = null;
     state.timelineKey = "";
     state.evidence = [];
     clearThumbs();
-    $("answer").textContent = "";
-    $("answer-meta").textContent = "";
+    setText($("answer"), "");
+    setText($("answer-meta"), "");
     $("evidence-list").replaceChildren();
-    $("upload-result").textContent = "";
+    setText($("upload-result"), "");
   }
   history.replaceState(null, "", window.location.pathname + window.location.search + "#session=" + id);
   $("session-panel").hidden = false;
@@ -297,6 +353,7 @@ async function deleteSession() {
   if (!window.confirm("Delete this session and its files?")) return;
   await guarded($("session-delete"), async () => {
     await api("DELETE", "/sessions/" + encodeURIComponent(state.current));
+    state.drafts.delete(state.current);
     closeSession();
     await refreshSessions();
   });
@@ -324,34 +381,35 @@ async function pollStatus() {
       refreshSessions().catch(() => {});
       return;
     }
-    $("st-state").textContent = "unreachable";
+    setText($("st-state"), "unreachable");
   }
   if (id === state.current) scheduleStatus(STATUS_EVERY_MS);
 }
 
 function renderStatus(s) {
   state.status = s;
-  $("session-title").textContent = (s.name || "Session") + " · " + s.id + " · " + s.memory;
+  setText($("session-title"), (s.name || "Session") + " · " + s.id + " · " + s.memory);
   const st = $("st-state");
-  st.textContent = s.state + (s.error ? ": " + s.error : "");
+  setText(st, s.state + (s.error ? ": " + s.error : ""));
   st.className = "state-" + s.state;
-  $("st-clock").textContent = secs(s.clock);
-  $("st-frames").textContent = String(s.frames);
-  $("st-blocks").textContent = String(s.blocks);
+  setText($("st-clock"), secs(s.clock));
+  setText($("st-frames"), String(s.frames));
+  setText($("st-blocks"), String(s.blocks));
   // one definition of memory (videokv.api.kv_memory): resident = ingest context + resident blocks
   const kv = s.kv || { resident_bytes: 0, context_bytes: 0, blocks_bytes: {}, offloaded_bytes: 0 };
   const tiers = Object.entries(kv.blocks_bytes || {}).filter(([, n]) => n > 0);
-  $("st-resident").textContent = mib(kv.resident_bytes);
+  setText($("st-resident"), mib(kv.resident_bytes));
   $("st-resident").title =
     "context " + mib(kv.context_bytes) + "; blocks: " +
     (tiers.length ? tiers.map(([t, n]) => t + " " + mib(n)).join(", ") : mib(0));
-  $("st-offloaded").textContent = mib(kv.offloaded_bytes);
-  $("st-budget").textContent = s.budget_bytes ? mib(s.budget_bytes) : "none";
-  $("st-fps").textContent = s.ingest_fps ? s.ingest_fps.toFixed(1) + " frames/s" : "–";
+  setText($("st-offloaded"), mib(kv.offloaded_bytes));
+  setText($("st-budget"), s.budget_bytes ? mib(s.budget_bytes) : "none");
+  setText($("st-fps"), s.ingest_fps ? s.ingest_fps.toFixed(1) + " frames/s" : "–");
   const src = s.source;
-  $("st-source").textContent = src ? src.state + (src.error ? ": " + src.error : "") : "none";
+  setText($("st-source"), src ? src.state + (src.error ? ": " + src.error : "") : "none");
   $("st-source").title = src ? src.url : "";
   $("source-stop").disabled = !(src && src.state === "running");
+  renderSessionRow(s);
 }
 
 /* ---------- timeline ---------- */
@@ -393,24 +451,64 @@ function renderTimeline() {
     bar.append(node);
   }
   state.evidence.forEach((ev, i) => {
-    const label = "evidence " + (i + 1) + ": " + ev.kind + " " + secs(ev.t0) + "–" + secs(ev.t1);
+    const label = "evidence " + (i + 1) + ": " + evidenceLabel(ev);
     const node = el("button", {
       type: "button",
-      class: "evidence",
-      "aria-label": label + " (show its frames)",
+      class: isText(ev) ? "evidence lane-text" : "evidence", // over the text lane: frames stay reachable
+      "aria-label": label + (isText(ev) ? " (show its lines)" : " (show its frames)"),
       title: label,
       dataset: { t0: ev.t0, t1: ev.t1, kind: ev.kind, level: ev.level },
-      onmouseenter: () => showThumbs(ev, node),
-      onfocus: () => showThumbs(ev, node),
-      onclick: () => showThumbs(ev, node),
+      onmouseenter: () => showEvidence(ev, node),
+      onfocus: () => showEvidence(ev, node),
+      onclick: () => showEvidence(ev, node),
     });
     place(node, ev.t0, ev.t1, clock);
     bar.append(node);
   });
-  $("axis-end").textContent = secs(tl.clock || 0);
+  setText($("axis-end"), secs(tl.clock || 0));
 }
 
-/* ---------- thumbnails ---------- */
+/* ---------- evidence: subtitle lines or thumbnails ---------- */
+
+/** A span of timed text (subtitles, a transcript): shown as its lines, not as frames. */
+function isText(ev) {
+  return ev.kind === "text";
+}
+
+/** The lines of a text span (`[12.0s] ...` each), cleaned; none when the server did not send them. */
+function evidenceLines(ev) {
+  return clean(ev.text || "")
+    .split("\n")
+    .map((line) => line.trim())
+    .filter((line) => line.length > 0);
+}
+
+function evidenceLabel(ev) {
+  const span = ev.kind + " " + secs(ev.t0) + "–" + secs(ev.t1) + " (" + ev.level + ")";
+  const first = evidenceLines(ev)[0];
+  if (!first) return span;
+  return span + ": " + (first.length > 60 ? first.slice(0, 59) + "…" : first);
+}
+
+/** Show what an evidence span holds: a text span's lines, or thumbnails of the frames inside it. */
+function showEvidence(ev, node) {
+  $("timeline").querySelectorAll(".evidence.active").forEach((n) => n.classList.remove("active"));
+  if (node) node.classList.add("active");
+  if (isText(ev)) showLines(ev);
+  else showThumbs(ev);
+}
+
+function showLines(ev) {
+  state.thumbRequest++; // a thumbnail request still on its way must not replace the lines
+  const lines = evidenceLines(ev);
+  $("thumbs").hidden = true;
+  const box = $("thumb-text");
+  box.replaceChildren(...lines.map((line) => el("p", {}, line)));
+  box.hidden = lines.length === 0;
+  const caption = "text evidence " + secs(ev.t0) + "–" + secs(ev.t1) + " (" + ev.level + ")";
+  setText($("thumb-caption"), lines.length ? caption : caption + ": the server sent no text for it");
+  $("thumb-box").hidden = false;
+}
 
 function clearThumbs() {
   for (const url of state.thumbUrls.values()) URL.revokeObjectURL(url);
@@ -418,6 +516,7 @@ function clearThumbs() {
   $("thumb-box").hidden = true;
   $("thumb-box").querySelectorAll("img.extra").forEach((n) => n.remove());
   $("thumbnail").removeAttribute("src");
+  $("thumb-text").replaceChildren();
 }
 
 /** Up to MAX_THUMBS stored thumbnail times inside [t0, t1] (evenly picked), or the middle of the span. */
@@ -442,12 +541,10 @@ async function thumbUrl(id, t) {
   return url;
 }
 
-async function showThumbs(ev, node) {
+async function showThumbs(ev) {
   const id = state.current;
   if (!id) return;
   const request = ++state.thumbRequest;
-  $("timeline").querySelectorAll(".evidence.active").forEach((n) => n.classList.remove("active"));
-  if (node) node.classList.add("active");
   const box = $("thumb-box");
   const times = thumbTimes(ev.t0, ev.t1);
   let urls;
@@ -455,14 +552,15 @@ async function showThumbs(ev, node) {
     urls = await Promise.all(times.map((t) => thumbUrl(id, t)));
   } catch (err) {
     if (request !== state.thumbRequest) return;
-    box.hidden = false;
+    showFramesBox();
     box.querySelectorAll("img.extra").forEach((n) => n.remove());
     $("thumbnail").removeAttribute("src");
     $("thumbnail").alt = "";
-    $("thumb-caption").textContent = "no frames to show near " + secs(ev.t0) + ": " + err.message;
+    setText($("thumb-caption"), "no frames to show near " + secs(ev.t0) + ": " + err.message);
     return;
   }
   if (request !== state.thumbRequest || id !== state.current) return;
+  showFramesBox();
   box.querySelectorAll("img.extra").forEach((n) => n.remove());
   const first = $("thumbnail");
   first.src = urls[0];
@@ -473,9 +571,14 @@ async function showThumbs(ev, node) {
     after.after(img);
     after = img;
   });
-  $("thumb-caption").textContent =
-    ev.kind + " evidence " + secs(ev.t0) + "–" + secs(ev.t1) + " (" + ev.level + ")";
-  box.hidden = false;
+  const span = secs(ev.t0) + "–" + secs(ev.t1) + " (" + ev.level + ")";
+  setText($("thumb-caption"), ev.kind + " evidence " + span);
+}
+
+function showFramesBox() {
+  $("thumb-text").hidden = true;
+  $("thumbs").hidden = false;
+  $("thumb-box").hidden = false;
 }
 
 /* ---------- ingest ---------- */
@@ -500,7 +603,7 @@ function uploadVideo(event) {
   button.disabled = true;
   bar.hidden = false;
   bar.value = 0;
-  result.textContent = "uploading " + file.name + "…";
+  setText(result, "uploading " + file.name + "…");
   // XMLHttpRequest rather than fetch: it reports upload progress
   const xhr = new XMLHttpRequest();
   xhr.open("POST", "/v1/sessions/" + encodeURIComponent(id) + "/video");
@@ -510,7 +613,7 @@ function uploadVideo(event) {
   };
   xhr.upload.onload = () => {
     bar.removeAttribute("value"); // indeterminate while the server ingests
-    result.textContent = "ingesting " + file.name + "…";
+    setText(result, "ingesting " + file.name + "…");
     scheduleStatus(0);
   };
   const done = () => {
@@ -519,7 +622,7 @@ function uploadVideo(event) {
   };
   xhr.onerror = () => {
     done();
-    result.textContent = "";
+    setText(result, "");
     showError("the upload failed: the connection to the server was lost");
   };
   xhr.onload = () => {
@@ -531,12 +634,12 @@ function uploadVideo(event) {
       /* not JSON */
     }
     if (xhr.status >= 200 && xhr.status < 300 && payload) {
-      result.textContent = "added " + payload.added + " blocks from " + file.name;
+      setText(result, "added " + payload.added + " blocks from " + file.name);
       if (payload.status && id === state.current) renderStatus(payload.status);
       refreshTimeline(true).catch(showError);
       refreshSessions().catch(() => {});
     } else {
-      result.textContent = "";
+      setText(result, "");
       showError("upload of " + file.name + " failed: " + detailMessage(payload, xhr.status));
     }
   };
@@ -632,9 +735,9 @@ async function ask(event) {
   clearError();
   state.asking = true;
   $("ask").disabled = true;
-  answerEl.textContent = "";
+  setText(answerEl, "");
   answerEl.setAttribute("aria-busy", "true");
-  $("answer-meta").textContent = "thinking…";
+  setText($("answer-meta"), "thinking…");
   $("evidence-list").replaceChildren();
   state.evidence = [];
   renderTimeline();
@@ -664,8 +767,8 @@ async function ask(event) {
     for await (const ev of readEvents(response)) {
       const data = ev.data ? JSON.parse(ev.data) : {};
       if (ev.event === "token") {
-        answerEl.textContent += data.text || "";
-        $("answer-meta").textContent = "answering…";
+        answerEl.textContent += clean(data.text);
+        setText($("answer-meta"), "answering…");
       } else if (ev.event === "answer") {
         answered = true;
         await showAnswer(data, choices);
@@ -675,7 +778,7 @@ async function ask(event) {
     }
     if (!answered) throw new ApiError("the answer stream ended before the answer arrived; ask again", 0);
   } catch (err) {
-    $("answer-meta").textContent = "";
+    setText($("answer-meta"), "");
     showError(err);
   } finally {
     state.asking = false;
@@ -686,7 +789,8 @@ async function ask(event) {
 
 async function showAnswer(answer, choices) {
   const answerEl = $("answer");
-  if (answer.answer && answer.answer !== answerEl.textContent.trim()) answerEl.textContent = answer.answer;
+  const text = clean(answer.answer);
+  if (text && text !== answerEl.textContent.trim()) setText(answerEl, text);
   const meta = [];
   if (answer.choice !== undefined && answer.choice !== null) {
     const letter = String.fromCharCode(65 + answer.choice);
@@ -698,7 +802,7 @@ async function showAnswer(answer, choices) {
     meta.push("total " + (st.prefill_s + st.decode_s).toFixed(2) + " s");
   }
   if (st.answer_tokens !== undefined) meta.push(st.answer_tokens + " tokens");
-  $("answer-meta").textContent = meta.join(" · ");
+  setText($("answer-meta"), meta.join(" · "));
   state.evidence = (answer.evidence || []).filter((e) => Number.isFinite(e.t0) && Number.isFinite(e.t1));
   const list = $("evidence-list");
   list.replaceChildren();
@@ -709,8 +813,13 @@ async function showAnswer(answer, choices) {
         {},
         el(
           "button",
-          { type: "button", class: "secondary", onclick: () => showThumbs(ev, null) },
-          ev.kind + " " + secs(ev.t0) + "–" + secs(ev.t1) + " (" + ev.level + ")",
+          {
+            type: "button",
+            class: "secondary",
+            title: clean(ev.text) || null,
+            onclick: () => showEvidence(ev, null),
+          },
+          evidenceLabel(ev),
         ),
       ),
     );
@@ -730,7 +839,7 @@ async function saveSnapshot() {
   if (!id) return;
   await guarded($("session-save"), async () => {
     const saved = await api("POST", "/sessions/" + encodeURIComponent(id) + "/save");
-    $("upload-result").textContent = "saved snapshot " + saved.snapshot;
+    setText($("upload-result"), "saved snapshot " + saved.snapshot);
     $("snapshots-panel").open = true;
     await refreshSnapshots();
   });
