@@ -10,6 +10,7 @@ import pytest
 
 from videokv.cli import main
 from videokv.demo import DEMO_QUESTIONS, prepare_demo
+from videokv.models.registry import FAMILIES
 from videokv.presets import PRESETS
 from videokv.video.decode import find_sample_clip
 
@@ -376,3 +377,23 @@ def test_demo_keeps_the_subtitle_file_it_names(tmp_path, capsys, monkeypatch):
     out = tmp_path / "mine"
     assert main(["demo", "--out", str(out), "--model", "tiny-qwen2_vl", "--max-new-tokens", "2"]) in (0, 1)
     assert (out / "bikes.srt").exists()
+
+
+# ---- videokv models -------------------------------------------------------------------------------------
+def _run_models(*args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "videokv.cli", "models", *args], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_models_lists_every_supported_model_type():
+    rows = [json.loads(line) for line in _run_models("--json").splitlines()]
+    assert [r["model_type"] for r in rows] == list(FAMILIES)
+    by_type = {r["model_type"]: r for r in rows}
+    assert by_type["qwen3_vl_moe"]["class"] == "Qwen3VLMoeForConditionalGeneration"
+    assert by_type["internvl"]["positions"] == "1-D" and by_type["qwen3_vl"]["positions"] == "M-RoPE"
+    assert all(r["verified"] for r in rows)
+    table = _run_models()
+    assert all(t in table for t in FAMILIES) and "docs/ADAPTERS.md" in table
