@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -78,6 +79,13 @@ class Piece:
             self.n_frames,
             self.hw,
         )
+
+
+def square_hw(n: int) -> tuple[int, int] | None:
+    """The (rows, cols) of a frame's n visual tokens laid out as a square grid in raster order
+    (LLaVA-OneVision's pooled grid, InternVL's pixel-shuffled one); None if n is not a square."""
+    side = math.isqrt(n)
+    return (side, side) if side * side == n else None
 
 
 def piece_spans(pieces: list[Piece]) -> list[tuple[int, int]]:

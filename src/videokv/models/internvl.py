@@ -17,14 +17,12 @@ The stream is laid out as `InternVLProcessor` and the checkpoint's chat template
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from videokv.errors import ConfigError
-from videokv.models.base import Adapter, Piece
+from videokv.models.base import Adapter, Piece, square_hw
 from videokv.models.preprocess import LlavaVideoPreprocessor
 
 START, END = "<img>", "</img>"
@@ -71,8 +69,7 @@ class InternVLAdapter(Adapter):
             vision_feature_select_strategy=cfg.vision_feature_select_strategy,
         ).pooler_output  # [T, n, hidden]
         n = feats.shape[1]
-        side = math.isqrt(n)
-        hw = (side, side) if side * side == n else None
+        hw = square_hw(n)  # the frame's square token grid, raster order
         done = (video or {}).get("frames", 0)
         pieces = []
         for i in range(len(frames)):

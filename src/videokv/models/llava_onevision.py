@@ -14,13 +14,11 @@ frames has no official layout here; videokv's is [frames, newline, text, frames,
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from videokv.models.base import Adapter, Piece
+from videokv.models.base import Adapter, Piece, square_hw
 from videokv.models.preprocess import LlavaVideoPreprocessor
 
 
@@ -64,8 +62,7 @@ class LlavaOneVisionAdapter(Adapter):
             vision_feature_select_strategy=cfg.vision_feature_select_strategy,
         ).pooler_output[0, :-1]  # the trailing image_newline is added when the video closes
         n = feats.shape[0] // len(frames)
-        side = math.isqrt(n)  # the pooled square grid of each frame (apply_pooling), raster order
-        hw = (side, side) if side * side == n else None
+        hw = square_hw(n)  # the frame's square token grid, raster order
         pieces = []
         for i in range(len(frames)):
             t0 = float(timestamps[i])

@@ -93,6 +93,21 @@ class Qwen2VLAdapter(Adapter):
         second_per_grid = torch.tensor(self.frames_per_piece / (1.0 / interval), dtype=torch.float32)
         return self.tokens_per_second * second_per_grid
 
+    def _encode(self, frames: np.ndarray) -> tuple[object, tuple[int, int, int], tuple[int, int]]:
+        """One vision-tower call on whole temporal patches: (the tower's output, the patch grid (gt, gh, gw),
+        the merged token grid (rows, cols) of each temporal patch)."""
+        pixels, (gt, gh, gw) = self.preprocessor(frames)
+        grid = torch.tensor([[gt, gh, gw]], device=self.device)
+        out = self.model.model.get_video_features(
+            pixel_values_videos=pixels.to(self.device), video_grid_thw=grid
+        )
+        return out, (gt, gh, gw), (gh // self.merge, gw // self.merge)
+
+    def _raster(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and column of each of a patch's h x w merged tokens, in raster order."""
+        rows = torch.arange(h, device=self.device).repeat_interleave(w)
+        return rows, torch.arange(w, device=self.device).repeat(h)
+
     def video_pieces(
         self,
         frames: np.ndarray,
@@ -101,12 +116,8 @@ class Qwen2VLAdapter(Adapter):
         video: dict | None,
         cursor: int,
     ) -> tuple[list[Piece], dict, int]:
-        pixels, (gt, gh, gw) = self.preprocessor(frames)
-        grid = torch.tensor([[gt, gh, gw]], device=self.device)
-        feats = self.model.model.get_video_features(
-            pixel_values_videos=pixels.to(self.device), video_grid_thw=grid
-        ).pooler_output[0]
-        h, w = gh // self.merge, gw // self.merge
+        out, (gt, gh, gw), (h, w) = self._encode(frames)
+        feats = out.pooler_output[0]
         opening = video is None
         if opening:
             video = {"start": cursor + 1, "patches": 0, "h": h, "w": w, "interval": interval}
@@ -114,8 +125,7 @@ class Qwen2VLAdapter(Adapter):
             raise ValueError("a video's frames must keep one size; close the video first")
         s, j0 = video["start"], video["patches"]
         step = self.time_interval(video["interval"])
-        rows = torch.arange(h, device=self.device).repeat_interleave(w)
-        cols = torch.arange(w, device=self.device).repeat(h)
+        rows, cols = self._raster(h, w)
         t_rows = (torch.arange(j0, j0 + gt) * step).long().tolist()
         pieces = []
         n = h * w

@@ -185,19 +185,13 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         video: dict | None,
         cursor: int,
     ) -> tuple[list[Piece], dict, int]:
-        pixels, (gt, gh, gw) = self.preprocessor(frames)
-        grid = torch.tensor([[gt, gh, gw]], device=self.device)
-        out = self.model.model.get_video_features(
-            pixel_values_videos=pixels.to(self.device), video_grid_thw=grid
-        )
+        out, (gt, gh, gw), (h, w) = self._encode(frames)
         feats = out.pooler_output[0]
         stacks = [d[0] for d in out.deepstack_features]
-        h, w = gh // self.merge, gw // self.merge
         video = dict(video or {"patches": 0, "h": h, "w": w})
         if (video["h"], video["w"]) != (h, w):
             raise ValueError("a video's frames must keep one size; close the video first")
-        rows = torch.arange(h, device=self.device).repeat_interleave(w)
-        cols = torch.arange(w, device=self.device).repeat(h)
+        rows, cols = self._raster(h, w)
         n, pieces = h * w, []
         for i in range(gt):
             a, b = i * self.frames_per_piece, (i + 1) * self.frames_per_piece
