@@ -95,9 +95,8 @@ class VideoQA:
         it), a hub id (where a hub is reachable), "offline" (the offline real-weights model), or
         "tiny-<family>" (tiny random models: `TINY_MODELS`). A name that cannot load fails at once
         (`check_model_name`), and so does a bad `memory` / `memory_set`, before any weights are read."""
-        check_model_name(name_or_path)
         resolve_memory(kwargs.get("memory", "full"), kwargs.get("memory_set"))  # bad presets fail first
-        model, tokenizer = load_model(name_or_path, dtype=dtype, device=device)
+        model, tokenizer = load_model(name_or_path, dtype=dtype, device=device)  # checks the name first
         return cls(model, tokenizer, **kwargs)
 
     @classmethod
