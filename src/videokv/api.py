@@ -121,12 +121,15 @@ class VideoQA:
         return Session(self.adapter, config, fps=fps, system=self.system if system is _QA_SYSTEM else system)
 
     def load_session(
-        self, folder: str | Path, configure: Callable[[MemoryConfig], MemoryConfig] | None = None
+        self,
+        folder: str | Path,
+        configure: Callable[[MemoryConfig], MemoryConfig] | None = None,
+        endpoint: str | None = None,
     ) -> Session:
-        """A session saved with `Session.save`, on this VideoQA's model (which must be the same model).
-        `configure` maps the saved memory configuration to the one to run with (e.g. a new byte budget or
-        spill folder); what it may change is what `MemoryConfig.replace` allows."""
-        return Session.load(folder, self, configure)
+        """A session saved with `Session.save` (a folder or an `s3://` URL), on this VideoQA's model (which
+        must be the same model). `configure` maps the saved memory configuration to the one to run with
+        (e.g. a new byte budget or spill folder); what it may change is what `MemoryConfig.replace` allows."""
+        return Session.load(folder, self, configure, endpoint)
 
     # ---- what callers may read of the model (the service checks request sizes with them) ----------------
     @staticmethod
@@ -176,12 +179,16 @@ class Session:
         self.engine = Engine(adapter, config, system=system, frame_interval=1.0 / self.fps)
         self.saved: dict = {}  # the `extra` fields of the save this session was loaded from
 
-    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
-        """Save the whole session (config, blocks, index, positions, stream clock) to `folder`, atomically:
-        a crash mid-save leaves the previous save readable. An open memory unit is closed first. `extra`:
-        JSON fields of the caller's, given back as `saved` by `load`."""
+    def save(self, folder: str | Path, extra: dict | None = None, endpoint: str | None = None) -> str | Path:
+        """Save the whole session (config, blocks, index, positions, stream clock) to `folder`, a folder or
+        an object store URL (`s3://BUCKET/PREFIX`; `endpoint`: the store's URL when it is not AWS),
+        atomically: a crash mid-save leaves the previous save readable. An open memory unit is closed first.
+        `extra`: JSON fields of the caller's, given back as `saved` by `load`."""
         return save_engine(
-            self.engine, folder, extra={**(extra or {}), "fps": self.fps, "system": self.system}
+            self.engine,
+            folder,
+            extra={**(extra or {}), "fps": self.fps, "system": self.system},
+            endpoint=endpoint,
         )
 
     @classmethod
@@ -190,10 +197,11 @@ class Session:
         folder: str | Path,
         qa: VideoQA,
         configure: Callable[[MemoryConfig], MemoryConfig] | None = None,
+        endpoint: str | None = None,
     ) -> Session:
-        """Load a session saved with `save` (in any process) onto `qa`'s model; it continues streaming.
-        `configure`: as in `VideoQA.load_session`."""
-        manifest, tensors = read_save(folder)
+        """Load a session saved with `save` (in any process; a folder or an `s3://` URL) onto `qa`'s model;
+        it continues streaming. `configure`: as in `VideoQA.load_session`."""
+        manifest, tensors = read_save(folder, endpoint)
         return cls.restore(qa, manifest, tensors, configure)
 
     @classmethod
@@ -203,8 +211,10 @@ class Session:
         manifest: dict,
         tensors: dict[str, torch.Tensor],
         configure: Callable[[MemoryConfig], MemoryConfig] | None = None,
+        fetch: Callable[[dict], dict[str, torch.Tensor]] | None = None,
     ) -> Session:
-        """A session from a save's manifest and tensors (as `read_save` or a journal gives them)."""
+        """A session from a save's manifest and tensors (as `read_save` or a journal gives them). `fetch`:
+        reads the K/V of a block the manifest names without them (a journal's lazy blocks)."""
         extra = manifest.get("extra") or {}
         config = load_config(manifest)
         if configure is not None:
@@ -212,7 +222,7 @@ class Session:
         session = cls(
             qa.adapter, config, fps=extra.get("fps", 1.0), system=extra.get("system", DEFAULT_SYSTEM)
         )
-        restore_engine(session.engine, manifest, tensors)
+        restore_engine(session.engine, manifest, tensors, fetch)
         session.saved = dict(extra)
         return session
 

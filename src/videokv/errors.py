@@ -25,3 +25,22 @@ class ConfigError(InputError):
 
 class ModelNotAvailable(VideoKVError, RuntimeError):
     """A model (or the offline weights) cannot be found; the message says how to install it."""
+
+
+class StorageError(VideoKVError, OSError):
+    """Memory could not be written to or read from its storage (a folder or an object store)."""
+
+
+class StorageFull(StorageError):
+    """The storage has no room left (a full disk, a quota): free space, then retry; nothing acknowledged was
+    lost."""
+
+
+class StorageUnavailable(StorageError):
+    """The storage cannot be reached (an object store down, a timeout): retry later; nothing acknowledged
+    was lost."""
+
+
+class CorruptData(StorageError):
+    """Stored memory failed verification (a checksum, a missing object, a malformed record): it is never
+    served; the session is quarantined."""

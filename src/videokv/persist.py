@@ -1,34 +1,35 @@
 """Saving and loading a session: config, blocks, index, positions, ingest context and stream clock.
 
-A save is a folder: `manifest.json` (format, model identity, memory config, stream state, block metadata)
-and `tensors.safetensors` (the ingest context's K/V and every block's K/V, positions and retrieval key).
-It is written to a temporary sibling folder and renamed into place; an existing save is moved aside first
-and removed last, so a crash at any moment leaves a readable save (`load` falls back to the moved-aside one).
-The memory config is stored as data (policy class paths under `videokv.policies` and their parameters),
-never pickled. Loading checks that the model is the one the session was saved with.
+A save is two objects under a folder or an object-store prefix (videokv.storage), both checksummed
+records: `tensors-<id>` (the ingest context's K/V and every block's K/V, positions and retrieval key) and
+`manifest` (format, model identity, memory config, stream state, block metadata, and the name of its
+tensors object). The tensors are written first under a new name, then the manifest (one atomic put), then
+the previous save's tensors are deleted: a crash at any moment leaves the previous save or the new one
+readable, whole. Every byte is verified when read. The memory config is stored as data (policy class paths
+under `videokv.policies` and their parameters), never pickled. Loading checks that the model is the one the
+session was saved with.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
-import json
-import os
-import shutil
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from videokv.config import MemoryConfig
 from videokv.engine import BlockInfo, Engine, Frame
-from videokv.errors import ConfigError, InputError
+from videokv.errors import ConfigError, CorruptData, InputError, StorageError
 from videokv.memory.block import KVBlock
+from videokv.storage import Missing, open_backend, pack, unpack
 
 FORMAT = "videokv-session"
-VERSION = 2  # 2: the official token layout (temporal patches, one video per run of frames, pending frames)
-MANIFEST = "manifest.json"
-TENSORS = "tensors.safetensors"
+VERSION = 3  # 3: checksummed records on a storage backend (2: the official token layout)
+MANIFEST = "manifest"
 
 
 class SaveError(InputError):
@@ -136,10 +137,13 @@ def pending_tensors(engine: Engine) -> dict[str, torch.Tensor]:
     return {f"pending.{i}": torch.from_numpy(f.image.copy()) for i, f in enumerate(engine.pending)}
 
 
-def save_engine(engine: Engine, folder: str | Path, extra: dict | None = None) -> Path:
-    """Write `engine`'s whole state to `folder` atomically (the open unit, if any, is closed first)."""
+def save_engine(
+    engine: Engine, folder: str | Path, extra: dict | None = None, endpoint: str | None = None
+) -> str | Path:
+    """Write `engine`'s whole state to `folder` (a folder or an `s3://` URL) atomically (the open unit, if
+    any, is closed first)."""
     engine.flush()
-    folder = Path(folder)
+    store = open_backend(folder, endpoint)
     tensors = context_tensors(engine)
     tensors.update(pending_tensors(engine))
     blocks = []
@@ -147,6 +151,8 @@ def save_engine(engine: Engine, folder: str | Path, extra: dict | None = None) -
         b = engine.store.get(row)
         tensors.update(block_tensors(b, f"b{row}"))
         blocks.append(block_record(b))
+    old = _manifest_or_none(store)
+    name = f"tensors-{secrets.token_hex(6)}"
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -155,56 +161,67 @@ def save_engine(engine: Engine, folder: str | Path, extra: dict | None = None) -
         **stream_state(engine),
         "blocks": blocks,
         "extra": extra or {},
+        "tensors": name,
     }
-    tmp = folder.with_name(f".{folder.name}.saving-{os.getpid()}")
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / TENSORS))
-    (tmp / MANIFEST).write_text(json.dumps(manifest))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    store.put(name, pack(tensors))
+    store.put(MANIFEST, pack({}, manifest))
+    stale = [k for k in store.list() if k.startswith("tensors-") and k != name]
+    with contextlib.suppress(StorageError):  # the previous save's tensors (and any a crash left)
+        store.delete(stale)
+    del old
     return folder
 
 
-# ---- load -----------------------------------------------------------------------------------------
-def read_save(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The manifest and tensors of a save (or of the save a crash left moved aside)."""
-    folder = Path(folder)
-    if not (folder / MANIFEST).exists():
-        old = folder.with_name(f".{folder.name}.old")
-        if (old / MANIFEST).exists():
-            folder = old
-        elif not folder.exists():
-            raise SaveError(f"no saved session at {folder}: the folder does not exist")
-        else:
-            raise SaveError(f"{folder} is not a videokv session save: {MANIFEST} is missing")
+def _manifest_or_none(store) -> dict | None:
+    with contextlib.suppress(Missing, StorageError):
+        return unpack(store.get(MANIFEST), f"{store.url}/{MANIFEST}")[0]
+    return None
+
+
+def read_manifest(folder: str | Path, endpoint: str | None = None) -> dict:
+    """A save's manifest (raises SaveError if there is none, or it fails verification)."""
+    store = open_backend(folder, endpoint)
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError) as e:
-        raise SaveError(f"{folder}/{MANIFEST} is corrupt: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        data = store.get(MANIFEST)
+    except Missing as e:
+        if store.is_local and not Path(store.url).exists():
+            raise SaveError(f"no saved session at {store.url}: the folder does not exist") from e
+        raise SaveError(f"{store.url} is not a videokv session save: its {MANIFEST} is missing") from e
+    try:
+        manifest, _ = unpack(data, f"{store.url}/{MANIFEST}")
+    except CorruptData as e:
+        raise SaveError(str(e)) from e
+    if manifest.get("format") != FORMAT:
         raise SaveError(f"{folder} is not a videokv session save (format {manifest.get('format')!r})")
     if manifest.get("version") != VERSION:
         raise SaveError(
             f"{folder} was saved with format version {manifest.get('version')}; this videokv "
             f"reads version {VERSION}"
         )
+    return manifest
+
+
+# ---- load -----------------------------------------------------------------------------------------
+def read_save(folder: str | Path, endpoint: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The manifest and tensors of a save, verified (raises SaveError)."""
+    manifest = read_manifest(folder, endpoint)
+    store = open_backend(folder, endpoint)
+    name = manifest.get("tensors")
     try:
-        tensors = load_file(str(folder / TENSORS))
-    except Exception as e:  # safetensors raises several types for truncated or garbled files
-        raise SaveError(f"{folder}/{TENSORS} is missing or corrupt: {e}") from e
+        _, tensors = unpack(store.get(str(name)), f"{store.url}/{name}")
+    except (Missing, CorruptData) as e:
+        raise SaveError(f"the save at {folder} is incomplete or corrupt: {e}") from e
     return manifest, tensors
 
 
-def restore_engine(engine: Engine, manifest: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Fill a fresh engine (same model, same config) with a save's state."""
+def restore_engine(
+    engine: Engine,
+    manifest: dict,
+    tensors: dict[str, torch.Tensor],
+    fetch: Callable[[dict], dict[str, torch.Tensor]] | None = None,
+) -> None:
+    """Fill a fresh engine (same model, same config) with a save's state. A block record with an `object`
+    and no K/V in `tensors` becomes a lazy block whose K/V `fetch` reads when a question needs them."""
     if manifest["model"] != model_identity(engine):
         raise SaveError(
             f"this save was made with another model: saved {manifest['model']}, "
@@ -221,27 +238,46 @@ def restore_engine(engine: Engine, manifest: dict, tensors: dict[str, torch.Tens
         engine.blocks = [BlockInfo(**b) for b in manifest["context_blocks"]]
         restore_pending(engine, manifest, tensors)
         for row, meta in enumerate(manifest["blocks"]):
-            n = meta["layers"]
-            block = KVBlock(
-                meta["index"],
-                meta["unit"],
-                meta["kind"],
-                meta["t0"],
-                meta["t1"],
-                [tensors[f"b{row}.k{i}"].to(device) for i in range(n)],
-                [tensors[f"b{row}.v{i}"].to(device) for i in range(n)],
-                [tensors[f"b{row}.p{i}"].to(device) for i in range(n)],
-                tensors[f"b{row}.r"],
-                meta["level"],
-                meta["text"],
-                meta["pinned"],
-                origin=meta.get("origin", 0),
-            )
-            engine.keep(block)
+            engine.keep(_block(meta, row, tensors, device, fetch))
     except KeyError as e:
         raise SaveError(f"the save is incomplete: {e} is missing") from e
     if len(engine.cache.layers) and engine.cache.lengths()[0] < engine.n_sinks:
         raise SaveError("the save is inconsistent: its context is shorter than its attention sinks")
+
+
+def _block(meta: dict, row: int, tensors: dict, device, fetch) -> KVBlock:
+    """Block `row` of a save: with its K/V, or lazy (`meta["object"]` names them; `fetch` reads them)."""
+    n = meta["layers"]
+    lazy = f"b{row}.k0" not in tensors and n > 0 and "object" in meta
+    if lazy and fetch is None:
+        raise SaveError(f"block {row} of the save has no K/V and nothing to fetch them with")
+    extra = {}
+    if lazy:
+        extra = {
+            "fetch": fetch,
+            "object": meta["object"],
+            "row": row,
+            "layers": n,
+            "nbytes": meta["object"]["nbytes"],
+            "rotated": tensors[f"b{row}.q"],
+            "present": meta["present"],
+        }
+    return KVBlock(
+        meta["index"],
+        meta["unit"],
+        meta["kind"],
+        meta["t0"],
+        meta["t1"],
+        [] if lazy else [tensors[f"b{row}.k{i}"].to(device) for i in range(n)],
+        [] if lazy else [tensors[f"b{row}.v{i}"].to(device) for i in range(n)],
+        [tensors[f"b{row}.p{i}"].to(device) for i in range(n)],
+        tensors[f"b{row}.r"],
+        meta["level"],
+        meta["text"],
+        meta["pinned"],
+        extra,
+        meta.get("origin", 0),
+    )
 
 
 def restore_pending(engine: Engine, state: dict, tensors: dict[str, torch.Tensor]) -> None:

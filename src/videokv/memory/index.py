@@ -66,9 +66,15 @@ class Index:
                 self.faiss = FaissIndex(*block.rkey.shape)
             self.faiss.add(block.rkey)
         rkey = block.rkey.float()  # [L, D]
-        kv, n, d = block.keys[-1].shape  # rotated at the block's positions; n = 0: absent at the last layer
-        rotated = block.keys[-1].float().mean(1).reshape(-1) if n else torch.zeros(kv * d)
-        present = torch.tensor([int(k.shape[-2]) > 0 for k in block.keys], dtype=torch.bool)
+        if block.keys:
+            kv, n, d = block.keys[
+                -1
+            ].shape  # rotated at the block's positions; n = 0: absent at the last layer
+            rotated = block.keys[-1].float().mean(1).reshape(-1) if n else torch.zeros(kv * d)
+            present = torch.tensor([int(k.shape[-2]) > 0 for k in block.keys], dtype=torch.bool)
+        else:  # a block restored without its K/V (fetched when retrieved): its index entry says these
+            rotated = block.meta["rotated"].float()
+            present = torch.tensor(block.meta["present"], dtype=torch.bool)
         i, need = self.n, self.n + 1
         one = torch.zeros((), dtype=torch.long)
         self._rkeys = _grow(self._rkeys, need, 1, rkey)  # [L, cap, D]
@@ -94,6 +100,14 @@ class Index:
 
     def __len__(self) -> int:
         return self.n
+
+    def rotated_key(self, i: int) -> torch.Tensor:
+        """Block `i`'s mean key at the last layer, rotated (as `add` computed it)."""
+        return self._rotated[i].clone()
+
+    def present_layers(self, i: int) -> list[bool]:
+        """Whether block `i` holds tokens at each layer."""
+        return [bool(x) for x in self._present[i]]
 
     def truncate(self, n: int) -> None:
         n = max(0, min(n, self.n))

@@ -6,8 +6,11 @@ are the newest. On CUDA, host blocks are pinned and copies to the accelerator ar
 (non_blocking); on a CPU-only machine the host tier is the resident one. Disk blocks are safetensors files
 in a folder of this store's own (under spill_dir, removed with the store), written atomically and loaded
 lazily when a question retrieves them. Block metadata (times, kinds, positions, retrieval keys) always
-stays in RAM. Byte counts are exact: the K/V bytes held (a block's tensors are compacted when stored, so
-a view never keeps a larger buffer alive).
+stays in RAM. A block restored from a journal may come without its K/V (a *lazy* block: `meta["fetch"]`
+reads them from the journal's storage): it is placed and counted like any other, and its K/V are fetched
+the first time a question needs them (then kept, if its tier is a resident one). Byte counts are exact:
+the K/V bytes held (a block's tensors are compacted when stored, so a view never keeps a larger buffer
+alive).
 
 Where each block lives depends only on the sequence of blocks and the budgets: after `truncate` (the
 rollback of a failed ingest) spilled blocks come back up as far as the budgets allow, so the store is
@@ -28,6 +31,7 @@ from videokv.errors import ConfigError
 from videokv.memory.block import KVBlock
 
 TIERS = ("device", "host", "disk")
+STUB_KEYS = ("path", "layers", "fetch", "nbytes", "object", "row", "rotated", "present")
 HOT, COLD = 0, 1
 LANES = (HOT, COLD)
 
@@ -87,9 +91,9 @@ class Store:
         slower memory, such as Video-X²L's L-KV) never takes the fastest tier (the accelerator; on a CPU-only
         machine the host, so cold blocks go to disk) and yields its tier to hot blocks under a budget."""
         lane = int(cold)
-        self.check_fits(block.nbytes, cold)
+        nbytes = block.nbytes if block.keys else int(block.meta["nbytes"])
+        self.check_fits(nbytes, cold)
         first = self._lane_tiers(lane)[0]
-        nbytes = block.nbytes
         tokens = int(block.positions[0].shape[-1]) if block.positions else 0  # per head if per head
         block = self._place(block, first)
         i = len(self.blocks)
@@ -157,7 +161,7 @@ class Store:
     def _move(self, i: int, tier: str) -> None:
         block, old = self.blocks[i], self.tier[i]
         self.blocks[i] = self._place(block, tier, old)
-        if old == "disk":
+        if old == "disk" and "path" in block.meta:
             Path(block.meta["path"]).unlink(missing_ok=True)
         self.used[old] -= self.nbytes_of[i]
         self.used[tier] += self.nbytes_of[i]
@@ -166,6 +170,8 @@ class Store:
         self.tier[i] = tier
 
     def _place(self, block: KVBlock, tier: str, old: str | None = None) -> KVBlock:
+        if "fetch" in block.meta:  # a lazy block stays lazy wherever it goes: its K/V are in storage
+            return block
         if tier in ("device", "host"):
             if old == "disk":
                 block = self._read(block)
@@ -222,7 +228,7 @@ class Store:
 
     # ---- reading ------------------------------------------------------------------------------------
     def _read(self, stub: KVBlock) -> KVBlock:
-        data = load_file(stub.meta["path"])
+        data = stub.meta["fetch"](stub.meta) if "fetch" in stub.meta else load_file(stub.meta["path"])
         n = stub.meta["layers"]
         return KVBlock(
             stub.index,
@@ -237,15 +243,19 @@ class Store:
             stub.level,
             stub.text,
             stub.pinned,
-            {k: v for k, v in stub.meta.items() if k not in ("path", "layers")},
+            {k: v for k, v in stub.meta.items() if k not in STUB_KEYS},
             stub.origin,
         )
 
     def get(self, i: int) -> KVBlock:
         """Block `i` with its K/V on the compute device (read from disk / copied from host if needed)."""
         block = self.blocks[i]
-        if self.tier[i] == "disk":
+        if self.tier[i] == "disk" or "fetch" in block.meta:
+            lazy = "fetch" in block.meta
             block = self._read(block)
+            if lazy and self.tier[i] != "disk":  # fetched once, then held like any resident block
+                block = self._place(block, self.tier[i])
+                self.blocks[i] = block
         if block.num_layers and block.device != self.compute:
             block = block.to(self.compute, non_blocking=True)
         return block
@@ -271,7 +281,7 @@ class Store:
         for i in range(len(self.blocks) - 1, n - 1, -1):
             self.used[self.tier[i]] -= self.nbytes_of[i]
             self._lane_used[self.lane[i]][self.tier[i]] -= self.nbytes_of[i]
-            if self.tier[i] == "disk":
+            if self.tier[i] == "disk" and "path" in self.blocks[i].meta:
                 Path(self.blocks[i].meta["path"]).unlink(missing_ok=True)
         self.n_tokens -= sum(self.tokens_of[n:])
         del self.blocks[n:], self.tier[n:], self.nbytes_of[n:], self.lane[n:], self.tokens_of[n:]

@@ -28,28 +28,27 @@ import time
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from videokv.journal import write_atomic
 from videokv.server.ray_registry import CLUSTER_HEADER, HEARTBEAT_S, get_registry
-from videokv.server.sessions import Managed, SessionManager, gone
+from videokv.server.sessions import OWNER, Managed, SessionManager, gone
+from videokv.storage import Missing
 
 log = logging.getLogger("videokv.ray")
-
-OWNER = "owner"  # sessions/<id>/owner: the id of the replica that may write the journal
-
 
 class ClusterManager(SessionManager):
     """The session manager of a replica: fenced journal writes (see the module docstring)."""
 
     replica_id: str = "local"
 
-    def _commit(self, m: Managed) -> None:
-        path = m.folder / OWNER
+    def _owner(self, sid: str) -> str | None:
         try:
-            holder = path.read_text().strip()
-        except FileNotFoundError:
-            holder = None
+            return self.store.child(f"sessions/{sid}").get(OWNER).decode().strip()
+        except Missing:
+            return None
+
+    def _commit(self, m: Managed) -> None:
+        holder = self._owner(m.id)
         if holder is None:
-            write_atomic(path, self.replica_id.encode())
+            self.store.child(f"sessions/{m.id}").put(OWNER, self.replica_id.encode())
         elif holder != self.replica_id:  # the session moved on while this replica was thought dead
             log.warning("videokv: session %s is now held by replica %s; dropped here", m.id, holder)
             m.moved = m.deleted = True
@@ -62,13 +61,12 @@ class ClusterManager(SessionManager):
 
     def take(self, sid: str) -> Managed | None:
         """Adopt session `sid` from its journal (this replica becomes its owner first)."""
-        folder = self.sessions_dir / sid
         if sid in self.sessions:
             return self.sessions[sid]
-        if not (folder / "journal").exists():
+        if not self._journal(sid).exists():
             return None
-        write_atomic(folder / OWNER, self.replica_id.encode())
-        return self.restore_one(folder)
+        self.store.child(f"sessions/{sid}").put(OWNER, self.replica_id.encode())
+        return self.restore_one(sid)
 
 
 def cluster_routes(manager: ClusterManager, secret: str) -> APIRouter:

@@ -7,9 +7,18 @@ ingest made of several chunks (an upload, a batch of pushed frames) is itself al
 transaction spans its chunks, and a failure in any chunk restores the memory (and rewinds the journal) to
 where it was before the request. A live source commits chunk by chunk.
 
-On disk (`data_dir`): `sessions/<id>/journal/` (see journal.py), `sessions/<id>/thumbs/`,
-`sessions/<id>/spill/` (blocks over the byte budget), `sessions/<id>/uploads/` (while an upload is ingested),
-and `snapshots/<name>/` (named full saves, persist.py's format).
+Storage (`store`: the data folder by default, or an S3-compatible object store, `s3://BUCKET/PREFIX`):
+`sessions/<id>/journal/` (see journal.py: the commit protocol, the same on every backend),
+`sessions/<id>/owner` (which server may write the journal), and `snapshots/<name>/` (named full saves,
+persist.py's format). On the local disk (`data_dir`, never shared): `sessions/<id>/thumbs/`,
+`sessions/<id>/spill/` (blocks over the byte budget), `sessions/<id>/uploads/` (while an upload is
+ingested) and `cache/` (a bounded cache of the object store's immutable objects).
+
+A session whose stored journal fails verification (a checksum, a missing object, a malformed record) is
+*quarantined*: listed with its reason (`quarantined`), logged, kept in storage, never served and never
+deleted; it never stops the server from starting. With `lease_s` (servers that share an object store and no
+registry), each server holds its sessions under a lease it renews; a session whose holder's lease ran out
+(the holder died) is adopted by the next server asked for it.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 import secrets
 import shutil
@@ -32,12 +42,20 @@ import numpy as np
 
 from videokv.api import Frame, GenerationOptions, SaveError, Session, VideoQA, kv_memory
 from videokv.config import MemoryConfig
-from videokv.errors import ConfigError, InputError, VideoKVError
+from videokv.errors import (
+    ConfigError,
+    CorruptData,
+    InputError,
+    StorageError,
+    StorageUnavailable,
+    VideoKVError,
+)
 from videokv.journal import Journal
 from videokv.presets import DEFAULT_PRESET, resolve_memory
 from videokv.server.live import FinishedSource, Item, LiveSource, chunked, is_live
 from videokv.server.scheduler import Scheduler
 from videokv.server.thumbnails import Thumbnails
+from videokv.storage import Backend, Missing, open_backend
 from videokv.video.subtitles import TextEvent
 
 log = logging.getLogger("videokv.server")
@@ -45,6 +63,7 @@ log = logging.getLogger("videokv.server")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RESERVED_MEMORY_KEYS = ("spill_dir", "device_bytes", "host_bytes")
 MOVED_GRACE_S = 10.0
+OWNER = "owner"  # sessions/<id>/owner: which server may write the session's journal
 #: A question's prompt is prefilled in forwards of at most this many tokens, the scheduler running other
 #: sessions' work between them (a 2000-character question was one unsliced forward); shorter ones: one.
 PREFILL_CHUNK_TOKENS = 128
@@ -267,6 +286,10 @@ class SessionManager:
         session_bytes: int | None = None,
         chunk_frames: int = 8,
         limits=None,
+        store: str | None = None,
+        endpoint: str | None = None,
+        lease_s: float | None = None,
+        cache_bytes: int | None = None,
     ):
         from videokv.server.limits import Limits, clean_stale
 
@@ -278,6 +301,16 @@ class SessionManager:
         self.snapshots_dir = self.data_dir / "snapshots"
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         self.snapshots_dir.mkdir(parents=True, exist_ok=True)
+        # where journals and snapshots live: the data folder itself, or an object store (with a local cache)
+        self.store: Backend = open_backend(
+            store or self.data_dir, endpoint, cache_dir=self.data_dir / "cache", cache_bytes=cache_bytes
+        )
+        self.store_url = store
+        self.quarantined: dict[str, dict] = {}  # session id -> {"session", "reason", "since"}
+        self.server_id = f"{secrets.token_hex(4)}-{os.getpid()}"
+        self.lease_s = lease_s
+        self.renewed_at = time.monotonic()
+        self._lease_thread: threading.Thread | None = None
         self.limits = limits or Limits()
         for stale in clean_stale(self.snapshots_dir):  # a save a kill interrupted
             log.warning("videokv: removed the unfinished save %s", stale.name)
@@ -345,6 +378,10 @@ class SessionManager:
     def _commit(self, m: Managed) -> None:
         if m.deleted:
             raise gone(m)
+        if self.lease_s is not None and time.monotonic() - self.renewed_at > 0.8 * self.lease_s:
+            raise StorageUnavailable(
+                f"session {m.id}'s lease in the store could not be renewed lately; retry in a moment"
+            )
         m.journal.commit(m.session, m.info())
 
     def _step(self, m: Managed, items: list[Item], interval: float | None = None) -> int:
@@ -408,16 +445,27 @@ class SessionManager:
         finally:
             m.thumbs.remove_after(m.outer_clock)
             if not m.deleted:
-                m.journal.commit(m.session, m.info())
-                m.journal.end()
+                try:  # the journal back to the base (what memory now is); if storage refuses, the base
+                    m.journal.rollback()  # stays stored (a crash recovers it) and the next commit fixes it
+                except (StorageError, OSError) as e:
+                    log.warning("videokv: session %s: the rollback is not stored yet (%s)", m.id, e)
             self._refresh(m)
 
     # ---- sessions -------------------------------------------------------------------------------------
     def _new_id(self) -> str:
         while True:
             sid = secrets.token_hex(6)
-            if sid not in self.sessions and not (self.sessions_dir / sid).exists():
+            taken = sid in self.sessions or sid in self.quarantined or (self.sessions_dir / sid).exists()
+            if not taken and not self._journal(sid).exists():
                 return sid
+
+    def _journal(self, sid: str) -> Journal:
+        return Journal(self.store.child(f"sessions/{sid}/journal"))
+
+    def _remove(self, sid: str, folder: Path) -> None:
+        """Delete a session's stored objects and local folder."""
+        self.store.child(f"sessions/{sid}").delete_prefix()
+        shutil.rmtree(folder, ignore_errors=True)
 
     def _reserve(self) -> None:
         if len(self.sessions) >= self.max_sessions:
@@ -454,20 +502,14 @@ class SessionManager:
                 sid,
                 session,
                 folder,
-                Journal(folder / "journal"),
+                self._journal(sid),
                 Thumbnails(folder / "thumbs"),
                 memory=config.name,
                 name=name,
                 budget=self.session_bytes,
                 idle_expiry=idle_expiry,
             )
-            folder.mkdir(parents=True)
-            try:
-                self._commit(m)
-            except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
-            self._refresh(m)
+            self._start_journal(m)
             return m
 
         try:
@@ -476,14 +518,33 @@ class SessionManager:
             if isinstance(e, InputError):
                 raise
             raise BadRequest(f"cannot start a session with memory {memory!r} {memory_set or []}: {e}") from e
+        return self._add_or_remove(m)
+
+    def _start_journal(self, m: Managed) -> None:
+        """A new session's first commit (its prefix marked as a creation until then: a crash in between
+        leaves a marker, not a session); on failure nothing of it stays."""
+        try:
+            m.folder.mkdir(parents=True)
+            m.journal.mark_new()
+            self._claim(m.id)
+            self._commit(m)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._remove(m.id, m.folder)
+            raise
+        self._refresh(m)
+
+    def _add_or_remove(self, m: Managed) -> Managed:
+        """Hold a built session, or (no room) delete what building it stored and raise TooMany."""
         try:
             return self._add(m)
         except TooMany:
-            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(Exception):
+                self._remove(m.id, m.folder)
             raise
 
     def get(self, sid: str) -> Managed:
-        m = self.sessions.get(sid)
+        m = self.sessions.get(sid) or self._adopt_on_request(sid)
         if m is None and time.monotonic() - self.moved_away.get(sid, -MOVED_GRACE_S) < MOVED_GRACE_S:
             raise SessionMoved(f"session {sid} is moving to another replica; retry in a moment")
         if m is None:
@@ -516,7 +577,7 @@ class SessionManager:
             m.source.stop()
         self.scheduler.forget(sid)
         # runs after the job in progress (one worker): nothing writes into the folder after this
-        await self.scheduler.run(sid, shutil.rmtree, m.folder, True)
+        await self.scheduler.run(sid, self._remove, sid, m.folder)
         if m.source is not None:
             await asyncio.to_thread(m.source.join, 30)
 
@@ -710,10 +771,10 @@ class SessionManager:
             m.touch()
 
     # ---- snapshots ------------------------------------------------------------------------------------
-    def _snapshot_dir(self, name: str) -> Path:
+    def _snapshot(self, name: str) -> Backend:
         if not NAME_RE.match(name):
             raise NotFound(f"no snapshot {name!r}; list them with GET /v1/snapshots")
-        return self.snapshots_dir / name
+        return self.store.child(f"snapshots/{name}")
 
     async def save(self, m: Managed) -> str:
         name = f"{m.id}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
@@ -721,35 +782,38 @@ class SessionManager:
         def run() -> str:
             extra = {"fps": m.fps, "system": m.session.system, **m.info(), "saved": time.time()}
             extra.pop("source", None)
-            m.session.save(self.snapshots_dir / name, extra=extra)
+            m.session.save(self._snapshot(name), extra=extra)
             return name
 
         return await self.scheduler.run(m.id, run)
 
     def snapshots(self) -> list[dict]:
+        from videokv.persist import MANIFEST, read_manifest
+
+        names = sorted({k.split("/")[0] for k in self.store.list("snapshots") if k.endswith(f"/{MANIFEST}")})
         out = []
-        for folder in sorted(self.snapshots_dir.iterdir()) if self.snapshots_dir.exists() else []:
-            if folder.name.startswith(".") or not (folder / "manifest.json").exists():
-                continue
+        for name in names:
             try:
-                manifest = json.loads((folder / "manifest.json").read_text())
-            except (OSError, ValueError):
+                manifest = read_manifest(self._snapshot(name))
+            except (SaveError, StorageError, OSError):
                 continue
             extra = manifest.get("extra") or {}
             out.append(
                 {
-                    "snapshot": folder.name,
+                    "snapshot": name,
                     "session": extra.get("id"),
                     "memory": (manifest.get("config") or {}).get("name", "?"),
                     "clock": float((manifest.get("state") or {}).get("clock", 0.0)),
-                    "created": float(extra.get("saved") or folder.stat().st_mtime),
+                    "created": float(extra.get("saved") or 0.0),
                 }
             )
         return sorted(out, key=lambda s: s["created"])
 
     async def restore_snapshot(self, name: str) -> Managed:
-        folder = self._snapshot_dir(name)
-        if not (folder / "manifest.json").exists():
+        from videokv.persist import MANIFEST
+
+        folder = self._snapshot(name)
+        if not folder.exists(MANIFEST):
             raise NotFound(f"no snapshot {name!r}; list them with GET /v1/snapshots")
         self._reserve()
         sid = self._new_id()
@@ -762,58 +826,83 @@ class SessionManager:
                 sid,
                 session,
                 target,
-                Journal(target / "journal"),
+                self._journal(sid),
                 Thumbnails(target / "thumbs"),
                 memory=config.name,
                 name=extra.get("name"),
                 budget=self.session_bytes,
             )
             self._check_budget(m)
-            target.mkdir(parents=True)
-            try:
-                self._commit(m)
-            except BaseException:
-                shutil.rmtree(target, ignore_errors=True)
-                raise
-            self._refresh(m)
+            self._start_journal(m)
             return m
 
         m = await self.scheduler.run(sid, build)
-        return self._add(m)
+        return self._add_or_remove(m)
 
-    # ---- start-up and shutdown ----------------------------------------------------------------------
+    # ---- start-up, adoption, quarantine ---------------------------------------------------------------
+    def stored_sessions(self) -> list[str]:
+        """The ids of the sessions with a journal (or the remains of one) in the store."""
+        sids = {k.split("/")[0] for k in self.store.list("sessions") if "/journal/" in k}
+        if self.store.is_local:  # local folders of sessions whose journal is gone (quarantined, below)
+            sids |= {p.name for p in self.sessions_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        return sorted(s for s in sids if NAME_RE.match(s))
+
     def restore_all(self) -> list[str]:
-        """Bring back every session in `data_dir/sessions` from its journal (runs its model work on the
-        scheduler); live sources that were running are resumed where they stopped. Returns the ids."""
+        """Bring back the sessions in the store from their journals (their model work on the scheduler);
+        live sources that were running are resumed where they stopped. A session that fails verification
+        is quarantined, never served, never deleted; with leases, sessions another live server holds are
+        left to it. At most `max_sessions` are held. Returns the ids."""
+        self.start_leases()
         restored = []
-        for folder in sorted(self.sessions_dir.iterdir()):
-            if not folder.is_dir() or folder.name.startswith("."):
+        for sid in self.stored_sessions():
+            if len(self.sessions) >= self.max_sessions:
+                log.warning(
+                    "videokv: %s is left in the store: --max-sessions %d reached", sid, self.max_sessions
+                )
                 continue
-            try:
-                m = self.restore_one(folder)
-            except (SaveError, VideoKVError, OSError, ValueError, KeyError, RuntimeError) as e:
-                log.error("videokv: cannot restore the session in %s: %s (left on disk)", folder, e)
+            if not self._lease_free(sid):
                 continue
+            m = self._restore_or_quarantine(sid)
             if m is not None:
                 restored.append(m.id)
         return restored
 
-    def restore_one(self, folder: Path) -> Managed | None:
-        """Bring back the session journaled in `folder` (under `sessions_dir`), resuming its live source if
-        it was running; None (and the folder removed) if it has no journal: a session created while the
-        process died. Raises what reading the journal raises (the folder is left on disk). This is also how
-        a session moves between processes that share `data_dir`: one `release`s it, the other restores it."""
-        journal = Journal(folder / "journal")
-        if not journal.exists():
-            log.warning(
-                "videokv: %s has no journal (a session created while the server died); removed", folder
-            )
-            shutil.rmtree(folder, ignore_errors=True)
+    def _restore_or_quarantine(self, sid: str) -> Managed | None:
+        try:
+            return self.restore_one(sid)
+        except Exception as e:  # noqa: BLE001 - any failure: quarantined with its reason, the server goes on
+            self.quarantine(sid, e)
             return None
-        if folder.name in self.sessions:
-            return self.sessions[folder.name]
-        self.moved_away.pop(folder.name, None)
-        m = self.scheduler.call(folder.name, self._restore_one, folder, journal)
+
+    def quarantine(self, sid: str, error: BaseException | str) -> None:
+        """Keep session `sid` out of service (its storage untouched) and say why."""
+        reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        self.quarantined[sid] = {"session": sid, "reason": reason, "since": time.time()}
+        self.sessions.pop(sid, None)
+        log.error("videokv: session %s is quarantined (kept in storage, not served): %s", sid, reason)
+
+    def restore_one(self, sid: str | Path) -> Managed | None:
+        """Bring back the session `sid` from its journal, resuming its live source if it was running. None
+        (its remains removed) if it was being created when its server died. Raises what reading the journal
+        raises (CorruptData, SaveError, ...; nothing is deleted then). This is also how a session moves
+        between processes that share a store: one `release`s it, the other restores it."""
+        sid = Path(sid).name
+        if sid in self.sessions:
+            return self.sessions[sid]
+        journal = self._journal(sid)
+        folder = self.sessions_dir / sid
+        if not journal.exists():
+            objects = journal.store.list()
+            if set(objects) <= {"new"} and not any((folder / "thumbs").glob("*")):
+                log.warning("videokv: %s was being created when the server died; removed", sid)
+                self._remove(sid, folder)
+                return None
+            raise CorruptData(
+                f"session {sid} has no commit record (its journal holds {len(objects)} objects)"
+            )
+        self.moved_away.pop(sid, None)
+        m = self.scheduler.call(sid, self._restore_one, sid, folder, journal)
+        self.quarantined.pop(sid, None)
         self.sessions[m.id] = m
         spec = m.resume
         if spec and spec.get("state") == "running":
@@ -821,10 +910,10 @@ class SessionManager:
         return m
 
     async def release(self, sid: str) -> None:
-        """Hand session `sid` over to another process that shares `data_dir`: stop its live source (its
+        """Hand session `sid` over to another process that shares the store: stop its live source (its
         journal keeps it "running", so the process that restores it resumes it exactly where the last commit
         ends), let the job in progress finish (a chunk it had not committed is rolled back; jobs waiting for
-        the session end with a retryable 503), and drop it from this process, its folder untouched."""
+        the session end with a retryable 503), and drop it from this process, its storage untouched."""
         m = self.get(sid)
         if m.lock.locked() or m.busy:
             raise Conflict(f"session {sid} is ingesting a request; move it when that is done")
@@ -838,12 +927,15 @@ class SessionManager:
         self.scheduler.forget(sid)
         if m.source is not None:
             await asyncio.to_thread(m.source.join, 30)
+        if self.lease_s is not None:
+            with contextlib.suppress(StorageError):
+                self.store.child(f"sessions/{sid}").delete([OWNER])
 
-    def _restore_one(self, folder: Path, journal: Journal) -> Managed:
+    def _restore_one(self, sid: str, folder: Path, journal: Journal) -> Managed:
         if journal.recover():
-            log.warning("videokv: session %s: an upload cut by the crash was rolled back", folder.name)
+            log.warning("videokv: session %s: an upload cut by the crash was rolled back", sid)
         header = journal.read_header()
-        info = header.get("info") or {}
+        info = header["info"]
         shutil.rmtree(folder / "spill", ignore_errors=True)  # spill files of the dead process
         shutil.rmtree(folder / "uploads", ignore_errors=True)
         budget = info.get("budget")
@@ -852,26 +944,88 @@ class SessionManager:
             budget = None  # the server now runs without budgets
             overrides.update(host_bytes=None, device_bytes=None)
         session = journal.load(self.qa, **overrides)
+        self._claim(sid)
         m = Managed(
-            info.get("id") or folder.name,
+            str(info.get("id") or sid),
             session,
             folder,
             journal,
             Thumbnails(folder / "thumbs"),
-            memory=info.get("memory") or session.config.name,
+            memory=str(info.get("memory") or session.config.name),
             name=info.get("name"),
             created=float(info.get("created") or time.time()),
             budget=budget,
             idle_expiry=info.get("idle_expiry"),
         )
         m.thumbs.remove_after(session.clock)  # thumbnails of frames whose chunk never committed
-        m.resume = info.get("source")
+        m.resume = info.get("source") if isinstance(info.get("source"), dict) else None
         if m.resume and m.resume.get("state") != "running":  # it had ended: report how, keep it journaled
             m.source = FinishedSource(m.resume)
             if m.source.state == "error" and m.source.error:
                 m.error = f"live source {m.source.url}: {m.source.error}"
         self._refresh(m)
         return m
+
+    # ---- leases: servers that share an object store without a registry -------------------------------
+    def _claim(self, sid: str) -> None:
+        """Write this server as the session's holder (with leases: until the lease runs out)."""
+        if self.lease_s is None:
+            return
+        until = time.time() + self.lease_s
+        self.store.child(f"sessions/{sid}").put(
+            OWNER, json.dumps({"holder": self.server_id, "until": until}).encode()
+        )
+
+    def _lease_free(self, sid: str) -> bool:
+        """Whether this server may take session `sid`: no leases, no holder, its own, or the holder's lease
+        ran out (the holder died or let it go)."""
+        if self.lease_s is None:
+            return True
+        try:
+            owner = json.loads(self.store.child(f"sessions/{sid}").get(OWNER))
+        except Missing:
+            return True
+        except (ValueError, StorageError):
+            return False
+        if not isinstance(owner, dict):
+            return True
+        return owner.get("holder") == self.server_id or float(owner.get("until") or 0) < time.time()
+
+    def _adopt_on_request(self, sid: str) -> Managed | None:
+        """With leases, a request for a session this server does not hold adopts it from the store when its
+        holder's lease ran out (None: not in the store; 503 while another server holds it)."""
+        if self.lease_s is None or not NAME_RE.match(sid) or sid in self.quarantined or self.closing:
+            return None
+        try:
+            if not self._journal(sid).exists():
+                return None
+            if not self._lease_free(sid):
+                raise SessionMoved(f"session {sid} is held by another server; retry in a moment")
+            if len(self.sessions) >= self.max_sessions:
+                raise TooMany(f"session {sid} is in the store but this server holds --max-sessions sessions")
+        except StorageError as e:
+            raise StorageUnavailable(f"session {sid}: {e}") from e
+        log.warning("videokv: adopting session %s from the store (its holder's lease ran out)", sid)
+        return self._restore_or_quarantine(sid)
+
+    def start_leases(self) -> None:
+        """Renew this server's leases every lease_s / 3 seconds (a daemon thread)."""
+        if self.lease_s is None or self._lease_thread is not None:
+            return
+
+        def renew() -> None:
+            while not self.closing:
+                try:
+                    for sid in list(self.sessions):
+                        self._claim(sid)
+                    self.renewed_at = time.monotonic()
+                except Exception as e:  # noqa: BLE001 - the store is down: commits refuse until renewed
+                    log.warning("videokv: could not renew the sessions' leases: %s", e)
+                time.sleep(self.lease_s / 3)
+
+        self.renewed_at = time.monotonic()
+        self._lease_thread = threading.Thread(target=renew, name="videokv-leases", daemon=True)
+        self._lease_thread.start()
 
     def _resume(self, m: Managed, spec: dict) -> None:
         url = spec["url"]
