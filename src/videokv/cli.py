@@ -75,13 +75,16 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     """Decoding options (videokv.GenerationOptions; transformers' names). Default: greedy."""
     g = p.add_argument_group("decoding (default: greedy; transformers' logits processors)")
     g.add_argument("--do-sample", action="store_true", help="sample instead of taking the most likely token")
-    g.add_argument("--temperature", type=float, default=1.0, help="with --do-sample: > 0 (default: 1.0)")
+    g.add_argument("--temperature", type=float, default=1.0, help="with --do-sample: >= 1e-5 (default: 1.0)")
     g.add_argument("--top-k", type=int, default=0, help="with --do-sample: keep the k most likely (0: off)")
     g.add_argument(
         "--top-p", type=float, default=1.0, help="with --do-sample: nucleus mass in (0, 1] (1: off)"
     )
     g.add_argument(
-        "--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default: 1.0, off)"
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="0.01 to 100; > 1 discourages repeats (default: 1.0, off)",
     )
     g.add_argument("--seed", type=int, default=None, help="the sampler's seed (default: a fresh one)")
     g.add_argument(

@@ -24,6 +24,13 @@ from videokv.errors import InputError
 
 MAX_STOPS = 8
 MAX_STOP_CHARS = 200
+#: The smallest temperature when sampling: float32 logits divided by less overflow to inf, and the softmax of
+#: inf is NaN (torch.multinomial then fails). For the most likely token, decode greedily (do_sample=False,
+#: or temperature 0 in the OpenAI route).
+MIN_TEMPERATURE = 1e-5
+#: The range of repetition_penalty: a penalty further from 1 divides or multiplies logits into overflow.
+MIN_REPETITION_PENALTY = 1e-2
+MAX_REPETITION_PENALTY = 100.0
 
 
 class GenerationError(InputError):
@@ -34,10 +41,11 @@ class GenerationError(InputError):
 class GenerationOptions:
     """How an answer is decoded (the transformers `GenerationConfig` names).
 
-    do_sample: sample from the processed distribution (default: greedy argmax). temperature (> 0), top_k
-    (0: off) and top_p (in (0, 1]; 1: off) shape the distribution when sampling and are an error without
-    it. repetition_penalty (> 0; 1: off): transformers' `RepetitionPenaltyLogitsProcessor` over the question
-    turn's and the answer's ids (greedy or sampled). seed: the sampler's seed (None: a fresh one, reported
+    do_sample: sample from the processed distribution (default: greedy argmax). temperature (at least
+    1e-5: MIN_TEMPERATURE), top_k (0: off) and top_p (in (0, 1]; 1: off) shape the distribution when
+    sampling and are an error without it. repetition_penalty (in [0.01, 100]; 1: off): transformers'
+    `RepetitionPenaltyLogitsProcessor` over the question turn's and the answer's ids (greedy or sampled).
+    Every number must be finite. seed: the sampler's seed (None: a fresh one, reported
     in the answer's stats as `seed`). stop: strings that end the answer where they first appear (they are
     not part of it); at most 8, each 1-200 characters.
     """
@@ -91,17 +99,19 @@ class GenerationOptions:
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64
         ):
             raise GenerationError(f"seed must be an integer from 0 to 2**64 - 1 (or None); got {self.seed!r}")
-        if not self.repetition_penalty > 0:
+        if not MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY:
             raise GenerationError(
-                "repetition_penalty must be > 0 (1.0: off; > 1 discourages repeats); "
+                f"repetition_penalty must be > 0, from {MIN_REPETITION_PENALTY:g} to "
+                f"{MAX_REPETITION_PENALTY:g} (1.0: off; > 1 discourages repeats); "
                 f"got {self.repetition_penalty}"
             )
         if not 0 < self.top_p <= 1:
             raise GenerationError(f"top_p must be in (0, 1] (1.0: off); got {self.top_p}")
-        if self.do_sample and not self.temperature > 0:
+        if self.do_sample and not self.temperature >= MIN_TEMPERATURE:
             raise GenerationError(
-                f"temperature must be > 0 when sampling; got {self.temperature} "
-                "(for greedy decoding pass do_sample=False instead of temperature 0)"
+                f"temperature must be > 0 when sampling, at least {MIN_TEMPERATURE:g}; got "
+                f"{self.temperature} (for greedy decoding pass do_sample=False instead of a temperature "
+                "near 0)"
             )
         if not self.do_sample:
             changed = [

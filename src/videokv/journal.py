@@ -431,7 +431,8 @@ def _index_entry(block, index, row: int) -> tuple[dict, dict[str, torch.Tensor]]
         prev = p
     counts = [int(p.shape[-1]) for p in block.positions]
     present = index.present_layers(row)
-    return {"record": block_record(block), "pos": source, "counts": counts, "present": present}, tensors
+    record = {**block_record(block), "layers": len(block.positions)}  # `block` may be a spilled stub
+    return {"record": record, "pos": source, "counts": counts, "present": present}, tensors
 
 
 def _manifest_block(entry: dict, part: dict[str, torch.Tensor], row: int, tensors: dict) -> dict:

@@ -2,13 +2,17 @@
 replicas; the tiny model): placement and affinity, the page through the cluster, bad input as
 on one process, OpenAI chats through the router, `kill -9` of a replica mid-ingest and mid-answer (its
 sessions resume elsewhere and end as an uninterrupted run; a cut streamed answer ends with a retryable error
-event), a move for balance, admission by the replicas' budgets (429), and autoscaling on sessions held."""
+event), a move for balance, admission by the replicas' budgets (429), and autoscaling on sessions held. The
+cluster runs with Ray's token auth (its default), a token of its own shared by every node as docs/SERVER.md
+says; tests/server/test_ray_auth.py runs it with token auth off, and a local `videokv serve --ray`."""
 
 from __future__ import annotations
 
 import base64
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.server.conftest import TOKEN, make_clip
+from tests.server.conftest import MODEL, TOKEN, free_port, make_clip
 from tests.server.test_api import QUESTION, answer_of, create, parse_sse, wait_for
 
 pytest.importorskip("ray.serve")
@@ -31,17 +35,19 @@ PER_REPLICA = REPLICA_MB // SESSION_MB
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """(URL, data dir) of `videokv serve --ray` with 2 replicas on a head + one worker node."""
+    """(URL, data dir, RayCluster) of `videokv serve --ray` with 2 replicas on a head + two worker nodes,
+    with Ray's token auth: every node has RAY_AUTH_MODE=token and the cluster's token file; `videokv serve`
+    only the file (RAY_AUTH_TOKEN_PATH), and turns token auth on itself."""
     from tests.server.ray_cluster import RayCluster
 
     base = tmp_path_factory.getbasetemp()
     data = tmp_path_factory.mktemp("raydata")
-    ray = RayCluster(workers=2)
+    ray = RayCluster(workers=2, auth="token")
     try:
         ray.start()
         extra = ["--media-dir", str(base), "--allow-urls", "--chunk-frames", "4"]
         extra += ["--session-mb", str(SESSION_MB), "--replica-mb", str(REPLICA_MB)]
-        url = ray.serve(data, extra)
+        url = ray.serve(data, extra, auth={"RAY_AUTH_TOKEN_PATH": str(ray.token_path)})
         yield url, data, ray
     finally:
         ray.stop()
@@ -99,6 +105,38 @@ def test_sessions_spread_and_every_request_reaches_their_replica(rc: httpx.Clien
     assert 'id="ask"' in page.text
     assert httpx.get(f"{rc.base_url}/static/app.js", timeout=30).status_code == 200
     assert rc.get("/openapi.json").json()["paths"]["/v1/sessions/{sid}/ask"]
+
+
+def test_token_auth_lets_the_token_holders_in_and_refuses_the_others_clearly(cluster, tmp_path: Path):
+    """The cluster's nodes joined with its token and `videokv serve` found it (RAY_AUTH_TOKEN_PATH, no
+    RAY_AUTH_MODE: Ray alone would not turn token auth on for an explicit address). A `videokv serve --ray`
+    without the token (a fresh HOME, no Ray auth variables) or with a wrong one is refused: it exits 1 with a
+    message naming the cure, not a traceback or a hang."""
+    ray = cluster[2]
+    assert f"Ray auth: token (from RAY_AUTH_TOKEN_PATH={ray.token_path})" in ray.log("serve.log")
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text("0" * 64)
+    home = tmp_path / "home"
+    home.mkdir()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    base |= {"HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, "-m", "videokv.server", "--ray", ray.address, "--model", MODEL, "--token", TOKEN]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--data-dir", str(tmp_path / f"d{i}"), "--port", str(free_port())],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i, env in enumerate([base, {**base, "RAY_AUTH_TOKEN_PATH": str(wrong)}])
+    ]
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    for proc, out, mode in zip(procs, outs, ["disabled", "token"]):
+        assert proc.returncode == 1, out
+        assert f"refused this process (Ray auth: {mode}" in out and "RAY_AUTH_TOKEN_PATH" in out, out
+        assert "Traceback" not in out, out
+    assert not (home / ".ray").exists()  # joining never writes a token
 
 
 BAD_REQUESTS = [  # (method, path, kwargs, token?)

@@ -1,10 +1,12 @@
 """The Ray Serve application's scaling (`server/ray_serve.py`), on Ray Serve's own objects: the autoscaling
 policy on sessions held, fed a real `AutoscalingContext` as Serve's controller builds it, against the rule
-written out here; and the deployments `build` makes (fixed replicas, or autoscaling with that policy)."""
+written out here; the deployments `build` makes (fixed replicas, or autoscaling with that policy); and the Ray
+token auth `videokv serve --ray` runs its driver with (`ray_auth_mode`, before Ray is imported)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,14 @@ from ray.serve._private.autoscaling_state import _resolve_policy_callable  # noq
 from ray.serve._private.common import DeploymentID, ReplicaID  # noqa: E402
 from ray.serve.config import AutoscalingContext  # noqa: E402
 
-from videokv.server.ray_serve import ServeOptions, SessionsPolicy, build  # noqa: E402
+from videokv.server.ray_serve import (  # noqa: E402
+    ServeOptions,
+    SessionsPolicy,
+    build,
+    ray_auth_mode,
+    ray_auth_summary,
+    ray_token_source,
+)
 
 
 def context(held: list[int], lo: int, hi: int) -> AutoscalingContext:
@@ -78,3 +87,67 @@ def test_build_makes_fixed_or_autoscaled_replicas_with_the_policy():
         for held in ([0, 0], [4, 4], [9, 9], [30, 30]):
             want, _ = policy(context(held, 2, 5))
             assert want == min(5, max(2, math.ceil((sum(held) + 1) / per))), (target, held)
+
+
+def test_ray_token_source_follows_rays_order(tmp_path: Path):
+    """RAY_AUTH_TOKEN, then the file RAY_AUTH_TOKEN_PATH names, then $HOME/.ray/auth_token; an empty file is
+    no token, and a RAY_AUTH_TOKEN_PATH naming none is an error, not a fall back to the home file."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    named = tmp_path / "tok"
+    named.write_text("a" * 64 + "\n")
+    env = {"HOME": str(home)}
+    assert ray_token_source(env) is None
+    (home / ".ray" / "auth_token").write_text("  \n")
+    assert ray_token_source(env) is None
+    (home / ".ray" / "auth_token").write_text("b" * 64)
+    assert ray_token_source(env) == str(home / ".ray" / "auth_token")
+    assert ray_token_source({**env, "RAY_AUTH_TOKEN_PATH": str(named)}) == f"RAY_AUTH_TOKEN_PATH={named}"
+    full = {**env, "RAY_AUTH_TOKEN_PATH": str(named), "RAY_AUTH_TOKEN": "c" * 64}
+    assert ray_token_source(full) == "RAY_AUTH_TOKEN"
+    for bad in (tmp_path / "missing", tmp_path):
+        with pytest.raises(ValueError, match="RAY_AUTH_TOKEN_PATH=.*no readable"):
+            ray_token_source({**env, "RAY_AUTH_TOKEN_PATH": str(bad)})
+
+
+@pytest.mark.parametrize("address", [None, "auto", "10.0.0.1:6379", "ray://head:10001"])
+def test_ray_auth_mode_turns_token_auth_on_to_join_wherever_a_token_is_found(address, tmp_path: Path):
+    """An explicit RAY_AUTH_MODE is kept; a local cluster (no address) is Ray's to decide (token auth on,
+    generating a token where none is found); joining one, token auth is on exactly when a token is found
+    (Ray alone keeps it off for an explicit address, and then cannot join a cluster with token auth)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    named = tmp_path / "tok"
+    named.write_text("a" * 64)
+    none = {"HOME": str(home)}
+    found = {**none, "RAY_AUTH_TOKEN_PATH": str(named)}
+    joining = address is not None
+    assert ray_auth_mode(address, none) is None
+    assert ray_auth_mode(address, found) == ("token" if joining else None)
+    assert ray_auth_mode(address, {**none, "RAY_AUTH_TOKEN": "x" * 64}) == ("token" if joining else None)
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text("b" * 64)  # as a local Ray leaves it
+    assert ray_auth_mode(address, none) == ("token" if joining else None)
+    for explicit in ("disabled", "token", "DISABLED"):
+        assert ray_auth_mode(address, {**found, "RAY_AUTH_MODE": explicit}) is None
+    empty = tmp_path / "empty_home"
+    empty.mkdir()
+    nothing = {"HOME": str(empty), "RAY_AUTH_MODE": "token"}
+    if joining:
+        with pytest.raises(ValueError, match="RAY_AUTH_MODE=token but no Ray token found"):
+            ray_auth_mode(address, nothing)
+    else:
+        assert ray_auth_mode(address, nothing) is None  # Ray generates ~/.ray/auth_token
+    with pytest.raises(ValueError, match="no readable"):
+        ray_auth_mode(address, {**none, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
+
+
+def test_ray_auth_summary_names_the_mode_and_the_tokens_source(tmp_path: Path):
+    named = tmp_path / "tok"
+    named.write_text("a" * 64)
+    home = {"HOME": str(tmp_path)}
+    assert ray_auth_summary(home) == "Ray auth: disabled"
+    assert ray_auth_summary({**home, "RAY_AUTH_MODE": "disabled"}) == "Ray auth: disabled"
+    on = {**home, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(named)}
+    assert ray_auth_summary(on) == f"Ray auth: token (from RAY_AUTH_TOKEN_PATH={named})"
+    assert ray_auth_summary({**home, "RAY_AUTH_MODE": "token"}) == "Ray auth: token (from nowhere)"

@@ -74,12 +74,12 @@ def test_a_short_question_goes_before_a_long_answer_under_way_whichever_session_
     """Short jobs first (least attained service by levels): a fresh question waits for the slice in
     progress only, even when its session has used more model time than the one answering at length (the
     fair share alone ran the long answer first until the two sessions' model times met)."""
-    s = Scheduler(slice_s=0.01, quantum_s=0.05, age_s=10.0)
+    s = Scheduler(slice_s=0.01, quantum=8, age=1000)
     try:
         log: list = []
         s.submit("honest", time.sleep, 0.3).result(5)  # the honest session has used 0.3 s of model time
         long = s.submit("hostile", lambda: (yield from long_answer(200, 0.005, log)))  # 1 s in all
-        while len(log) < 25:  # past its first quantum (0.05 s): level 1
+        while len(log) < 25:  # past its first quantum (8 steps): level 1
             time.sleep(0.005)
         t0 = time.monotonic()
         short = s.submit("honest", lambda: log.append(("short",)) or "short done")
@@ -93,23 +93,88 @@ def test_a_short_question_goes_before_a_long_answer_under_way_whichever_session_
         s.close()
 
 
+def _gaps(log: list, after: int) -> list[int]:
+    """The runs of short jobs between consecutive steps of the long answer, from log[after:] on."""
+    gaps, run = [], 0
+    for entry in log[after:]:
+        if entry[0] == "long":
+            gaps.append(run)
+            run = 0
+        else:
+            run += 1
+    return gaps
+
+
 def test_a_long_answer_keeps_moving_under_a_stream_of_short_jobs():
-    """Aging: a job waiting moves up a level per `age_s`, so a long answer is not starved by another
-    session that always has a fresh short job waiting."""
-    s = Scheduler(slice_s=0.01, quantum_s=0.02, age_s=0.1)
+    """Aging: a job waiting moves up a level per `age` pieces of other work run meanwhile, so a long answer
+    is not starved by another session that always has a fresh short job waiting. Counted in pieces: at most
+    levels x age short jobs run between two slices of it, however long each takes."""
+    s = Scheduler(slice_s=0.01, quantum=4, age=5, levels=4)
     try:
         log: list = []
+        gate = threading.Event()
         long = s.submit("long", lambda: (yield from long_answer(400, 0.002, log)))
-        while len(log) < 20:  # past its first quantum
+        while len(log) < 80:  # past 4 x 4 x 4 steps: the lowest level
             time.sleep(0.005)
-        shorts = [s.submit("short", time.sleep, 0.01) for _ in range(100)]  # 1 s of fresh short jobs
-        time.sleep(0.6)
-        done = sum(f.done() for f in shorts)
-        progressed = len(log) - 20
-        assert done < 100, "the short jobs ran out: the test did not keep them waiting"
-        assert progressed >= 8, (progressed, done)  # slices of the long answer ran between them
-        assert long.result(10) == "long done"
+        s.submit("gate", gate.wait, 5)  # the worker waits while all the short jobs are queued
+        time.sleep(0.05)
+        mark = len(log)
+        shorts = [s.submit("short", lambda i=i: log.append(("short", i))) for i in range(200)]
+        gate.set()
         for f in shorts:
             f.result(10)
+        assert long.result(10) == "long done"
+        gaps = _gaps(log, mark)
+        assert sum(gaps) == 200, gaps
+        assert max(gaps) <= 4 * 5 + 1, gaps  # a slice of the long answer at least every levels x age pieces
+        assert sum(1 for g in gaps if g) >= 8, gaps  # the shorts went first, and the long answer kept moving
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("slow_s", [0.0005, 0.25])
+def test_the_order_does_not_depend_on_how_fast_the_steps_run(slow_s: float):
+    """Levels and aging count steps and pieces, not seconds (issue 34, item 10): a short question of 8 steps
+    runs before any further slice of two long answers under way, on a fast machine (many steps a slice) and
+    on a slow or loaded one (one step a slice, each 500x longer). With levels and aging in wall-clock
+    seconds, the slow question dropped to the long answers' level, they aged past it, and slices of them ran
+    inside it."""
+    s = Scheduler(slice_s=0.005, quantum=8, age=16)
+    try:
+        log: list = []
+        step = {"s": 0.0005}  # the machine's speed: fast until the long answers are under way
+
+        def long_answer_at_speed():
+            for i in range(100_000):
+                time.sleep(step["s"])
+                log.append(("long", i))
+                yield
+
+        def question():
+            for i in range(8):
+                time.sleep(step["s"])
+                log.append(("short", i))
+                yield
+            return "short done"
+
+        s.submit("honest", time.sleep, 0.2).result(5)  # the honest session has used more model time
+        longs = [s.submit("hostile", long_answer_at_speed) for _ in range(2)]
+        while sum(e[0] == "long" for e in log) < 150:  # past 8 x 4 x 4 steps: the lowest level
+            time.sleep(0.01)
+        step["s"] = slow_s
+        n = len(log)
+        while len(log) < n + 2:  # a step at the new speed has ended: a slice is one step from here on
+            time.sleep(0.001)
+        mark = len(log)
+        assert s.submit("honest", question).result(30) == "short done"
+        between = log[mark : log.index(("short", 7), mark) + 1]
+        longs_between = sum(e[0] == "long" for e in between)
+        # the slice in progress when it was submitted (one step when slow, ~10 when fast), nothing after it
+        assert longs_between <= (1 if slow_s > 0.005 else 20), between
+        assert [e for e in between if e[0] == "short"] == [("short", i) for i in range(8)]
+        s.forget("hostile")
+        for f in longs:
+            with pytest.raises(SchedulerClosed):
+                f.result(10)
     finally:
         s.close()

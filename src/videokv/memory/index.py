@@ -66,10 +66,8 @@ class Index:
                 self.faiss = FaissIndex(*block.rkey.shape)
             self.faiss.add(block.rkey)
         rkey = block.rkey.float()  # [L, D]
-        if block.keys:
-            kv, n, d = block.keys[
-                -1
-            ].shape  # rotated at the block's positions; n = 0: absent at the last layer
+        if "fetch" not in block.meta:
+            kv, n, d = block.keys[-1].shape  # rotated at its positions; n = 0: absent at the last layer
             rotated = block.keys[-1].float().mean(1).reshape(-1) if n else torch.zeros(kv * d)
             present = torch.tensor([int(k.shape[-2]) > 0 for k in block.keys], dtype=torch.bool)
         else:  # a block restored without its K/V (fetched when retrieved): its index entry says these

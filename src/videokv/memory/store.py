@@ -91,7 +91,7 @@ class Store:
         slower memory, such as Video-X²L's L-KV) never takes the fastest tier (the accelerator; on a CPU-only
         machine the host, so cold blocks go to disk) and yields its tier to hot blocks under a budget."""
         lane = int(cold)
-        nbytes = block.nbytes if block.keys else int(block.meta["nbytes"])
+        nbytes = int(block.meta["nbytes"]) if "fetch" in block.meta else block.nbytes
         self.check_fits(nbytes, cold)
         first = self._lane_tiers(lane)[0]
         tokens = int(block.positions[0].shape[-1]) if block.positions else 0  # per head if per head

@@ -11,9 +11,10 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -23,12 +24,15 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from starlette.requests import ClientDisconnect
 
 from videokv.api import GenerationOptions, VideoQA, check_question
 from videokv.errors import InputError, SubtitleError, VideoError, VideoKVError
 from videokv.presets import DEFAULT_PRESET, PRESETS
 from videokv.server import limits as L
 from videokv.server import schemas as S
+from videokv.server.connections import Watch
+from videokv.server.faults import fault_of
 from videokv.server.limits import GuardMiddleware, HostPolicy, Limits
 from videokv.server.live import chunked, is_url, merge_items, with_transcript
 from videokv.server.openai_api import openai_router
@@ -41,10 +45,13 @@ from videokv.server.sessions import (
     ServiceError,
     SessionManager,
     frames_from_request,
+    gone,
 )
 from videokv.server.uploads import receive_upload
 from videokv.video.decode import iter_frames, probe
 from videokv.video.subtitles import load_subtitles
+
+log = logging.getLogger("videokv.server")
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 512 * 2**20
@@ -61,6 +68,8 @@ ERRORS = {
         415: "not a video, or a truncated one",
         422: "request validation failed",
         429: "too many sessions, or over the session's byte budget",
+        503: "out of file descriptors, storage not available, or shutting down: retry after Retry-After",
+        507: "the server's disk is full: nothing of the request was kept",
     }.items()
 }
 
@@ -256,6 +265,7 @@ def create_app(
         return L.scrub(message, *roots)
 
     model_label = model_name or qa.family
+    token_chars = L.chars_per_token(qa)  # characters are counted before the tokenizer runs
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -281,35 +291,10 @@ def create_app(
     app.add_middleware(GuardMiddleware, policy=HostPolicy(bound_host, limits.allowed_hosts))
 
     # ---- errors: always {"detail": "<what to do>"} -----------------------------------------------------
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        retry = getattr(exc, "retry_after", None)
-        headers = {"Retry-After": str(retry)} if retry is not None else None
-        return JSONResponse({"detail": clean(str(exc))}, status_code=exc.status, headers=headers)
-
-    @app.exception_handler(VideoKVError)
-    async def _videokv_error(request: Request, exc: VideoKVError) -> JSONResponse:
-        status = 400 if isinstance(exc, InputError) else 500
-        return JSONResponse({"detail": clean(str(exc))}, status_code=status)
-
-    @app.exception_handler(SchedulerClosed)
-    async def _closed(request: Request, exc: SchedulerClosed) -> JSONResponse:
-        return JSONResponse({"detail": "the server is shutting down; retry later"}, status_code=503)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            parts.append(f"{where}: {err.get('msg', 'invalid')}")
-        return JSONResponse({"detail": "invalid request: " + "; ".join(parts)}, status_code=422)
+    _install_error_handlers(app, clean)
 
     # ---- auth ----------------------------------------------------------------------------------------
     app.state.token = token
-
-    @app.exception_handler(_Unauthorized)
-    async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
     api = APIRouter(
         prefix="/v1", dependencies=[Depends(require_token)], responses=ERRORS, route_class=JSONRoute
@@ -373,6 +358,8 @@ def create_app(
         manager._check_free(m)
         upload = await receive_upload(request, m.folder / "uploads", max_upload_bytes)
         try:
+            if m.deleted:  # deleted while the upload streamed in
+                raise gone(m)
             video = upload.files.get("file")
             if video is None:
                 raise BadRequest("the multipart field 'file' (the video) is missing")
@@ -499,14 +486,14 @@ def create_app(
         events = [e.model_dump() for e in body.events]
         texts = [e["text"] for e in events]
         L.check_text_events(limits, texts)
-        await L.check_tokens(limits, qa.tokenize, texts, "text events")
+        await L.check_tokens(limits, qa.tokenize, texts, "text events", token_chars)
         manager.text_items(m, events)  # times checked before the request waits for the session
         added = await manager.ingest_chunks(m, lambda: iter([list(manager.text_items(m, events))]))
         return {"added": added, "status": status_of(m)}
 
     # ---- questions -------------------------------------------------------------------------------------
     @api.post("/sessions/{sid}/ask", response_model=S.AnswerOut, responses=SSE_DOC)
-    async def ask(sid: str, body: S.Ask) -> object:
+    async def ask(sid: str, body: S.Ask, request: Request) -> object:
         m = manager.get(sid)
         generation = GenerationOptions.make(**body.generation())  # bad options: 400 before any work
         try:  # the checks `ask` makes that need no stream, as the CLI makes them
@@ -516,28 +503,40 @@ def create_app(
                 f"{e} (choices: null for a free answer)" if "choices" in str(e) else str(e)
             ) from None
         L.check_ask(limits, body.question, body.choices)
-        await L.check_tokens(limits, qa.tokenize, [body.question, *(body.choices or [])], "question")
+        await L.check_tokens(
+            limits, qa.tokenize, [body.question, *(body.choices or [])], "question", token_chars
+        )
         if not body.stream:
-            return await manager.ask(
-                m,
-                body.question,
-                body.choices,
-                body.max_new_tokens,
-                logprobs=body.logprobs,
-                generation=generation,
-            )
+            async with Watch(request) as watch:  # a client that hangs up stops the answer at its next step
+                return await manager.ask(
+                    m,
+                    body.question,
+                    body.choices,
+                    body.max_new_tokens,
+                    logprobs=body.logprobs,
+                    generation=generation,
+                    check=watch.check,
+                )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
         def on_token(text: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, ("token", text))
 
+        watch = Watch(request)
         task = asyncio.ensure_future(
             manager.ask(
-                m, body.question, body.choices, body.max_new_tokens, on_token, body.logprobs, generation
+                m,
+                body.question,
+                body.choices,
+                body.max_new_tokens,
+                on_token,
+                body.logprobs,
+                generation,
+                check=watch.check,
             )
         )
-        task.add_done_callback(lambda _: queue.put_nowait(("done", None)))
+        task.add_done_callback(lambda _: (watch.close(), queue.put_nowait(("done", None))))
 
         async def events() -> AsyncIterator[bytes]:
             while True:
@@ -547,8 +546,9 @@ def create_app(
                 yield _sse("token", {"text": text})
             try:
                 yield _sse("answer", task.result())
-            except Exception as e:  # the error goes to the client as an event
-                yield _sse("error", {"detail": str(e) or type(e).__name__})
+            except Exception as e:  # the error goes to the client as an event, with the status it would get
+                status, detail, _ = error_answer(e, clean)
+                yield _sse("error", {"detail": detail, "status": status})
 
         return StreamingResponse(
             events(),
@@ -624,6 +624,52 @@ def create_app(
 
 class _Unauthorized(Exception):
     pass
+
+
+def error_answer(exc: BaseException, clean: Callable[[str], str]) -> tuple[int, str, dict[str, str] | None]:
+    """The status, message and headers the API answers `exc` with (a streamed answer's `error` event too):
+    a ServiceError's own status; a full disk 507, no file descriptors or storage 503 with Retry-After
+    (faults.py); bad input 400; anything unforeseen a 500 whose details go to the log, not to the client."""
+    if isinstance(exc, ServiceError):
+        retry = getattr(exc, "retry_after", None)
+        return exc.status, clean(str(exc)), ({"Retry-After": str(retry)} if retry is not None else None)
+    fault = fault_of(exc)
+    if fault is not None:
+        log.warning("videokv: %s", fault.message)
+        return fault.status, clean(fault.message), fault.headers
+    if isinstance(exc, SchedulerClosed):
+        return 503, "the server is shutting down; retry later", None
+    if isinstance(exc, VideoKVError) and not isinstance(exc, OSError):
+        return (400 if isinstance(exc, InputError) else 500), clean(str(exc)), None
+    log.error("videokv: a request failed", exc_info=exc)
+    return 500, f"internal error ({type(exc).__name__}); the server's log has the details", None
+
+
+def _install_error_handlers(app: FastAPI, clean: Callable[[str], str]) -> None:
+    """Every error as {"detail": "<what to do>"} with its status (error_answer)."""
+
+    async def answer(request: Request, exc: Exception) -> JSONResponse:
+        status, detail, headers = error_answer(exc, clean)
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+    for cls in (ServiceError, VideoKVError, OSError, SchedulerClosed, Exception):
+        app.add_exception_handler(cls, answer)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnected(request: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=499)  # nobody reads it: the client has gone
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "invalid request: " + "; ".join(parts)}, status_code=422)
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def _expire_idle(manager: SessionManager, every: float) -> None:

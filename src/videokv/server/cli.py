@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import sys
 import threading
@@ -56,6 +57,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args: Callable) -> No
         "deleted (default: 600)",
     )
     _add_limit_args(serve)
+    _add_connection_args(serve)
     _add_ray_args(serve)
     add_model_args(serve, answers="")  # each request says how it wants its answer
     serve.set_defaults(func=cmd_serve)
@@ -139,6 +141,27 @@ def _add_limit_args(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_connection_args(serve: argparse.ArgumentParser) -> None:
+    """Timeouts of the HTTP connections (videokv.server.connections)."""
+    from videokv.server.connections import DEFAULT_KEEP_ALIVE_S, DEFAULT_READ_TIMEOUT_S
+
+    g = serve.add_argument_group("connections (idle and stalled clients are disconnected)")
+    g.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=DEFAULT_READ_TIMEOUT_S,
+        help="seconds a connection has to send a request's headers, and may stay silent in the middle of "
+        f"its body; past them it is closed (default: {DEFAULT_READ_TIMEOUT_S:g})",
+    )
+    g.add_argument(
+        "--keep-alive-s",
+        type=float,
+        default=DEFAULT_KEEP_ALIVE_S,
+        help="seconds an idle keep-alive connection is kept open after a response (default: "
+        f"{DEFAULT_KEEP_ALIVE_S:g})",
+    )
+
+
 def _add_ray_args(serve: argparse.ArgumentParser) -> None:
     """Many replicas on Ray Serve (videokv.server.ray_serve; docs/SERVER.md, "Many workers")."""
     g = serve.add_argument_group("many workers: Ray Serve (pip install 'videokv[ray]')")
@@ -150,7 +173,8 @@ def _add_ray_args(serve: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         help="serve with Ray Serve: 'auto' (the running cluster), a cluster address (host:port or "
         "ray://...), or nothing (a local Ray started for this command); --data-dir must be a folder every "
-        "node reaches",
+        "node reaches; Ray's token auth follows RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH (docs/SERVER.md, "
+        "'Ray token auth')",
     )
     g.add_argument("--replicas", type=int, default=2, help="replicas, one model each (default: 2)")
     g.add_argument(
@@ -288,9 +312,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.session_mb is not None and args.session_mb <= 0:
         print("videokv serve: --session-mb must be > 0", file=sys.stderr)
         return 2
-    if not args.chat_idle_s > 0:
-        print("videokv serve: --chat-idle-s must be > 0", file=sys.stderr)
-        return 2
+    for name in ("chat_idle_s", "read_timeout_s", "keep_alive_s"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            print(f"videokv serve: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
+            return 2
 
     try:
         limits = _limits(args)
@@ -311,6 +336,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_ray(args, token, limits)
 
     from videokv.server.app import create_app
+    from videokv.server.connections import timed_h11
 
     qa = _load_qa(args)
     app = create_app(
@@ -329,15 +355,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     where = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}"
     print(f"videokv serve: {args.model} on {where} (data in {args.data_dir})", file=sys.stderr, flush=True)
-    # asyncio + h11 as always: the ray extra installs uvloop and httptools, which uvicorn would pick otherwise
+    # asyncio + h11 as always (the ray extra installs uvloop and httptools, which uvicorn would pick
+    # otherwise), with a read timeout for stalled clients (connections.py)
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         log_level="warning",
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=args.keep_alive_s,
         loop="asyncio",
-        http="h11",
+        http=timed_h11(args.read_timeout_s),
     )
     return 0
 

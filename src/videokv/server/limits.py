@@ -127,12 +127,36 @@ def count_tokens(
     return n
 
 
+def chars_per_token(qa: object) -> int | None:
+    """The most characters one token of `qa`'s tokenizer can stand for: its longest vocabulary entry (a
+    byte-level or byte-fallback entry is at least as long as the text it stands for), or None if unknown."""
+    tokenizer = getattr(getattr(qa, "adapter", None), "tokenizer", None)
+    try:
+        return max(1, max(len(t) for t in tokenizer.get_vocab()))
+    except Exception:  # noqa: BLE001 - no vocabulary to read: the characters are not bounded by it
+        return None
+
+
 async def check_tokens(
-    limits: Limits, tokenize: Callable[[str], list[int]], texts: list[str], what: str
+    limits: Limits,
+    tokenize: Callable[[str], list[int]],
+    texts: list[str],
+    what: str,
+    chars_per_token: int | None = None,
 ) -> int:
-    """Refuse past the token limit. Counting stops at the limit, so its cost is bounded whatever was sent;
-    short texts (an ordinary question) are counted inline, longer ones in the heavy-work lane (`offload`)."""
+    """Refuse past the token limit. Characters first: texts longer than `max_request_tokens` tokens of
+    `chars_per_token` characters (chars_per_token) are refused before the tokenizer sees them. Counting
+    stops at the limit, so its cost is bounded whatever was sent; short texts (an ordinary question) are
+    counted inline, longer ones in the heavy-work lane (`offload`)."""
     chars = sum(len(t) for t in texts)
+    if chars_per_token and chars > limits.max_request_tokens * chars_per_token:
+        at_least = -(-chars // chars_per_token)
+        raise over(
+            "max_request_tokens",
+            limits,
+            f"the {what}'s length in tokens",
+            f"at least {at_least}: {chars} characters, at most {chars_per_token} a token",
+        )
     if chars <= INLINE_CHARS:
         n = count_tokens(tokenize, texts, limits.max_request_tokens)
     else:
@@ -221,7 +245,12 @@ def image_sizes(limits: Limits, images: list[bytes]) -> list[tuple[int, int]]:
             with Image.open(_BytesIO(data)) as img:  # reads the header only; .load() would decode
                 width, height = img.size
         except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise BadRequest(f"image {i} is not a JPEG/PNG image: {e}") from e
+            why = (
+                "its format is not one PIL reads"
+                if isinstance(e, UnidentifiedImageError)
+                else no_reprs(str(e))
+            )
+            raise BadRequest(f"image {i} is not a JPEG/PNG image ({why})") from e
         check_frame_pixels(limits, width, height, f"image {i}")
         total += width * height
         if total > limits.max_request_pixels:
@@ -446,6 +475,7 @@ class RateLimitMiddleware:
         self.capacity = 2.0 * self.rate
         self.cost = float(limits.refusal_cost)
         self.token = token
+        self._token = token.encode() if token is not None else b""
         self.max_wait = max_wait
         self.max_buckets = max_buckets
         self.buckets: dict[str, _Bucket] = {}
@@ -454,9 +484,9 @@ class RateLimitMiddleware:
         if self.token is None:
             return True
         for k, v in scope.get("headers", []):
-            if k.lower() == b"authorization":
-                scheme, _, given = v.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and secrets.compare_digest(given.strip(), self.token)
+            if k.lower() == b"authorization":  # bytes: a non-ASCII token is a wrong one (401), not a 500
+                scheme, _, given = v.partition(b" ")
+                return scheme.lower() == b"bearer" and secrets.compare_digest(given.strip(), self._token)
         return False
 
     def _bucket(self, sid: str, now: float) -> _Bucket:
@@ -573,8 +603,18 @@ def clean_stale(folder: Path, pattern: str = ".*.saving-*") -> list[Path]:
     return gone
 
 
+_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def no_reprs(text: str) -> str:
+    """`text` without Python object reprs (`<_io.BytesIO object at 0x...>`): an error names what was sent."""
+    return _REPR.sub("", text)
+
+
 def scrub(text: str, *roots: str | os.PathLike | None) -> str:
-    """`text` with the server's absolute folders replaced by placeholders (errors never show them)."""
+    """`text` with the server's absolute folders replaced by placeholders and without Python object reprs
+    (errors never show either)."""
+    text = no_reprs(text)
     for root in roots:
         if not root:
             continue

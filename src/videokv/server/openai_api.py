@@ -28,6 +28,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -40,9 +41,12 @@ from videokv.api import GenerationOptions, VideoQA, check_question
 from videokv.errors import InputError, VideoError, VideoKVError
 from videokv.presets import PRESETS, resolve_memory
 from videokv.server import limits as L
+from videokv.server.connections import Watch
+from videokv.server.faults import fault_of
 from videokv.server.live import chunked, merge_items
 from videokv.server.openai_media import MediaError, MediaSet, clear_temp, read_media
 from videokv.server.scheduler import SchedulerClosed
+from videokv.server.schemas import MAX_ITEMS
 from videokv.server.sessions import (
     PREFILL_CHUNK_TOKENS,
     BadRequest,
@@ -58,6 +62,7 @@ log = logging.getLogger("videokv.server")
 DEFAULT_MAX_TOKENS = 256
 MAX_TOKENS = 1024
 MAX_MESSAGES = 256
+MAX_PARTS = MAX_ITEMS  # image and video parts a request may carry: the frames route's cap on images
 
 
 # ---- request and response models --------------------------------------------------------------------------
@@ -113,7 +118,9 @@ class ChatRequest(BaseModel):
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    temperature: float | None = Field(None, ge=0, le=2, description="0 or absent: greedy; > 0: sampled")
+    temperature: float | None = Field(
+        None, ge=0, le=2, description="0 or absent: greedy; > 0 (at least 1e-5): sampled"
+    )
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, ge=0, lt=2**64)
     stop: str | list[str] | None = Field(None, max_length=8)
@@ -136,7 +143,9 @@ class ChatRequest(BaseModel):
     )
     fps: float | None = Field(None, gt=0, le=120, description="frames sampled per second of a new video")
     top_k: int | None = Field(None, ge=0, le=100_000, description="with temperature > 0 (0: off)")
-    repetition_penalty: float | None = Field(None, gt=0, le=100, description="transformers' (1: off)")
+    repetition_penalty: float | None = Field(
+        None, gt=0, le=100, description="transformers' (1: off), from 0.01 to 100"
+    )
 
 
 class ModelCard(BaseModel):
@@ -227,6 +236,10 @@ def to_openai_error(exc: BaseException, clean: Callable[[str], str], unauthorize
     elif isinstance(exc, ServiceError):
         status, message = exc.status, clean(str(exc))
         param, code = getattr(exc, "param", None), getattr(exc, "code", None)
+        retry = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry)} if retry is not None else None
+    elif (fault := fault_of(exc)) is not None:  # a full disk (507), no file descriptors or storage (503)
+        status, message, headers = fault.status, clean(fault.message), fault.headers
     elif isinstance(exc, VideoKVError):
         status, message = (400 if isinstance(exc, InputError) else 500), clean(str(exc))
     elif isinstance(exc, SchedulerClosed):
@@ -271,6 +284,7 @@ def openai_router(
             return wrapped
 
     clear_temp(manager.data_dir)  # media of requests a crash cut
+    token_chars = L.chars_per_token(qa)  # characters are counted before the tokenizer runs
     created = int(time.time())
     name = Path(model_label).name if Path(model_label).exists() else model_label
     responses = {s: {"model": OpenAIError} for s in (400, 401, 403, 404, 409, 413, 415, 422, 429)}
@@ -317,54 +331,19 @@ def openai_router(
         summary="OpenAI chat completions over a videokv session (streamed with stream=true)",
         responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
     )
-    async def chat_completions(body: ChatRequest) -> Response:
+    async def chat_completions(body: ChatRequest, request: Request) -> Response:
         preset = resolve_model(body.model)
-        options, max_tokens = generation_of(body)
-        top = body.top_logprobs or 0
-        if body.top_logprobs is not None and not body.logprobs:
-            raise ParamError("top_logprobs needs logprobs: true", "top_logprobs")
-        want_logprobs = bool(body.logprobs)
-        system, question, parts = read_messages(body.messages, with_session=body.session is not None)
-        n_logprobs = max(1, top) if want_logprobs else 0
-        check_question(question, None, max_tokens, n_logprobs, options)  # before any media is read
-        L.check_ask(limits, question, None)
-        texts = [question] + ([system] if system else [])
-        await L.check_tokens(limits, qa.tokenize, texts, "question")
-        if system and len(system) > limits.max_text_chars:
-            raise L.over("max_text_chars", limits, "the system prompt's length in characters", len(system))
-
-        m: Managed | None = None
-        if body.session is not None:
-            try:
-                m = manager.get(body.session)
-            except ServiceError as e:
-                raise ParamError(str(e), "session", "session_not_found", status=404) from None
-            if ":" in body.model and preset != m.memory:
-                raise ParamError(
-                    f"session {m.id} keeps its memory with {m.memory!r}; send model {model_id(m.memory)!r}",
-                    "model",
-                )
-            preset = m.memory
-        media: MediaSet = await asyncio.to_thread(
-            read_media, parts, limits, manager.data_dir, max_upload_bytes
-        )
-        keep = body.session is None and body.keep_session
+        chat = await check_chat(body, limits, qa.tokenize, token_chars)  # before any media is read
+        m = session_of(body, preset)
+        preset = m.memory if m is not None else preset
+        # a client that hangs up stops the chat: its media reading, its ingest, its answer
+        watch = Watch(request)
         try:
-            new = False
-            if m is None and (media.items or keep):
-                name = f"openai-{secrets.token_hex(4)}"
-                idle = chat_idle_s if keep else None
-                m = await manager.create(preset, [], body.fps or 1.0, name, system=system, idle_expiry=idle)
-                new = True
-            if m is not None and media.items:
-                try:
-                    await ingest_media(m, media)
-                except BaseException:
-                    if new:
-                        await manager.delete(m.id)
-                    raise
-        finally:
-            media.cleanup()
+            m, new = await open_chat(body, m, preset, chat, watch)
+        except BaseException:
+            watch.close()
+            raise
+        keep = body.session is None and body.keep_session
         release = m if new and not keep else None  # a chat that named no session holds none afterwards
 
         rid = f"chatcmpl-{secrets.token_hex(12)}"
@@ -382,32 +361,24 @@ def openai_router(
             return out
 
         def run_ask(on_token=None):
+            asked = (chat.question, None, chat.max_tokens, on_token, chat.n_logprobs, chat.options)
             if m is not None:
-                return manager.ask(m, question, None, max_tokens, on_token, n_logprobs, generation=options)
-            return ask_once(preset, system, question, max_tokens, on_token, n_logprobs, options)
+                return manager.ask(m, *asked, check=watch.check)
+            return ask_once(preset, chat.system, *asked, check=watch.check)
 
         async def released(work):
             """`work`'s result; the session this chat created is released after it, whatever happens."""
             try:
                 return await work
             finally:
+                watch.close()
                 if release is not None:
                     with contextlib.suppress(ServiceError, SchedulerClosed):
                         await asyncio.shield(manager.delete(release.id))
 
+        reply = Reply(base, chat, extras, bool(body.stream_options and body.stream_options.include_usage))
         if not body.stream:
-            answer = await released(run_ask())
-            message = {"role": "assistant", "content": answer["answer"], "refusal": None}
-            choice = {
-                "index": 0,
-                "message": message,
-                "logprobs": logprobs_of(answer, top) if want_logprobs else None,
-                "finish_reason": answer["stats"].get("finish_reason", "stop"),
-            }
-            out = {**base, "object": "chat.completion", "choices": [choice], "usage": usage_of(answer)}
-            return JSONResponse({**out, **extras(answer)}, headers=headers)
-
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return JSONResponse(reply.completion(await released(run_ask())), headers=headers)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -417,50 +388,59 @@ def openai_router(
         # released when the answer is done, even if the client has gone (the stream is never read then)
         task = asyncio.ensure_future(released(run_ask(on_token)))
         task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, ("done", None)))
-
-        def chunk(
-            delta: dict, finish: str | None = None, logprobs: dict | None = None, extra: dict | None = None
-        ) -> bytes:
-            c = {**base, "object": "chat.completion.chunk"}
-            c["choices"] = [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]
-            if include_usage:
-                c["usage"] = None
-            return b"data: " + json.dumps({**c, **(extra or {})}).encode() + b"\n\n"
-
-        async def events() -> AsyncIterator[bytes]:
-            yield chunk({"role": "assistant", "content": ""})
-            started = False
-            while True:
-                kind, text = await queue.get()
-                if kind == "done":
-                    break
-                if not started:
-                    text = text.lstrip()
-                    started = bool(text)
-                if text:
-                    yield chunk({"content": text})
-            try:
-                answer = task.result()
-            except Exception as exc:  # noqa: BLE001 - an error mid-stream is an SSE error object
-                err = to_openai_error(exc, clean, unauthorized)
-                yield b"data: " + err.body + b"\n\n"
-                yield b"data: [DONE]\n\n"
-                return
-            finish = answer["stats"].get("finish_reason", "stop")
-            yield chunk({}, finish, logprobs_of(answer, top) if want_logprobs else None, extras(answer))
-            if include_usage:
-                c = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage_of(answer)}
-                yield b"data: " + json.dumps(c).encode() + b"\n\n"
-            yield b"data: [DONE]\n\n"
-
         return StreamingResponse(
-            events(),
+            reply.events(queue, task, lambda exc: to_openai_error(exc, clean, unauthorized)),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def ingest_media(m: Managed, media: MediaSet) -> None:
-        def make_chunks() -> Iterator[list]:
+    def session_of(body: ChatRequest, preset: str) -> Managed | None:
+        """The live session a request names (extra_body session), checked against its model; None if none."""
+        if body.session is None:
+            return None
+        try:
+            m = manager.get(body.session)
+        except ServiceError as e:
+            raise ParamError(str(e), "session", "session_not_found", status=404) from None
+        if ":" in body.model and preset != m.memory:
+            raise ParamError(
+                f"session {m.id} keeps its memory with {m.memory!r}; send model {model_id(m.memory)!r}",
+                "model",
+            )
+        return m
+
+    async def open_chat(
+        body: ChatRequest, m: Managed | None, preset: str, chat: Chat, watch: Watch
+    ) -> tuple[Managed | None, bool]:
+        """The chat's session with the request's media ingested: `m`, a new one (when the request has media
+        or keeps its session), or None (a plain text chat); and whether it is new. A new session is deleted
+        again if reading or ingesting the media fails (the client hung up included)."""
+        media: MediaSet = await asyncio.to_thread(
+            read_media, chat.parts, limits, manager.data_dir, max_upload_bytes, watch.check
+        )
+        keep = body.session is None and body.keep_session
+        new = False
+        try:
+            if m is None and (media.items or keep):
+                name = f"openai-{secrets.token_hex(4)}"
+                idle = chat_idle_s if keep else None
+                m = await manager.create(
+                    preset, [], body.fps or 1.0, name, system=chat.system, idle_expiry=idle
+                )
+                new = True
+            if m is not None and media.items:
+                try:
+                    await ingest_media(m, media, watch)
+                except BaseException:
+                    if new:
+                        await manager.delete(m.id)
+                    raise
+        finally:
+            media.cleanup()
+        return m, new
+
+    async def ingest_media(m: Managed, media: MediaSet, watch: Watch) -> None:
+        def pieces() -> Iterator[list]:
             for item in media.items:  # lazily: each starts at the clock the one before left
                 if item.kind == "image":
                     yield from manager.frame_chunks(m, item.frames, None)
@@ -470,6 +450,11 @@ def openai_router(
                 items = merge_items(frames, [], m.session.clock, end=item.info.duration, interval=1.0 / fps)
                 yield from chunked(items, manager.chunk_frames)
 
+        def make_chunks() -> Iterator[list]:
+            for chunk in pieces():
+                watch.check()  # the client hung up: no further chunk (the ingest is rolled back)
+                yield chunk
+
         try:
             await manager.ingest_chunks(m, make_chunks)
         except VideoError as e:
@@ -478,15 +463,25 @@ def openai_router(
                 "corrupt: send it again whole. Nothing of this request was ingested."
             ) from e
 
-    async def ask_once(preset, system, question, max_tokens, on_token, n_logprobs, options) -> dict:
-        """A text chat with no stream: a fresh session on the scheduler, dropped afterwards."""
+    async def ask_once(preset, system, question, choices, max_tokens, on_token, n_logprobs, options, check):
+        """A text chat with no stream: a fresh session on the scheduler, dropped afterwards; `check` is
+        called between its steps (it raises when the client has gone)."""
         key = f"openai-{secrets.token_hex(6)}"
 
         def run():
             session = qa.session(resolve_memory(preset), system=system if system else qa.system)
             session.prefill_chunk = PREFILL_CHUNK_TOKENS
-            answer = yield from session.ask_steps(question, None, max_tokens, on_token, n_logprobs, options)
-            return answer.to_dict()
+            steps = session.ask_steps(question, choices, max_tokens, on_token, n_logprobs, options)
+            try:
+                while True:
+                    check()
+                    try:
+                        next(steps)
+                    except StopIteration as done:
+                        return done.value.to_dict()
+                    yield
+            finally:
+                steps.close()
 
         try:
             return await manager.scheduler.run(key, run)
@@ -518,8 +513,114 @@ def generation_of(body: ChatRequest) -> tuple[GenerationOptions, int]:
     try:
         return GenerationOptions.make(**options), max_tokens
     except InputError as e:
-        param = next((k for k in ("stop", "temperature", "top_p", "top_k", "seed") if k in str(e)), None)
+        names = ("stop", "temperature", "top_p", "top_k", "seed", "repetition_penalty")
+        param = next((k for k in names if k in str(e)), None)
         raise ParamError(str(e), param) from None
+
+
+@dataclass(frozen=True)
+class Chat:
+    """A chat request, checked: its decoding options and limits, system prompt, question and media parts."""
+
+    options: GenerationOptions
+    max_tokens: int
+    top: int
+    want_logprobs: bool
+    n_logprobs: int
+    system: str | None
+    question: str
+    parts: list
+
+
+async def check_chat(
+    body: ChatRequest, limits: L.Limits, tokenize: Callable[[str], list[int]], chars_per_token: int | None
+) -> Chat:
+    """Every check of a chat request that needs no media and no model work, cheapest first: the options,
+    the messages, the number of media parts, the characters of the question and system prompt, then their
+    tokens (ParamError, or 413/422 naming the limit)."""
+    options, max_tokens = generation_of(body)
+    top = body.top_logprobs or 0
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ParamError("top_logprobs needs logprobs: true", "top_logprobs")
+    want_logprobs = bool(body.logprobs)
+    system, question, parts = read_messages(body.messages, with_session=body.session is not None)
+    if len(parts) > MAX_PARTS:  # the frames route's cap: refused before any image is decoded
+        raise ParamError(
+            f"the request has {len(parts)} image and video parts to read; this server takes at most "
+            f"{MAX_PARTS} a request (as many as images in POST /v1/sessions/{{id}}/frames): send fewer",
+            "messages",
+            "request_too_large",
+            status=413,
+        )
+    n_logprobs = max(1, top) if want_logprobs else 0
+    check_question(question, None, max_tokens, n_logprobs, options)
+    L.check_ask(limits, question, None)
+    if system and len(system) > limits.max_text_chars:  # characters before the tokenizer sees them
+        raise L.over("max_text_chars", limits, "the system prompt's length in characters", len(system))
+    texts = [question] + ([system] if system else [])
+    await L.check_tokens(limits, tokenize, texts, "question", chars_per_token)
+    return Chat(options, max_tokens, top, want_logprobs, n_logprobs, system, question, parts)
+
+
+@dataclass
+class Reply:
+    """A chat's answer in OpenAI's shapes: `completion` (one object) or `events` (the chunk stream)."""
+
+    base: dict  # id, created, model, system_fingerprint, session
+    chat: Chat
+    extras: Callable[[dict], dict]  # the videokv fields of the answer
+    include_usage: bool = False
+
+    def _logprobs(self, answer: dict) -> dict | None:
+        return logprobs_of(answer, self.chat.top) if self.chat.want_logprobs else None
+
+    def completion(self, answer: dict) -> dict:
+        message = {"role": "assistant", "content": answer["answer"], "refusal": None}
+        choice = {
+            "index": 0,
+            "message": message,
+            "logprobs": self._logprobs(answer),
+            "finish_reason": answer["stats"].get("finish_reason", "stop"),
+        }
+        out = {**self.base, "object": "chat.completion", "choices": [choice], "usage": usage_of(answer)}
+        return {**out, **self.extras(answer)}
+
+    def chunk(
+        self, delta: dict, finish: str | None = None, logprobs: dict | None = None, extra: dict | None = None
+    ) -> bytes:
+        c = {**self.base, "object": "chat.completion.chunk"}
+        c["choices"] = [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]
+        if self.include_usage:
+            c["usage"] = None
+        return b"data: " + json.dumps({**c, **(extra or {})}).encode() + b"\n\n"
+
+    async def events(
+        self, queue: asyncio.Queue, task: asyncio.Future, error: Callable[[BaseException], JSONResponse]
+    ) -> AsyncIterator[bytes]:
+        """The stream: the role, the text as `queue` gets it, then the end (or the error) of `task`."""
+        yield self.chunk({"role": "assistant", "content": ""})
+        started = False
+        while True:
+            kind, text = await queue.get()
+            if kind == "done":
+                break
+            if not started:
+                text = text.lstrip()
+                started = bool(text)
+            if text:
+                yield self.chunk({"content": text})
+        try:
+            answer = task.result()
+        except Exception as exc:  # noqa: BLE001 - an error mid-stream is an SSE error object
+            yield b"data: " + error(exc).body + b"\n\n"
+            yield b"data: [DONE]\n\n"
+            return
+        finish = answer["stats"].get("finish_reason", "stop")
+        yield self.chunk({}, finish, self._logprobs(answer), self.extras(answer))
+        if self.include_usage:
+            c = {**self.base, "object": "chat.completion.chunk", "choices": [], "usage": usage_of(answer)}
+            yield b"data: " + json.dumps(c).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
 
 
 def read_messages(messages: list[Message], with_session: bool) -> tuple[str | None, str, list]:

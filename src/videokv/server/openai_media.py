@@ -18,6 +18,7 @@ import contextlib
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -167,15 +168,22 @@ def _probe_video(limits: L.Limits, path: Path, where: str) -> VideoInfo:
 
 
 def read_media(
-    parts: list[tuple[str, str, str]], limits: L.Limits, data_dir: Path, max_bytes: int
+    parts: list[tuple[str, str, str]],
+    limits: L.Limits,
+    data_dir: Path,
+    max_bytes: int,
+    check: Callable[[], None] | None = None,
 ) -> MediaSet:
-    """Read and check every (kind, url, where) part (blocking: run it in a worker thread). On error the
-    temporary files made so far are removed."""
+    """Read and check every (kind, url, where) part (blocking: run it in a worker thread); `check` is called
+    before each part (it raises to stop: the client has gone). On error the temporary files made so far are
+    removed."""
     out = MediaSet()
     folder = temp_dir(data_dir)
     try:
         pixels = 0
         for kind, url, where in parts:
+            if check is not None:
+                check()
             url = url.strip()
             scheme = urlsplit(url).scheme.lower() if "://" in url or url.lower().startswith("data:") else ""
             if url.lower().startswith("data:"):

@@ -34,6 +34,7 @@ from videokv.storage import Missing
 
 log = logging.getLogger("videokv.ray")
 
+
 class ClusterManager(SessionManager):
     """The session manager of a replica: fenced journal writes (see the module docstring)."""
 

@@ -5,7 +5,9 @@ placement, failover holds) and `VideoKVReplica` (ray_replica.py: the single-proc
 port), plus the registry actor (ray_registry.py). `serve_cluster(args)` runs it from the command line;
 `app_builder(args)` builds it from a Ray Serve config file (`serve run` / `serve deploy`, see
 docs/ray-serve.yaml and docs/SERVER.md). Every replica must reach `data_dir` (a shared folder): sessions are
-journaled there, and a replica restores a dead one's sessions from it.
+journaled there, and a replica restores a dead one's sessions from it. Ray's token auth (RAY_AUTH_MODE,
+RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN, ~/.ray/auth_token) is resolved by `ray_auth_mode` before Ray is imported
+(docs/SERVER.md, "Ray token auth").
 """
 
 import dataclasses
@@ -15,10 +17,12 @@ import secrets
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 APP_NAME = "videokv"
+AUTH_DOC = "docs/SERVER.md, 'Ray token auth'"
 
 
 @dataclasses.dataclass
@@ -140,15 +144,114 @@ def app_builder(args: dict) -> Any:
     return build(ServeOptions(**args))
 
 
+def ray_token_source(environ: Mapping[str, str] | None = None) -> str | None:
+    """Where Ray finds this process's cluster token, in Ray's own order: the RAY_AUTH_TOKEN variable, the
+    file RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token; None when there is none. A RAY_AUTH_TOKEN_PATH naming
+    no readable, non-empty file is a ValueError (Ray would fail on it later, less clearly)."""
+    env = os.environ if environ is None else environ
+    if env.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    named = env.get("RAY_AUTH_TOKEN_PATH")
+    if named:
+        if not _has_text(Path(named)):
+            raise ValueError(
+                f"RAY_AUTH_TOKEN_PATH={named} names no readable, non-empty token file ({AUTH_DOC})"
+            )
+        return f"RAY_AUTH_TOKEN_PATH={named}"
+    default = Path(env.get("HOME") or Path.home()) / ".ray" / "auth_token"
+    return str(default) if _has_text(default) else None
+
+
+def _has_text(path: Path) -> bool:
+    try:
+        return bool(path.read_text().strip())
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def ray_auth_mode(address: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The RAY_AUTH_MODE to give this process's Ray driver, where the environment sets none; None: leave it
+    as it is. An explicit RAY_AUTH_MODE is kept. A local cluster started here (`address` None) is left to Ray,
+    which starts it with token auth (generating ~/.ray/auth_token when no token is found). Joining a cluster
+    ("auto", host:port, ray://...): "token" when a token is found, since a driver with token auth joins a
+    cluster without it too, while Ray's own rule (an explicit address never turns token auth on) cannot join
+    one with it. ValueError: RAY_AUTH_MODE=token with no token to join with, or a bad RAY_AUTH_TOKEN_PATH."""
+    env = os.environ if environ is None else environ
+    explicit = env.get("RAY_AUTH_MODE", "").strip().lower()
+    source = ray_token_source(env)
+    if explicit == "token" and source is None and address is not None:
+        raise ValueError(
+            "RAY_AUTH_MODE=token but no Ray token found: set RAY_AUTH_TOKEN_PATH to the cluster's token file "
+            f"(or RAY_AUTH_TOKEN, or put it in ~/.ray/auth_token; {AUTH_DOC})"
+        )
+    if explicit or address is None:
+        return None
+    return "token" if source else None
+
+
+def use_ray_auth_mode(mode: str | None) -> None:
+    """Set RAY_AUTH_MODE for this process (and the Ray processes it starts). Ray reads it into its config
+    when imported: where it is already imported, the config is read again (as Ray's own auto-enable does)."""
+    if mode is None:
+        return
+    os.environ["RAY_AUTH_MODE"] = mode
+    if "ray._raylet" in sys.modules:
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
+def ray_auth_summary(environ: Mapping[str, str] | None = None) -> str:
+    """This process's Ray auth in words, for the start-up line: "Ray auth: token (from ...)" or "Ray auth:
+    disabled" (its RAY_AUTH_MODE, which Ray itself sets when it turns token auth on)."""
+    env = os.environ if environ is None else environ
+    mode = env.get("RAY_AUTH_MODE", "").strip().lower() or "disabled"
+    if mode != "token":
+        return f"Ray auth: {mode}"
+    try:
+        source = ray_token_source(env)
+    except ValueError:
+        source = None
+    return f"Ray auth: token (from {source or 'nowhere'})"
+
+
+def _join_error(address: str | None, error: BaseException) -> str:
+    """What to tell the user when ray.init fails: a refused token says how to give the cluster's one."""
+    from ray.exceptions import AuthenticationError
+
+    where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+    chain, cause = [], error
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(e, AuthenticationError) for e in chain):
+        return (
+            f"videokv serve: {where} refused this process ({ray_auth_summary()}): it runs with Ray token "
+            "auth; give this process the cluster's token (what `ray get-auth-token` prints on the head) in "
+            f"a file named by RAY_AUTH_TOKEN_PATH, in RAY_AUTH_TOKEN or in ~/.ray/auth_token ({AUTH_DOC})"
+        )
+    return f"videokv serve: could not start or join {where}: {error}"
+
+
 def serve_cluster(options: ServeOptions, address: str | None) -> int:
     """Run the application on the Ray cluster at `address` ("auto": the running one; None: start a local
-    one) until SIGINT/SIGTERM, then take it down (journals keep live sources running for the next start)."""
+    one) until SIGINT/SIGTERM, then take it down (journals keep live sources running for the next start).
+    1: Ray could not be started or joined (a refused token among the causes); 2: a bad Ray auth setting."""
+    try:
+        use_ray_auth_mode(ray_auth_mode(address))
+    except ValueError as e:
+        print(f"videokv serve: {e}", file=sys.stderr)
+        return 2
     import ray
     from ray import serve
 
     from videokv.server.ray_registry import kill_registry
 
-    ray.init(address=address, namespace="videokv", log_to_driver=False, ignore_reinit_error=True)
+    try:
+        ray.init(address=address, namespace="videokv", log_to_driver=False, ignore_reinit_error=True)
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
+        print(_join_error(address, e), file=sys.stderr, flush=True)
+        return 1
     kill_registry(options.app_name)  # a fresh registry: it adopts the sessions already in data_dir
     serve.start(http_options={"host": options.host, "port": options.port})
     stop = threading.Event()
@@ -163,7 +266,7 @@ def serve_cluster(options: ServeOptions, address: str | None) -> int:
         where = f"http://{options.host if ':' not in options.host else f'[{options.host}]'}:{options.port}"
         print(
             f"videokv serve: {options.model} on {where} via Ray Serve, {options.replicas} replica(s) "
-            f"(data in {options.data_dir})",
+            f"(data in {options.data_dir}; {ray_auth_summary()})",
             file=sys.stderr,
             flush=True,
         )

@@ -7,18 +7,25 @@ retrieval, between the prefill chunks of a long prompt and between decoding step
 `slice_s` seconds of model time and goes back to the head of its session's queue after each, so a long
 answer (1024 tokens) holds the model for a slice at a time, not for its whole length.
 
-Which session goes next: the one whose next job has used the least model time *by levels*, then the one
+Which session goes next: the one whose next job has attained the least service *by levels*, then the one
 whose session has used the least model time. A job starts at level 0 and moves down a level each time the
-model time it has used passes `quantum_s`, 4x, 16x, ... that (a multi-level feedback queue in
-least-attained-service order, as FastServe schedules LLM serving, Wu et al. 2023, arXiv:2305.05920): a
-short question or an ingest chunk goes before the next slice of a long answer that is already under way,
-whichever session has used more, so one long answer (or eight of them) cannot double the latency of the
-short questions beside it. A job moves back up a level for every `age_s` it has waited (past level 0, ahead
-of fresh jobs), so a long answer keeps moving, a slice at a time, under any load of short ones. Within a
-level the session that has used the least model time goes next (virtual time, as in fair-share CPU
-schedulers); a session that gets work after being idle joins no further behind than the least used waiting
-one less `credit_s`, so it cannot bank idle time. Sessions with equal loads take turns. A long ingest is
-submitted chunk by chunk, so a question on another session waits for at most about one chunk of it.
+steps it has run (a sliced job's yields: retrieval, prefill chunks, decoding steps) pass `quantum`, 4x,
+16x, ... that (a multi-level feedback queue in least-attained-service order, as FastServe schedules LLM
+serving, Wu et al. 2023, arXiv:2305.05920): a short question or an ingest chunk goes before the next slice
+of a long answer that is already under way, whichever session has used more, so one long answer (or eight
+of them) cannot double the latency of the short questions beside it. A job moves back up a level for every
+`age` pieces of other work that ran while it waited (past level 0, ahead of fresh jobs), so a long answer
+keeps moving, a slice at a time, under any load of short ones. Levels and aging count events (steps run,
+pieces run), not seconds: which job goes next does not depend on how fast the machine is, or on what else
+runs on it. Within a level the session that has used the least model time goes next (virtual time, as in
+fair-share CPU schedulers); a session that gets work after being idle joins no further behind than the
+least used waiting one less `credit_s`, so it cannot bank idle time. Sessions with equal loads take turns.
+A long ingest is submitted chunk by chunk, so a question on another session waits for at most about one
+chunk of it.
+
+A job whose generator raises between steps ends with that error: a question whose client has gone stops at
+its next step (`SessionManager.ask`). `forget(key, error)` ends a key's waiting jobs with `error()` (a
+deleted session's requests get a clear error, not a cancellation).
 """
 
 from __future__ import annotations
@@ -40,22 +47,22 @@ class SchedulerClosed(RuntimeError):
 
 
 class _Resume:
-    """A sliced job's generator, queued again after a slice; the model time it used, when it was queued."""
+    """A sliced job's generator, queued again after a slice: the steps it has run, and the scheduler's piece
+    count when it was queued (what it has waited is counted in pieces of work, not in seconds)."""
 
-    def __init__(self, steps, used: float) -> None:
+    def __init__(self, steps, done: int, queued: int) -> None:
         self.steps = steps
-        self.used = used
-        self.queued = time.monotonic()
+        self.done = done
+        self.queued = queued
 
 
-def _drop(job: tuple, why: str) -> None:
-    """Cancel a waiting job; a sliced one (already running) ends with SchedulerClosed."""
+def _drop(job: tuple, error: BaseException) -> None:
+    """End a waiting job with `error` (a sliced one's generator is closed first)."""
     future, fn = job[0], job[1]
     if isinstance(fn, _Resume):
         fn.steps.close()
-        future.set_exception(SchedulerClosed(why))
-    else:
-        future.cancel()
+    if not future.done():
+        future.set_exception(error)
 
 
 class Scheduler:
@@ -66,15 +73,18 @@ class Scheduler:
         name: str = "videokv-model",
         slice_s: float = 0.02,
         credit_s: float = 1.0,
-        quantum_s: float = 0.1,
-        age_s: float = 1.0,
+        quantum: int = 32,
+        age: int = 64,
         levels: int = 4,
     ) -> None:
+        if quantum < 1 or age < 1 or levels < 1:
+            raise ValueError(f"quantum, age and levels must be >= 1; got {quantum}, {age}, {levels}")
         self.slice_s = slice_s
         self.credit_s = credit_s
-        self.quantum_s = quantum_s  # a job stays at level 0 for this much model time, level 1 for 4x, ...
-        self.age_s = age_s  # a waiting job moves up a level per this many seconds waited
+        self.quantum = quantum  # a job stays at level 0 for this many steps, level 1 for 4x, ...
+        self.age = age  # a waiting job moves up a level per this many pieces of other work run meanwhile
         self.levels = levels
+        self.pieces = 0  # pieces of work picked so far: the clock that aging counts
         # model seconds each session has used (virtual time): the waiting session with the least goes next
         self._used: dict[str, float] = {}
         self._floor = 0.0  # the virtual time of the job run last
@@ -126,15 +136,17 @@ class Scheduler:
                 return len(self._queues.get(key, ()))
             return sum(len(q) for q in self._queues.values())
 
-    def forget(self, key: str) -> None:
-        """Cancel `key`'s waiting jobs (the session is gone); a running job finishes."""
+    def forget(self, key: str, error: Callable[[], BaseException] | None = None) -> None:
+        """End `key`'s waiting jobs with `error()` (default: SchedulerClosed, the session is gone); a running
+        job finishes its piece (a sliced one then ends with SchedulerClosed)."""
+        make = error or (lambda: SchedulerClosed("the session is gone"))
         with self._cond:
             queue = self._queues.pop(key, None)
             self._used.pop(key, None)
             if key in self._ring:
                 self._ring.remove(key)
         for job in queue or ():
-            _drop(job, "the session is gone")
+            _drop(job, make())
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop taking jobs, cancel waiting ones, and let the running one finish."""
@@ -146,7 +158,7 @@ class Scheduler:
             self._cond.notify_all()
         for queue in queues:
             for job in queue:
-                _drop(job, "the model scheduler is shut down")
+                _drop(job, SchedulerClosed("the model scheduler is shut down"))
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         if self._trace is not None:
@@ -159,9 +171,9 @@ class Scheduler:
                 self._cond.wait()
             if self._closed:
                 return None
-            now = time.monotonic()
             # short jobs first (by level), then the least used session; ties: the first in turn order
-            key = min(self._ring, key=lambda k: (self._level(self._queues[k][0][1], now), self._used[k]))
+            key = min(self._ring, key=lambda k: (self._level(self._queues[k][0][1]), self._used[k]))
+            self.pieces += 1
             self._ring.remove(key)
             self._floor = self._used[key]
             queue = self._queues[key]
@@ -172,16 +184,16 @@ class Scheduler:
                 del self._queues[key]
             return key, *job
 
-    def _level(self, fn: Any, now: float) -> int:
-        """A queued job's level: 0 for a job not started, one more for each time the model time it has used
-        passes quantum_s x 4^n, one less for each `age_s` it has waited since its last slice (below 0: a
-        job that has waited long enough goes before fresh ones, for a slice)."""
+    def _level(self, fn: Any) -> int:
+        """A queued job's level: 0 for a job not started, one more for each time the steps it has run pass
+        quantum x 4^n, one less for each `age` pieces of other work run since its last slice (below 0: a
+        job that has waited long enough goes before fresh ones, for a slice). Counts only: no clock."""
         if not isinstance(fn, _Resume):
             return 0
-        level, bound = 0, self.quantum_s
-        while fn.used >= bound and level < self.levels - 1:
+        level, bound = 0, self.quantum
+        while fn.done >= bound and level < self.levels - 1:
             level, bound = level + 1, bound * 4
-        return level - int((now - fn.queued) / self.age_s)
+        return level - (self.pieces - fn.queued) // self.age
 
     def _activate(self, key: str) -> None:
         """A session gets pending work: it joins the waiting ones, no further behind than the least used
@@ -192,7 +204,7 @@ class Scheduler:
         self._used[key] = max(self._used.get(key, float("-inf")), floor - self.credit_s)
         self._ring.append(key)
 
-    def _requeue(self, key: str, future: concurrent.futures.Future, steps, used: float) -> None:
+    def _requeue(self, key: str, future: concurrent.futures.Future, steps, done: int) -> None:
         """A sliced job goes back to the head of its session's queue; the session to the back of the ring."""
         with self._cond:
             if self._closed or key not in self._used:  # shut down, or the session is gone (forget)
@@ -206,7 +218,7 @@ class Scheduler:
                 queue = self._queues[key] = collections.deque()
             if not queue:
                 self._ring.append(key)  # charged for its slice already: no credit
-            queue.appendleft((future, _Resume(steps, used), (), {}))
+            queue.appendleft((future, _Resume(steps, done, self.pieces), (), {}))
             self._cond.notify()
 
     def _work(self) -> None:
@@ -216,6 +228,7 @@ class Scheduler:
                 return
             key, future, fn, args, kwargs = job
             t0 = time.monotonic()
+            done = fn.done if isinstance(fn, _Resume) else 0
             if not isinstance(fn, _Resume) and not future.set_running_or_notify_cancel():
                 continue
             try:
@@ -227,10 +240,12 @@ class Scheduler:
                         future.set_result(steps)
                         continue
                 until = time.monotonic() + self.slice_s
-                while time.monotonic() < until:
+                while True:  # a slice: at least one step, then steps until slice_s has passed
                     next(steps)
-                used = (fn.used if isinstance(fn, _Resume) else 0.0) + time.monotonic() - t0
-                self._requeue(key, future, steps, used)
+                    done += 1
+                    if time.monotonic() >= until:
+                        break
+                self._requeue(key, future, steps, done)
             except StopIteration as stop:
                 future.set_result(stop.value)
             except BaseException as e:  # the job's error belongs to whoever waits on it
@@ -242,8 +257,15 @@ class Scheduler:
                     if key in self._used:
                         self._used[key] += took
                 if self._trace is not None:  # closed only after this thread stops (or close timed out)
-                    label = getattr(fn.steps if isinstance(fn, _Resume) else fn, "__qualname__", "?")
-                    with contextlib.suppress(ValueError):
-                        self._trace.write(
-                            f"{t0:.4f}\t{key}\t{label}\t{took:.5f}\t{id(future)}\t{future.submitted:.4f}\n"
-                        )
+                    self._write_trace(key, fn, future, t0, took, done)
+
+    def _write_trace(
+        self, key: str, fn: Any, future: concurrent.futures.Future, t0: float, took: float, done: int
+    ) -> None:
+        """One line of the job trace: start, session, job, seconds, job id, submitted, the job's steps so
+        far (a sliced job's; 0 for a plain one)."""
+        label = getattr(fn.steps if isinstance(fn, _Resume) else fn, "__qualname__", "?")
+        with contextlib.suppress(ValueError):
+            self._trace.write(
+                f"{t0:.4f}\t{key}\t{label}\t{took:.5f}\t{id(future)}\t{future.submitted:.4f}\t{done}\n"
+            )

@@ -155,10 +155,12 @@ class Ask(BaseModel):
         0, ge=0, le=20, description="per answer token, its log-probability and the N most likely alternatives"
     )
     do_sample: bool = Field(False, description="sample instead of greedy decoding")
-    temperature: float = Field(1.0, gt=0, le=100, description="with do_sample")
+    temperature: float = Field(1.0, gt=0, le=100, description="with do_sample: at least 1e-5")
     top_k: int = Field(0, ge=0, le=100_000, description="with do_sample: keep the k most likely (0: off)")
     top_p: float = Field(1.0, gt=0, le=1, description="with do_sample: nucleus mass (1: off)")
-    repetition_penalty: float = Field(1.0, gt=0, le=100, description="> 1 discourages repeats (1: off)")
+    repetition_penalty: float = Field(
+        1.0, gt=0, le=100, description="0.01 to 100; > 1 discourages repeats (1: off)"
+    )
     seed: int | None = Field(None, ge=0, lt=2**64, description="the sampler's seed (default: a fresh one)")
     stop: list[str] | None = Field(
         None, max_length=8, description="end the answer before the first of these strings"

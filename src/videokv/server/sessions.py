@@ -575,7 +575,9 @@ class SessionManager:
         self.sessions.pop(sid, None)
         if m.source is not None:
             m.source.stop()
-        self.scheduler.forget(sid)
+        # its waiting requests end with the session's error (404), not a cancellation; a question in
+        # progress stops at its next step (ask)
+        self.scheduler.forget(sid, lambda: gone(m))
         # runs after the job in progress (one worker): nothing writes into the folder after this
         await self.scheduler.run(sid, self._remove, sid, m.folder)
         if m.source is not None:
@@ -748,24 +750,43 @@ class SessionManager:
         on_token: Callable[[str], None] | None = None,
         logprobs: int = 0,
         generation: GenerationOptions | None = None,
+        check: Callable[[], None] | None = None,
     ) -> dict:
+        """The answer to `question` from `m`'s memory, computed on the scheduler in slices. `check` is
+        called before each step of the answer (on the model thread): it raises to stop the answer there
+        (its client has gone). A session deleted meanwhile ends the answer at its next step with the
+        session's error (404; 503 when it moved to another replica), never with a cancellation."""
+        from videokv.server.scheduler import SchedulerClosed
+
         if not question.strip():
             raise BadRequest("the question is empty; ask something about the stream")
         if choices is not None and (len(choices) < 2 or any(not c.strip() for c in choices)):
             raise BadRequest("choices must be at least two non-empty strings (or null for a free answer)")
 
         def run():  # a generator: the scheduler runs it in slices, other sessions' jobs in between
-            if m.deleted:
-                raise gone(m)
             m.session.prefill_chunk = PREFILL_CHUNK_TOKENS
-            answer = yield from m.session.ask_steps(
-                question, choices, max_new_tokens, on_token, logprobs, generation
-            )
-            return answer.to_dict()
+            steps = m.session.ask_steps(question, choices, max_new_tokens, on_token, logprobs, generation)
+            try:
+                while True:
+                    if m.deleted:
+                        raise gone(m)
+                    if check is not None:
+                        check()
+                    try:
+                        next(steps)
+                    except StopIteration as done:
+                        return done.value.to_dict()
+                    yield
+            finally:
+                steps.close()
 
         m.asking += 1
         try:
             return await self.scheduler.run(m.id, run)
+        except SchedulerClosed:
+            if m.deleted:  # forgotten between two slices: the session's own error
+                raise gone(m) from None
+            raise
         finally:
             m.asking -= 1
             m.touch()

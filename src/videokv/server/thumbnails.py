@@ -47,8 +47,12 @@ class Thumbnails:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / _name(t)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(jpeg_bytes(image))
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(jpeg_bytes(image))
+            os.replace(tmp, path)
+        except BaseException:  # a full disk: no half-written file stays behind
+            tmp.unlink(missing_ok=True)
+            raise
         t = round(t * 1000) / 1000
         with self._lock:
             i = bisect.bisect_left(self.times, t)
