@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +95,15 @@ def _flip(path, at: float) -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    ["missing", "no_manifest", "manifest_byte", "truncated_tensors", "tensor_byte", "no_tensors", "other_model"],
+    [
+        "missing",
+        "no_manifest",
+        "manifest_byte",
+        "truncated_tensors",
+        "tensor_byte",
+        "no_tensors",
+        "other_model",
+    ],
 )
 def test_corrupt_save_is_a_clear_error(tmp_path, damage):
     from videokv.persist import MANIFEST

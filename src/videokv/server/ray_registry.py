@@ -32,7 +32,6 @@ HEARTBEAT_S = 0.5  # how often a replica reports
 STALE_S = 1.5  # a replica silent this long is probed
 SILENT_DEAD_S = 45.0  # a replica silent this long is dead even if its port still answers
 ORPHAN_SCAN_S = 5.0  # how often session folders no replica holds are looked for
-ORPHAN_AGE_S = 5.0  # ... and how old their journal's state must be (a session being created is not one)
 ADOPT_WAIT_FOR_ROOM_S = 20.0  # a dead replica's session waits this long for a replica with room
 CLUSTER_HEADER = "x-videokv-cluster"  # the cluster secret on replica-internal requests
 
@@ -69,8 +68,14 @@ class Registry:
         max_sessions: int,
         replica_bytes: int | None = None,
         session_bytes: int | None = None,
+        store: str | None = None,
+        s3_endpoint: str | None = None,
     ):
+        from videokv.storage import open_backend
+
         self.sessions_dir = Path(data_dir) / "sessions"
+        # where the sessions' journals are: the shared data folder, or an object store
+        self.store = open_backend(store or data_dir, s3_endpoint)
         self.secret = secret
         self.max_sessions = max_sessions
         self.replica_bytes = replica_bytes
@@ -100,7 +105,7 @@ class Registry:
                 self.owner[sid] = rid
         for sid, holder_id in list(self.owner.items()):
             if holder_id == rid and sid not in sessions and sid not in self.moving:
-                if not (self.sessions_dir / sid).exists():  # deleted
+                if not self._stored(sid):  # deleted
                     self.owner.pop(sid, None)
 
     # ---- placement ------------------------------------------------------------------------------------
@@ -247,7 +252,7 @@ class Registry:
         start = time.monotonic()
         tries = 0
         while sid in self.moving:
-            if not (self.sessions_dir / sid / "journal").exists():
+            if not self._stored(sid):
                 self.moving.pop(sid, None)
                 self.owner.pop(sid, None)
                 return False
@@ -332,23 +337,31 @@ class Registry:
                 last_scan = now
                 self._scan_orphans()
 
+    def _stored(self, sid: str) -> bool:
+        """Whether session `sid` has a journal in the store (a storage error counts as yes: not deleted)."""
+        try:
+            return self.store.exists(f"sessions/{sid}/journal/state") or self.store.exists(
+                f"sessions/{sid}/journal/base"
+            )
+        except OSError:
+            return True
+
     def _scan_orphans(self) -> None:
-        """Session folders with a journal that no live replica holds (e.g. the whole cluster restarted)."""
-        if not self.sessions_dir.exists():
-            return
+        """Sessions with a journal in the store that no live replica holds (e.g. the whole cluster restarted),
+        seen on two scans in a row (a session being created is not one)."""
         held = {s for s, o in self.owner.items() if o in self.replicas and not self.replicas[o].dead}
         held |= {s for r in self._live() for s in r.sessions}
-        now = time.time()
-        for folder in self.sessions_dir.iterdir():
-            sid = folder.name
-            if sid.startswith(".") or sid in held or sid in self.moving:
-                continue
-            state = folder / "journal" / "state.safetensors"
-            try:
-                age = now - state.stat().st_mtime
-            except OSError:
-                continue
-            if age > ORPHAN_AGE_S:
+        try:
+            candidates = [
+                s for s in self.store.children("sessions") if s not in held and s not in self.moving
+            ]
+        except OSError as e:
+            log.warning("videokv: cannot list the sessions in the store: %s", e)
+            return
+        seen_before = getattr(self, "_orphans_seen", set())
+        self._orphans_seen = {s for s in candidates if self._stored(s)}
+        for sid in sorted(self._orphans_seen):
+            if sid in seen_before:
                 log.warning("videokv: session %s is held by no replica; adopting it", sid)
                 self.moving[sid] = time.monotonic()
                 self._spawn(self._adopt(sid))
@@ -376,6 +389,8 @@ def get_registry(options: dict):
         max_sessions=options["max_sessions"],
         replica_bytes=options.get("replica_bytes"),
         session_bytes=options.get("session_bytes"),
+        store=options.get("store"),
+        s3_endpoint=options.get("s3_endpoint"),
     )
 
 

@@ -147,9 +147,16 @@ class ReplicaServer:
         )
         info = {"id": self.id, "pid": self.pid, "node": self.node}
         ClusterManager.replica_id = self.id
+        store = options.get("store")
+        data_dir = options["data_dir"]
+        if store and str(store).startswith("s3://"):  # sessions live in the store: a folder of its own
+            data_dir = os.path.join(data_dir, f"replica-{self.id}")
         app: FastAPI = create_app(
             qa,
-            options["data_dir"],
+            data_dir,
+            store=store,
+            endpoint=options.get("s3_endpoint"),
+            cache_bytes=options.get("cache_bytes"),
             token=options.get("token"),
             max_upload_bytes=options["max_upload_bytes"],
             max_sessions=options["max_sessions"],

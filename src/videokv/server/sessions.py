@@ -863,7 +863,7 @@ class SessionManager:
     # ---- start-up, adoption, quarantine ---------------------------------------------------------------
     def stored_sessions(self) -> list[str]:
         """The ids of the sessions with a journal (or the remains of one) in the store."""
-        sids = {k.split("/")[0] for k in self.store.list("sessions") if "/journal/" in k}
+        sids = set(self.store.children("sessions"))
         if self.store.is_local:  # local folders of sessions whose journal is gone (quarantined, below)
             sids |= {p.name for p in self.sessions_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
         return sorted(s for s in sids if NAME_RE.match(s))

@@ -64,6 +64,10 @@ class Backend(ABC):
     def list(self, prefix: str = "") -> list[str]: ...
 
     @abstractmethod
+    def children(self, prefix: str = "") -> list[str]:
+        """The names one level below `prefix` (the "folders" and objects directly under it)."""
+
+    @abstractmethod
     def delete(self, keys: Iterable[str]) -> None:
         """Delete the objects (missing ones are ignored)."""
 
@@ -153,6 +157,12 @@ class LocalBackend(Backend):
             rel = Path(folder).relative_to(self.root)
             out += [str(rel / f) if str(rel) != "." else f for f in files if not f.startswith(".")]
         return out
+
+    def children(self, prefix: str = "") -> list[str]:
+        base = self.root / prefix if prefix else self.root
+        if not base.is_dir():
+            return []
+        return [p.name for p in base.iterdir() if not p.name.startswith(".")]
 
     def delete(self, keys: Iterable[str]) -> None:
         for key in keys:

@@ -88,6 +88,9 @@ class CachedBackend(Backend):
     def list(self, prefix: str = "") -> list[str]:
         return self.inner.list(prefix)
 
+    def children(self, prefix: str = "") -> list[str]:
+        return self.inner.children(prefix)
+
     def delete(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         self.inner.delete(keys)

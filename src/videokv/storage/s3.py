@@ -136,6 +136,21 @@ class S3Backend(Backend):
             raise self._error(e, f"listing {prefix or '/'}") from e
         return out
 
+    def children(self, prefix: str = "") -> list[str]:
+        full = self._key(prefix.strip("/")) if prefix else self.prefix
+        full = f"{full}/" if full else ""
+        out: list[str] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, Delimiter="/"
+            )
+            for page in pages:
+                out += [p["Prefix"][len(full) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
+                out += [obj["Key"][len(full) :] for obj in page.get("Contents", [])]
+        except Exception as e:
+            raise self._error(e, f"listing {prefix or '/'}") from e
+        return out
+
     def delete(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         try:
