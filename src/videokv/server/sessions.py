@@ -547,6 +547,11 @@ class SessionManager:
         m = self.sessions.get(sid) or self._adopt_on_request(sid)
         if m is None and time.monotonic() - self.moved_away.get(sid, -MOVED_GRACE_S) < MOVED_GRACE_S:
             raise SessionMoved(f"session {sid} is moving to another replica; retry in a moment")
+        if m is None and sid in self.quarantined:
+            raise Conflict(
+                f"session {sid} is quarantined: {self.quarantined[sid]['reason']} (kept in storage, not "
+                "served; see GET /v1/quarantine)"
+            )
         if m is None:
             raise NotFound(f"no session {sid!r}; list the sessions with GET /v1/sessions")
         m.touch()
@@ -786,6 +791,12 @@ class SessionManager:
         except SchedulerClosed:
             if m.deleted:  # forgotten between two slices: the session's own error
                 raise gone(m) from None
+            raise
+        except CorruptData as e:  # a block fetched for this answer failed verification: never served
+            self.quarantine(m.id, e)
+            m.deleted = True
+            if m.source is not None:
+                m.source.stop()
             raise
         finally:
             m.asking -= 1
