@@ -311,6 +311,7 @@ class SessionManager:
         self.lease_s = lease_s
         self.renewed_at = time.monotonic()
         self._lease_thread: threading.Thread | None = None
+        self._lease_lock = threading.Lock()
         self.limits = limits or Limits()
         for stale in clean_stale(self.snapshots_dir):  # a save a kill interrupted
             log.warning("videokv: removed the unfinished save %s", stale.name)
@@ -379,9 +380,10 @@ class SessionManager:
         if m.deleted:
             raise gone(m)
         if self.lease_s is not None and time.monotonic() - self.renewed_at > 0.8 * self.lease_s:
-            raise StorageUnavailable(
-                f"session {m.id}'s lease in the store could not be renewed lately; retry in a moment"
-            )
+            if not self.renew_leases() or m.deleted:
+                raise StorageUnavailable(
+                    f"session {m.id}'s lease in the store could not be renewed lately; retry in a moment"
+                )
         m.journal.commit(m.session, m.info())
 
     def _step(self, m: Managed, items: list[Item], interval: float | None = None) -> int:
@@ -1040,6 +1042,34 @@ class SessionManager:
         log.warning("videokv: adopting session %s from the store (its holder's lease ran out)", sid)
         return self._restore_or_quarantine(sid)
 
+    def renew_leases(self) -> bool:
+        """Renew the leases of the sessions this server holds; a session another server took meanwhile (this
+        one could not renew for longer than a lease: the store was away) is dropped here, not written."""
+        with self._lease_lock:
+            started = time.monotonic()
+            try:
+                lapsed = started - self.renewed_at > self.lease_s
+                for sid in list(self.sessions):
+                    if lapsed and not self._lease_free(sid):
+                        self._drop_taken(sid)
+                        continue
+                    self._claim(sid)
+            except (StorageError, OSError) as e:
+                log.warning("videokv: could not renew the sessions' leases: %s", e)
+                return False
+            self.renewed_at = started
+            return True
+
+    def _drop_taken(self, sid: str) -> None:
+        m = self.sessions.pop(sid, None)
+        if m is None:
+            return
+        log.warning("videokv: session %s was taken by another server while the store was away", sid)
+        m.moved = m.deleted = True
+        self.moved_away[sid] = time.monotonic()
+        if m.source is not None:
+            m.source.stop()
+
     def start_leases(self) -> None:
         """Renew this server's leases every lease_s / 3 seconds (a daemon thread)."""
         if self.lease_s is None or self._lease_thread is not None:
@@ -1047,12 +1077,7 @@ class SessionManager:
 
         def renew() -> None:
             while not self.closing:
-                try:
-                    for sid in list(self.sessions):
-                        self._claim(sid)
-                    self.renewed_at = time.monotonic()
-                except Exception as e:  # noqa: BLE001 - the store is down: commits refuse until renewed
-                    log.warning("videokv: could not renew the sessions' leases: %s", e)
+                self.renew_leases()
                 time.sleep(self.lease_s / 3)
 
         self.renewed_at = time.monotonic()

@@ -1,0 +1,92 @@
+"""Servers on an object store (a real S3 store: SeaweedFS), sharing no disk: a session outlives the server that
+held it (`kill -9`), and a store that goes away mid-ingest ends requests in a retryable 503, losing nothing."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import threading
+import time
+
+import httpx
+import numpy as np
+
+from tests.server.conftest import ServerHandle
+
+QUESTION = {"question": "what is shown?", "max_new_tokens": 4, "logprobs": 2}
+
+
+def raw_frames(n: int, seed: int = 0) -> dict:
+    frames = np.random.default_rng(seed).integers(0, 256, (n, 56, 84, 3), dtype=np.uint8)
+    return {"raw": base64.b64encode(frames.tobytes()).decode(), "shape": list(frames.shape)}
+
+
+def store_args(url: str, endpoint: str, lease_s: float = 3.0) -> list[str]:
+    return ["--store", url, "--s3-endpoint", endpoint, "--lease-s", str(lease_s), "--chunk-frames", "4"]
+
+
+def test_a_second_server_on_the_store_takes_over_after_kill_9(serve_factory, seaweed, s3_url):
+    args = store_args(s3_url, seaweed.endpoint)
+    first: ServerHandle = serve_factory(extra=args)
+    second: ServerHandle = serve_factory(extra=args)
+    assert first.data_dir != second.data_dir
+    with first.client() as client:
+        sid = client.post("/v1/sessions", json={"memory": "rekv", "name": "cam"}).json()["id"]
+        assert client.post(f"/v1/sessions/{sid}/frames", json=raw_frames(8, seed=1)).status_code == 200
+        acked = client.get(f"/v1/sessions/{sid}").json()
+        answer = client.post(f"/v1/sessions/{sid}/ask", json=QUESTION).json()
+    with second.client() as client:  # held by the first server: not taken while its lease is renewed
+        r = client.get(f"/v1/sessions/{sid}")
+        assert r.status_code == 503 and "held by another server" in r.json()["detail"], r.text
+
+    def push() -> None:  # an upload the kill cuts: never acknowledged, so never in memory
+        with contextlib.suppress(httpx.HTTPError), first.client() as c:
+            c.post(f"/v1/sessions/{sid}/frames", json=raw_frames(64, seed=2))
+
+    sender = threading.Thread(target=push, daemon=True)
+    sender.start()
+    time.sleep(1.0)
+    first.kill()
+    sender.join(30)
+    killed = time.monotonic()
+    with second.client() as client:
+        while (r := client.get(f"/v1/sessions/{sid}")).status_code == 503:
+            assert time.monotonic() - killed < 60, r.text
+            time.sleep(0.25)
+        assert r.status_code == 200, r.text
+        status = r.json()
+        assert {k: status[k] for k in ("frames", "blocks", "clock", "name")} == {
+            k: acked[k] for k in ("frames", "blocks", "clock", "name")
+        }
+        again = client.post(f"/v1/sessions/{sid}/ask", json=QUESTION).json()
+        assert (again["answer"], again["logprobs"]) == (answer["answer"], answer["logprobs"])
+        assert client.post(f"/v1/sessions/{sid}/frames", json=raw_frames(4, seed=3)).status_code == 200
+    # nothing of the session is on the second server's disk but caches and thumbnails: it is in the store
+    assert not list(second.data_dir.rglob("state")) and not list(first.data_dir.rglob("state"))
+
+
+def test_the_store_going_away_mid_ingest_is_a_503_and_nothing_is_lost(serve_factory, seaweed, s3_url):
+    server: ServerHandle = serve_factory(extra=store_args(s3_url, seaweed.endpoint, lease_s=30))
+    try:
+        with server.client() as client:
+            sid = client.post("/v1/sessions", json={"memory": "rekv"}).json()["id"]
+            assert client.post(f"/v1/sessions/{sid}/frames", json=raw_frames(4, seed=1)).status_code == 200
+            acked = client.get(f"/v1/sessions/{sid}").json()
+            seaweed.stop()
+            r = client.post(f"/v1/sessions/{sid}/frames", json=raw_frames(8, seed=2))
+            assert r.status_code == 503 and "Retry-After" in r.headers, r.text
+            assert "object store" in r.json()["detail"]
+            status = client.get(f"/v1/sessions/{sid}").json()
+            assert (status["frames"], status["blocks"]) == (acked["frames"], acked["blocks"])
+            seaweed.start()
+            r = client.post(f"/v1/sessions/{sid}/frames", json=raw_frames(8, seed=2))
+            assert r.status_code == 200, r.text
+            answer = client.post(f"/v1/sessions/{sid}/ask", json=QUESTION).json()
+    finally:
+        if seaweed.proc is None:
+            seaweed.start()
+    server.restart()
+    with server.client() as client:
+        status = client.get(f"/v1/sessions/{sid}").json()
+        assert status["frames"] == 12
+        assert client.post(f"/v1/sessions/{sid}/ask", json=QUESTION).json()["logprobs"] == answer["logprobs"]
