@@ -1,5 +1,6 @@
-"""Servers on an object store (a real S3 store: SeaweedFS), sharing no disk: a session outlives the server that
-held it (`kill -9`), and a store that goes away mid-ingest ends requests in a retryable 503, losing nothing."""
+"""Servers on an object store (a real S3 store: SeaweedFS), sharing no disk: a session outlives the server
+that held it (`kill -9`), and a store that goes away mid-ingest ends requests in a retryable 503, losing
+nothing."""
 
 from __future__ import annotations
 
