@@ -37,6 +37,7 @@ def test_memory_depends_on_nothing_above_it(path: Path):
 PUBLIC = (
     "videokv.api",
     "videokv.journal",
+    "videokv.storage",  # where journals and saves live (a folder, an object store): no engine inside
     "videokv.errors",
     "videokv.config",
     "videokv.presets",

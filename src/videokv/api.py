@@ -19,7 +19,14 @@ from videokv.errors import InputError
 from videokv.generation import GenerationOptions
 from videokv.models.base import Adapter
 from videokv.models.registry import TINY_MODELS, adapter_for, check_model_name, load_model
-from videokv.persist import SaveError, load_config, read_save, restore_engine, save_engine
+from videokv.persist import (
+    SaveError,
+    load_config,
+    read_manifest,
+    read_save,
+    restore_engine,
+    save_engine,
+)
 from videokv.presets import resolve_memory
 from videokv.qa import (
     DEFAULT_SYSTEM,
@@ -471,3 +478,9 @@ def _merge_by_time(frames: Iterator[Frame], events: list[TextEvent]) -> Iterator
     keyed_events = ((e.start, 0, i, e) for i, e in enumerate(sorted(events, key=lambda e: e.start)))
     for *_, item in heapq.merge(keyed_events, keyed_frames):
         yield item
+
+
+def saved_session_info(location: str | Path, endpoint: str | None = None) -> dict:
+    """A save's manifest (memory config, stream state, the caller's `extra` fields), verified, without
+    reading its tensors. `location`: a folder, an `s3://` URL or a storage backend. Raises SaveError."""
+    return read_manifest(location, endpoint)

@@ -40,7 +40,16 @@ from pathlib import Path
 
 import numpy as np
 
-from videokv.api import Frame, GenerationOptions, SaveError, Session, VideoQA, kv_memory
+from videokv.api import (
+    SAVE_MANIFEST,
+    Frame,
+    GenerationOptions,
+    SaveError,
+    Session,
+    VideoQA,
+    kv_memory,
+    saved_session_info,
+)
 from videokv.config import MemoryConfig
 from videokv.errors import (
     ConfigError,
@@ -822,13 +831,11 @@ class SessionManager:
         return await self.scheduler.run(m.id, run)
 
     def snapshots(self) -> list[dict]:
-        from videokv.persist import MANIFEST, read_manifest
-
-        names = sorted({k.split("/")[0] for k in self.store.list("snapshots") if k.endswith(f"/{MANIFEST}")})
+        names = sorted(self.store.children("snapshots"))
         out = []
         for name in names:
             try:
-                manifest = read_manifest(self._snapshot(name))
+                manifest = saved_session_info(self._snapshot(name))
             except (SaveError, StorageError, OSError):
                 continue
             extra = manifest.get("extra") or {}
@@ -844,10 +851,8 @@ class SessionManager:
         return sorted(out, key=lambda s: s["created"])
 
     async def restore_snapshot(self, name: str) -> Managed:
-        from videokv.persist import MANIFEST
-
         folder = self._snapshot(name)
-        if not folder.exists(MANIFEST):
+        if not folder.exists(SAVE_MANIFEST):
             raise NotFound(f"no snapshot {name!r}; list them with GET /v1/snapshots")
         self._reserve()
         sid = self._new_id()
