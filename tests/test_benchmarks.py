@@ -271,3 +271,14 @@ def test_retrieval_at_scale(tmp_path):
     assert "RAM" in bench.plan(dict(est, ram_gb=6.0), "cloned", args)
     assert bench.plan(dict(est, ram_gb=6.0), "shared", args) is None
     assert "grow and release" in bench.plan(dict(est, build_s=900.0), "cloned", args)
+
+
+def test_store_failover(tmp_path, seaweed):
+    data = _run(
+        "store_failover", tmp_path, "--store", f"s3://{seaweed.bucket()}/b", "--s3-endpoint", seaweed.endpoint
+    )
+    res = data["results"]
+    for point in res["points"].values():
+        assert point["failover"]["answers_equal"] is True  # a lazy restore answers as the session in memory
+        assert point["blocks"] > 0 and point["index_parts"] >= 1
+    assert res["ingest_ratio_s3_over_folder"] > 0 and res["failover_growth_lazy"] > 0

@@ -741,6 +741,7 @@ class Engine:
             def forward(choose: Callable[[int, torch.Tensor], list[int]]) -> None:
                 def context(layer: int, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                     rows = catalog.one_level(choose(layer, q))
+                    self.store.prefetch([r for r in rows if r not in loaded])
                     blocks = sorted((self._load(r, loaded) for r in rows), key=lambda b: b.index)
                     return assemble_layer(
                         *sinks[layer],
@@ -772,6 +773,7 @@ class Engine:
         selection = [catalog.one_level(layer) for layer in selection]  # never a unit at two levels
         self.retrieved = selection  # for inspection: the rows each layer saw at the last question
         rows = sorted({r for layer in selection for r in layer})
+        self.store.prefetch([r for r in rows if r not in loaded])
         loaded = {r: self._load(r, loaded) for r in rows}
         per_layer = [sorted((loaded[r] for r in layer), key=lambda b: b.index) for layer in selection]
         sink_k = [la.keys[:, :, : self.n_sinks] for la in self.cache.layers]

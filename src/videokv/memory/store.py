@@ -31,6 +31,7 @@ from videokv.errors import ConfigError
 from videokv.memory.block import KVBlock
 
 TIERS = ("device", "host", "disk")
+PREFETCH_THREADS = 8
 STUB_KEYS = ("path", "layers", "fetch", "nbytes", "object", "row", "rotated", "present")
 HOT, COLD = 0, 1
 LANES = (HOT, COLD)
@@ -246,6 +247,20 @@ class Store:
             {k: v for k, v in stub.meta.items() if k not in STUB_KEYS},
             stub.origin,
         )
+
+    def prefetch(self, rows: list[int]) -> None:
+        """Fetch the K/V of the lazy blocks among `rows` concurrently (from an object store, one request
+        each), ahead of the `get`s that read them: a question's blocks arrive in about one round trip."""
+        lazy = [i for i in rows if "fetch" in self.blocks[i].meta]
+        if len(lazy) < 2:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(PREFETCH_THREADS, len(lazy))) as pool:
+            fetched = list(pool.map(lambda i: self._read(self.blocks[i]), lazy))
+        for i, block in zip(lazy, fetched, strict=True):
+            if self.tier[i] != "disk":  # held from now on, as `get` would; a disk-tier block stays lazy
+                self.blocks[i] = self._place(block, self.tier[i])
 
     def get(self, i: int) -> KVBlock:
         """Block `i` with its K/V on the compute device (read from disk / copied from host if needed)."""
