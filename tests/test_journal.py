@@ -135,7 +135,10 @@ def test_kills_at_random_points_of_ingest_and_recovery_never_lose_or_invent_memo
         acked, in_flight = run_until_crash(qa, Crashing(raw, rng.randint(2, 60)), memory, rng)
         for attempt in range(6):  # recovery is killed too, then run again from the start
             try:
-                Journal(Crashing(raw, rng.randint(1, 4) if attempt < 3 else None)).recover()
+                journal = Journal(Crashing(raw, rng.randint(1, 4) if attempt < 3 else None))
+                journal.recover()
+                if raw.exists("state"):
+                    journal.scrub()
                 break
             except Crash:
                 continue

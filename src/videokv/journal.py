@@ -268,9 +268,9 @@ class Journal:
         self._collect()
 
     def recover(self) -> bool:
-        """After a crash (protocol step 4): put an unfinished batch's base back (returns True then), verify
-        the record, delete what it does not name. Idempotent; raises CorruptData if the journal fails
-        verification (nothing is deleted then)."""
+        """After a crash (protocol step 4): put an unfinished batch's base back (returns True then) and
+        verify the record. Idempotent. What the record names is verified as it is read (`read`) and by
+        `scrub`, which also deletes what no record names; raises CorruptData if the record fails."""
         self.store.clean()
         undone = False
         try:
@@ -282,18 +282,39 @@ class Journal:
             self.store.put(STATE, base)
             self.store.delete([BASE])
             undone = True
+        self._read_record()
+        return undone
+
+    def scrub(self) -> int:
+        """Verify that every object the commit record names is in the store (raises CorruptData naming
+        the missing ones) and delete the objects no record (nor an open batch's base) names, which a crash
+        left behind; returns how many were deleted. One listing of the journal: run it after a restore,
+        where no commit of the session runs at the same time (the server runs it as one of the session's
+        jobs), off the path to the first answer."""
         header, _ = self._read_record()
+        named = self._all_names(header)
+        protected = set(named)
+        with contextlib.suppress(Missing):
+            base, _ = unpack(self.store.get(BASE), f"{self.url}/{BASE}")
+            protected |= self._all_names(base)
         present = set(self.store.list())
-        named = self._check_present(header, present)
-        for name, lo, hi in header["index"]:
-            for entry in self._index_part(name, lo, hi)[0]:
-                if entry["name"] not in present:
-                    raise CorruptData(f"the journal at {self.url} is missing block {entry['name']}")
-                named.add(entry["name"])
-        garbage = sorted(k for k in present if k not in named and k not in (STATE, NEW))
+        missing = sorted(named - present)
+        if missing:
+            raise CorruptData(
+                f"the journal at {self.url} is missing {len(missing)} object(s) its record names: "
+                f"{missing[:3]}"
+            )
+        garbage = sorted(present - protected - {STATE, BASE, NEW})
         with contextlib.suppress(StorageError):
             self.store.delete(garbage)
-        return undone
+            return len(garbage)
+        return 0
+
+    def _all_names(self, header: dict) -> set[str]:
+        names = {p[0] for p in header["index"]} | {s[0] for s in header["context"]["segments"]}
+        for name, lo, hi in header["index"]:
+            names |= {entry["name"] for entry in self._index_part(name, lo, hi)[0]}
+        return names
 
     # ---- reading --------------------------------------------------------------------------------------
     def _read_record(self) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -312,30 +333,15 @@ class Journal:
         """The commit record's header (raises SaveError / CorruptData if it is missing or fails)."""
         return self._read_record()[0]
 
-    def _check_present(self, header: dict, present: set[str]) -> set[str]:
-        names = {p[0] for p in header["index"]} | {s[0] for s in header["context"]["segments"]}
-        missing = sorted(names - present)
-        if missing:
-            raise CorruptData(
-                f"the commit record at {self.url} names objects that are missing: {missing[:3]}"
-            )
-        return names
-
     def read(self, lazy: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
         """The journal as a save manifest + tensors (what persist.restore_engine takes). `lazy`: blocks come
         as records naming their object (fetched when a question selects them), else with their K/V."""
         header, state = self._read_record()
-        present = set(self.store.list())
-        self._check_present(header, present)
         tensors = self._read_context(header, state)
         blocks, rows = [], []
         for name, lo, hi in header["index"]:
             entries, part = self._index_part(name, lo, hi)
             for row, entry in zip(range(lo, hi), entries, strict=True):
-                if entry["name"] not in present:
-                    raise CorruptData(
-                        f"the commit record at {self.url} names a missing block: {entry['name']}"
-                    )
                 blocks.append(_manifest_block(entry, part, row, tensors))
                 rows.append({k: entry[k] for k in ("name", "crc", "nbytes")})
         if len(blocks) != int(header["blocks"]):
@@ -350,11 +356,18 @@ class Journal:
         return manifest, tensors
 
     def _index_part(self, name: str, lo: int, hi: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
-        meta, part = unpack(self.store.get(name, cache=True), f"{self.url}/{name}")
+        meta, part = unpack(self._get_named(name), f"{self.url}/{name}")
         rows = meta.get("rows")
         if meta.get("lo") != lo or meta.get("hi") != hi or not isinstance(rows, list) or len(rows) != hi - lo:
             raise CorruptData(f"{self.url}/{name} does not hold rows {lo}..{hi - 1}")
         return rows, part
+
+    def _get_named(self, name: str) -> bytes:
+        """An immutable object the record names (raises CorruptData if it is missing)."""
+        try:
+            return self.store.get(name, cache=True)
+        except Missing as e:
+            raise CorruptData(f"the journal at {self.url} is missing {name}, which its record names") from e
 
     def fetch_block(self, entry: dict, row: int) -> dict[str, torch.Tensor]:
         """Block `row`'s K/V (`k{i}`, `v{i}`) from its object, verified against the checksum its index part
@@ -381,7 +394,7 @@ class Journal:
         for name, a, b in header["context"]["segments"]:
             if a > covered:
                 raise CorruptData(f"the journal at {self.url} has a gap in its context at token {covered}")
-            _, seg = unpack(self.store.get(name, cache=True), f"{self.url}/{name}")
+            _, seg = unpack(self._get_named(name), f"{self.url}/{name}")
             try:
                 for key in parts:
                     parts[key].append(seg[key][:, :, max(0, covered - a) :])

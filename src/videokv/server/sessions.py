@@ -943,6 +943,8 @@ class SessionManager:
         m = self.scheduler.call(sid, self._restore_one, sid, folder, journal)
         self.quarantined.pop(sid, None)
         self.sessions[m.id] = m
+        if not self.store.is_local:  # one listing of the journal, off the path to the first answer
+            threading.Thread(target=self._scrub, args=(m,), name=f"videokv-scrub-{sid}", daemon=True).start()
         spec = m.resume
         if spec and spec.get("state") == "running":
             self._resume(m, spec)
@@ -973,6 +975,8 @@ class SessionManager:
     def _restore_one(self, sid: str, folder: Path, journal: Journal) -> Managed:
         if journal.recover():
             log.warning("videokv: session %s: an upload cut by the crash was rolled back", sid)
+        if self.store.is_local:  # a folder is listed in no time: verified before it is served
+            journal.scrub()
         header = journal.read_header()
         info = header["info"]
         shutil.rmtree(folder / "spill", ignore_errors=True)  # spill files of the dead process
@@ -1004,6 +1008,23 @@ class SessionManager:
                 m.error = f"live source {m.source.url}: {m.source.error}"
         self._refresh(m)
         return m
+
+    def _scrub(self, m: Managed) -> None:
+        """Verify that every object a restored session's record names is in the store (a missing one
+        quarantines the session) and delete what a crash left behind."""
+        try:
+            # one of the session's jobs: no commit of it runs beside
+            removed = self.scheduler.call(m.id, m.journal.scrub)
+            if removed:
+                log.info("videokv: session %s: %d objects a crash left behind were deleted", m.id, removed)
+        except CorruptData as e:
+            if self.sessions.get(m.id) is m:
+                self.quarantine(m.id, e)
+                m.deleted = True
+                if m.source is not None:
+                    m.source.stop()
+        except (StorageError, OSError) as e:  # the store is away: the next restore verifies again
+            log.warning("videokv: session %s could not be verified in the store: %s", m.id, e)
 
     # ---- leases: servers that share an object store without a registry -------------------------------
     def _claim(self, sid: str) -> None:
