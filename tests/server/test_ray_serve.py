@@ -19,6 +19,7 @@ from ray.serve.config import AutoscalingContext  # noqa: E402
 from videokv.server.ray_serve import (  # noqa: E402
     ServeOptions,
     SessionsPolicy,
+    _join_error,
     build,
     ray_auth_mode,
     ray_auth_summary,
@@ -151,3 +152,26 @@ def test_ray_auth_summary_names_the_mode_and_the_tokens_source(tmp_path: Path):
     on = {**home, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(named)}
     assert ray_auth_summary(on) == f"Ray auth: token (from RAY_AUTH_TOKEN_PATH={named})"
     assert ray_auth_summary({**home, "RAY_AUTH_MODE": "token"}) == "Ray auth: token (from nowhere)"
+
+
+def test_a_refused_token_is_told_apart_from_other_join_failures(monkeypatch):
+    """ray.init raises ConnectionError from a RuntimeError holding the last retry's traceback as text (the
+    AuthenticationError is not chained): either way the message says where the cluster's token goes."""
+    from ray.exceptions import AuthenticationError
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    text = "Failed to connect to GCS. Last connection error: ... RPC error: InvalidAuthToken: missing"
+    refused = []
+    for inner in (RuntimeError(text), AuthenticationError("bad token")):
+        try:
+            try:
+                raise inner
+            except Exception as e:
+                raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from e
+        except ConnectionError as outer:
+            refused.append(_join_error("10.0.0.1:6379", outer))
+    for message in refused:
+        assert "the Ray cluster at 10.0.0.1:6379 refused this process (Ray auth: disabled)" in message
+        assert "RAY_AUTH_TOKEN_PATH" in message and "Ray token auth" in message
+    other = _join_error(None, ConnectionError("no route"))
+    assert other == "videokv serve: could not start or join a local Ray cluster: no route"

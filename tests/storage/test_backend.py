@@ -43,7 +43,9 @@ def test_put_get_list_children_delete(backend):
 def test_records_catch_every_flipped_byte_and_truncation():
     data = pack({"k": torch.arange(64, dtype=torch.float16).reshape(4, 16)}, {"row": 3, "text": "ß"})
     meta, tensors = unpack(data, "x")
-    assert meta == {"row": 3, "text": "ß"} and torch.equal(tensors["k"], torch.arange(64).half().reshape(4, 16))
+    assert meta == {"row": 3, "text": "ß"} and torch.equal(
+        tensors["k"], torch.arange(64).half().reshape(4, 16)
+    )
     for i in range(0, len(data), max(1, len(data) // 97)):  # the envelope, the JSON header, the tensor bytes
         bad = bytearray(data)
         bad[i] ^= 0x01

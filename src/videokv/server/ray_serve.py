@@ -49,6 +49,9 @@ class ServeOptions:
     replica_cpus: float = 1.0
     replica_gpus: float = 0.0  # GPUs Ray reserves per replica (1 with --device cuda)
     limits: dict = dataclasses.field(default_factory=dict)
+    store: str | None = None  # s3://BUCKET/PREFIX: sessions in an object store, replicas on their own folders
+    s3_endpoint: str | None = None
+    cache_bytes: int | None = None
     app_name: str = APP_NAME
     secret: str = dataclasses.field(default_factory=lambda: secrets.token_hex(16))
 
@@ -224,7 +227,8 @@ def _join_error(address: str | None, error: BaseException) -> str:
     while cause is not None and len(chain) < 10:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
-    if any(isinstance(e, AuthenticationError) for e in chain):
+    # Ray's connect retries keep only the last error's traceback, as text (ray/_private/node.py)
+    if any(isinstance(e, AuthenticationError) or "InvalidAuthToken" in str(e) for e in chain):
         return (
             f"videokv serve: {where} refused this process ({ray_auth_summary()}): it runs with Ray token "
             "auth; give this process the cluster's token (what `ray get-auth-token` prints on the head) in "
