@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.server.test_durability import same_memory, stream_steps
 from videokv.api import VideoQA
@@ -163,3 +164,54 @@ def test_kills_at_random_points_of_ingest_and_recovery_never_lose_or_invent_memo
         list(stream_steps(session, 1, seed=50))
         journal.commit(session, {})
         same_memory(Journal(raw).load(qa), session)
+
+
+# ---- kills during a save and during a session's deletion ----------------------------------------------
+def test_kills_at_every_point_of_a_save_leave_the_old_save_or_the_new(qa: VideoQA, tmp_path: Path):
+    from tests.test_presets import probe_logits
+
+    session = qa.session(memory="rekv")
+    list(stream_steps(session, 2))
+    raw = LocalBackend(tmp_path / "save")
+    session.save(raw)
+    old = probe_logits(qa.load_session(raw))
+    list(stream_steps(session, 1, seed=7))
+    new = probe_logits(session)
+    for at in range(1, 5):  # the tensors put, the manifest put, the deletion of the old tensors
+        try:
+            session.save(Crashing(raw, at))
+        except Crash:
+            pass
+        got = probe_logits(qa.load_session(raw))
+        assert torch.equal(got, old) or torch.equal(got, new), at
+        session.save(raw)  # whole again, and it removes what the crash left
+        assert torch.equal(probe_logits(qa.load_session(raw)), new)
+        assert sum(k.startswith("tensors-") for k in raw.list()) == 1
+        old = new
+
+
+def test_a_kill_during_a_deletion_is_finished_at_the_next_start(qa: VideoQA, tmp_path: Path):
+    from videokv.server.sessions import SessionManager
+
+    data = tmp_path / "data"
+    for at in range(1, 4):  # the tombstone, the objects, the tombstone's removal
+        manager = SessionManager(qa, data)
+        sid = f"s{at}"
+        session = qa.session(memory="rekv")
+        list(stream_steps(session, 1))
+        Journal(manager.store.child(f"sessions/{sid}/journal")).commit(session, {"id": sid})
+        manager.store = Crashing(manager.store, at)
+        with pytest.raises(Crash):
+            manager._remove(sid, data / "sessions" / sid)
+        manager.scheduler.close(timeout=5)
+        fresh = SessionManager(qa, data)
+        restored = fresh.restore_all()
+        assert fresh.quarantined == {}
+        if at == 1:  # killed before the tombstone: nothing was deleted, the session is whole
+            assert restored == [sid]
+            same_memory(fresh.get(sid).session, session)
+            fresh._remove(sid, data / "sessions" / sid)
+        else:  # a deletion under way: finished, nothing of the session is served or left
+            assert restored == []
+        assert fresh.store.list(f"sessions/{sid}") == []
+        fresh.scheduler.close(timeout=5)

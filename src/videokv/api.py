@@ -20,6 +20,9 @@ from videokv.generation import GenerationOptions
 from videokv.models.base import Adapter
 from videokv.models.registry import TINY_MODELS, adapter_for, check_model_name, load_model
 from videokv.persist import (
+    MANIFEST as SAVE_MANIFEST_NAME,
+)
+from videokv.persist import (
     SaveError,
     load_config,
     read_manifest,
@@ -478,6 +481,10 @@ def _merge_by_time(frames: Iterator[Frame], events: list[TextEvent]) -> Iterator
     keyed_events = ((e.start, 0, i, e) for i, e in enumerate(sorted(events, key=lambda e: e.start)))
     for *_, item in heapq.merge(keyed_events, keyed_frames):
         yield item
+
+
+#: the name of a save's manifest object (a save holds it and one `tensors-<id>` object)
+SAVE_MANIFEST = SAVE_MANIFEST_NAME
 
 
 def saved_session_info(location: str | Path, endpoint: str | None = None) -> dict:

@@ -73,6 +73,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RESERVED_MEMORY_KEYS = ("spill_dir", "device_bytes", "host_bytes")
 MOVED_GRACE_S = 10.0
 OWNER = "owner"  # sessions/<id>/owner: which server may write the session's journal
+DELETED = "deleted"  # sessions/<id>/deleted: a deletion under way (finished at the next start)
 #: A question's prompt is prefilled in forwards of at most this many tokens, the scheduler running other
 #: sessions' work between them (a 2000-character question was one unsliced forward); shorter ones: one.
 PREFILL_CHUNK_TOKENS = 128
@@ -474,9 +475,13 @@ class SessionManager:
         return Journal(self.store.child(f"sessions/{sid}/journal"))
 
     def _remove(self, sid: str, folder: Path) -> None:
-        """Delete a session's stored objects and local folder."""
-        self.store.child(f"sessions/{sid}").delete_prefix()
+        """Delete a session's stored objects and local folder: a tombstone first, removed last, so that a
+        crash in between leaves a deletion to finish (at the next start), never a half session."""
+        store = self.store.child(f"sessions/{sid}")
+        store.put(DELETED, b"")
+        store.delete([k for k in store.list() if k != DELETED])
         shutil.rmtree(folder, ignore_errors=True)
+        store.delete([DELETED])
 
     def _reserve(self) -> None:
         if len(self.sessions) >= self.max_sessions:
@@ -930,6 +935,10 @@ class SessionManager:
             return self.sessions[sid]
         journal = self._journal(sid)
         folder = self.sessions_dir / sid
+        if self.store.child(f"sessions/{sid}").exists(DELETED):  # a deletion a crash cut: finished now
+            log.warning("videokv: %s was being deleted when the server died; deleted", sid)
+            self._remove(sid, folder)
+            return None
         if not journal.exists():
             objects = journal.store.list()
             if set(objects) <= {"new"} and not any((folder / "thumbs").glob("*")):
