@@ -173,6 +173,12 @@ def test_stop_text_holds_back_a_possible_start():
         ({"stop": ["x"] * 9}, "at most 8 stop strings"),
         ({"do_sample": "yes"}, "do_sample must be true or false"),
         ({"temperature": float("nan"), "do_sample": True}, "temperature must be a finite number"),
+        # bounded away from 0 where torch needs it (issue 34, item 9: these were a multinomial error)
+        ({"do_sample": True, "temperature": 1e-300}, "temperature must be > 0 when sampling, at least 1e-05"),
+        ({"do_sample": True, "temperature": 5e-324}, "at least 1e-05"),
+        ({"repetition_penalty": 1e-40}, "repetition_penalty must be > 0, from 0.01 to 100"),
+        ({"repetition_penalty": 1e40, "do_sample": True}, "from 0.01 to 100"),
+        ({"repetition_penalty": float("inf")}, "repetition_penalty must be a finite number"),
         ({"top_q": 0.5}, "unknown generation option.*top_q.*do_sample"),
     ],
 )
@@ -190,3 +196,17 @@ def test_choices_refuse_sampling_options():
     with pytest.raises(InputError, match="choices are picked by likelihood"):
         session.ask(question, choices=["a bike", "a car"], do_sample=True, seed=1)
     assert session.ask(question, choices=["a bike", "a car"], seed=1).choice in (0, 1)  # a seed alone is fine
+
+
+def test_the_smallest_temperature_and_penalty_decode_without_nans():
+    """At the bounds, sampling works: temperature 1e-5 draws the greedy answer (the distribution is one
+    token), a penalty of 0.01 or 100 gives finite log-probabilities."""
+    session, question, _ = streamed_session("llava_onevision")
+    greedy = session.ask(question, max_new_tokens=N, logprobs=1)
+    cold = session.ask(question, max_new_tokens=N, logprobs=1, do_sample=True, temperature=1e-5, seed=3)
+    assert answer_ids(cold) == answer_ids(greedy)
+    for penalty in (0.01, 100.0):
+        answer = session.ask(
+            question, max_new_tokens=N, logprobs=1, do_sample=True, repetition_penalty=penalty
+        )
+        assert all(torch.isfinite(torch.tensor(step["logprob"])) for step in answer.logprobs)

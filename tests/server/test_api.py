@@ -108,7 +108,7 @@ def test_session_life_cycle(server: ServerHandle, client: httpx.Client, clip: Pa
     s = create(client, memory="rekv", fps=1.0, name="life")
     sid = s["id"]
     assert (s["name"], s["memory"], s["state"], s["frames"], s["blocks"]) == ("life", "rekv", "idle", 0, 0)
-    assert (server.data_dir / "sessions" / sid / "journal" / "state.safetensors").exists()
+    assert (server.data_dir / "sessions" / sid / "journal" / "state").exists()
 
     # upload with subtitles: 6 frames at 1 fps + 2 subtitle events
     subs = srt_text([(1.0, 2.0, "a red umbrella"), (4.0, 5.0, "the umbrella closes")])
@@ -496,4 +496,23 @@ def test_ask_decoding_options(client: httpx.Client, clip: Path):
     ]:
         r = client.post(f"/v1/sessions/{sid}/ask", json={"question": QUESTION, **bad})
         assert r.status_code in (400, 422) and message in r.json()["detail"], r.text
+    client.delete(f"/v1/sessions/{sid}")
+
+
+def test_sampling_parameters_near_zero_are_refused_not_a_500(client: httpx.Client):
+    """Issue 34, item 9: temperature 1e-300 / 5e-324 and repetition_penalty 1e-40 overflowed the logits to
+    NaN and torch.multinomial failed (500); they are refused (400) naming the bound, before any work, and
+    the bounds themselves answer."""
+    sid = create(client, memory="rekv")["id"]
+    for bad, message in [
+        ({"do_sample": True, "temperature": 1e-300}, "at least 1e-05"),
+        ({"do_sample": True, "temperature": 5e-324}, "at least 1e-05"),
+        ({"repetition_penalty": 1e-40}, "from 0.01 to 100"),
+        ({"do_sample": True, "repetition_penalty": 1e-40, "temperature": 0.5}, "from 0.01 to 100"),
+    ]:
+        r = client.post(f"/v1/sessions/{sid}/ask", json={"question": QUESTION, "max_new_tokens": 4, **bad})
+        assert r.status_code == 400 and message in r.json()["detail"], r.text
+    for fine in ({"do_sample": True, "temperature": 1e-5, "seed": 1}, {"repetition_penalty": 0.01}):
+        r = client.post(f"/v1/sessions/{sid}/ask", json={"question": QUESTION, "max_new_tokens": 4, **fine})
+        assert r.status_code == 200, r.text
     client.delete(f"/v1/sessions/{sid}")

@@ -12,6 +12,7 @@ import http.server
 import io
 import json
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -264,6 +265,8 @@ BAD = [
     ({"model": "nope"}, openai.NotFoundError, "model"),
     ({"top_p": 1.5}, openai.BadRequestError, "top_p"),
     ({"temperature": -0.5}, openai.BadRequestError, "temperature"),
+    ({"temperature": 1e-300}, openai.BadRequestError, "temperature"),  # issue 34: a multinomial 500
+    ({"extra_body": {"repetition_penalty": 1e-40}}, openai.BadRequestError, "repetition_penalty"),
     ({"n": 2}, openai.BadRequestError, "n"),
     ({"max_tokens": 5000}, openai.BadRequestError, "max_tokens"),
     ({"top_logprobs": 2}, openai.BadRequestError, "top_logprobs"),
@@ -471,3 +474,44 @@ def test_a_bad_question_is_refused_before_the_video_is_read(oai, client, tmp_pat
     sid = ok.model_extra["session"]
     assert ok.model_extra["evidence"] and status(client, sid)["frames"] == 60
     client.delete(f"/v1/sessions/{sid}")
+
+
+# ---- limits before work (issue 34, item 8) -----------------------------------------------------------------
+def test_a_long_system_prompt_is_refused_by_its_characters_before_the_tokenizer(client: httpx.Client):
+    """A 3 MB system prompt: 422 for its characters (--max-text-chars), before any tokenizer call (before:
+    it was tokenized whole first, 3 s and +384 MB, then refused for its tokens)."""
+    body = {
+        "model": "rekv",
+        "messages": [{"role": "system", "content": "x" * 3_000_000}, {"role": "user", "content": QUESTION}],
+        "max_tokens": 2,
+    }
+    t0 = time.monotonic()
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 422, r.text[:300]
+    message = r.json()["error"]["message"]
+    assert "characters" in message and "--max-text-chars" in message and "tokens" not in message, message
+    assert time.monotonic() - t0 < 30
+
+
+def test_more_image_parts_than_the_frames_route_takes_are_refused_before_any_is_read(client: httpx.Client):
+    """4097 image parts (the frames route takes at most 4096 images): 413 naming the cap, before any part
+    is read or decoded, and no session made (before: up to 65,536 parts were accepted, and decoded)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(buf, format="PNG")
+    part = {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()},
+    }
+    messages = [{"role": "user", "content": [part] * 256} for _ in range(16)]
+    messages.append({"role": "user", "content": [part, {"type": "text", "text": QUESTION}]})
+    sessions = client.get("/v1/sessions").json()
+    r = client.post("/v1/chat/completions", json={"model": "rekv", "messages": messages, "max_tokens": 2})
+    assert r.status_code == 413, r.text[:300]
+    error = r.json()["error"]
+    assert error["param"] == "messages" and "4097" in error["message"] and "4096" in error["message"], error
+    assert client.get("/v1/sessions").json() == sessions
+    # one bad part among them changes nothing: the count is checked before any part is read
+    bad = {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@@"}}
+    messages[0]["content"][0] = bad
+    r = client.post("/v1/chat/completions", json={"model": "rekv", "messages": messages, "max_tokens": 2})
+    assert r.status_code == 413 and r.json()["error"]["param"] == "messages", r.text[:300]

@@ -233,6 +233,10 @@ def create_app(
     replica: dict | None = None,
     manager_cls: type[SessionManager] = SessionManager,
     chat_idle_s: float = DEFAULT_CHAT_IDLE_S,
+    store: str | None = None,
+    endpoint: str | None = None,
+    lease_s: float | None = None,
+    cache_bytes: int | None = None,
 ) -> FastAPI:
     """The videokv service over `qa` (one model shared by every session), keeping sessions in `data_dir`.
 
@@ -246,6 +250,9 @@ def create_app(
     replica: this process's place in a cluster ({"id", "pid", "node"}), reported in every session's status.
     manager_cls: the SessionManager (sub)class that holds the sessions. chat_idle_s: the idle expiry of the
     sessions an OpenAI chat keeps (`keep_session`): deleted after that many seconds without a request.
+    store / endpoint / cache_bytes: where journals and snapshots live (a folder or `s3://BUCKET/PREFIX`;
+    default `data_dir`), the object store's URL, its local cache's size. lease_s: servers sharing an object
+    store hold their sessions under leases of this many seconds (None: no leases; sessions.py).
     """
     if not (math.isfinite(chat_idle_s) and chat_idle_s > 0):
         raise ValueError(f"chat_idle_s must be a positive number of seconds; got {chat_idle_s}")
@@ -258,6 +265,10 @@ def create_app(
         session_bytes=session_bytes,
         chunk_frames=chunk_frames,
         limits=limits,
+        store=store,
+        endpoint=endpoint,
+        lease_s=lease_s,
+        cache_bytes=cache_bytes,
     )
     roots = (str(Path(data_dir).resolve()), limits.media_dir)
 
@@ -536,7 +547,8 @@ def create_app(
                 check=watch.check,
             )
         )
-        task.add_done_callback(lambda _: (watch.close(), queue.put_nowait(("done", None))))
+        # the exception is read here too: the stream that reports it is never read if the client has gone
+        task.add_done_callback(lambda t: (watch.close(), _seen(t), queue.put_nowait(("done", None))))
 
         async def events() -> AsyncIterator[bytes]:
             while True:
@@ -587,6 +599,12 @@ def create_app(
     async def snapshots() -> list[dict]:
         return await asyncio.to_thread(manager.snapshots)
 
+    @api.get("/quarantine", response_model=list[S.QuarantineInfo])
+    async def quarantine() -> list[dict]:
+        """Sessions kept out of service because their stored journal failed verification (a checksum, a
+        missing object, a malformed record), with the reason; their storage is kept as it was."""
+        return sorted(manager.quarantined.values(), key=lambda q: q["session"])
+
     @api.post("/snapshots/{name}/restore", response_model=S.SessionStatus, status_code=201)
     async def restore(name: str) -> dict:
         return status_of(await manager.restore_snapshot(name))
@@ -624,6 +642,12 @@ def create_app(
 
 class _Unauthorized(Exception):
     pass
+
+
+def _seen(task: asyncio.Future) -> None:
+    """Mark `task`'s exception as retrieved (asyncio would log it as never retrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def error_answer(exc: BaseException, clean: Callable[[str], str]) -> tuple[int, str, dict[str, str] | None]:

@@ -56,6 +56,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args: Callable) -> No
         help="seconds without a request after which a session an OpenAI chat kept (keep_session) is "
         "deleted (default: 600)",
     )
+    _add_store_args(serve)
     _add_limit_args(serve)
     _add_connection_args(serve)
     _add_ray_args(serve)
@@ -85,6 +86,43 @@ def add_parsers(sub: argparse._SubParsersAction, add_model_args: Callable) -> No
     stream.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     add_model_args(stream, answers="json")
     stream.set_defaults(func=cmd_stream)
+
+
+def _add_store_args(serve: argparse.ArgumentParser) -> None:
+    g = serve.add_argument_group("storage (docs/SERVER.md, 'Durability'; docs/SCALE.md)")
+    g.add_argument(
+        "--store",
+        default=None,
+        help="where sessions' journals and snapshots live: s3://BUCKET/PREFIX (an S3-compatible object "
+        "store; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) or a folder "
+        "(default: --data-dir). With an object store, --data-dir is this server's own scratch folder and "
+        "servers on one store share no disk",
+    )
+    g.add_argument("--s3-endpoint", default=None, help="the object store's URL when it is not AWS S3")
+    g.add_argument(
+        "--cache-mb",
+        type=float,
+        default=2048,
+        help="the local cache of the object store's blocks, in MiB (default: 2048)",
+    )
+    g.add_argument(
+        "--lease-s",
+        type=float,
+        default=15.0,
+        help="with --store s3://...: seconds a server's hold on its sessions lasts unrenewed; a session "
+        "whose server died is adopted by another server on the same store after this (default: 15)",
+    )
+
+
+def _store_options(args: argparse.Namespace) -> dict:
+    """The manager's storage arguments from `serve`'s options."""
+    remote = bool(args.store) and str(args.store).startswith("s3://")
+    return {
+        "store": args.store,
+        "endpoint": args.s3_endpoint,
+        "cache_bytes": int(args.cache_mb * 2**20),
+        "lease_s": args.lease_s if remote else None,
+    }
 
 
 def _add_limit_args(serve: argparse.ArgumentParser) -> None:
@@ -257,6 +295,9 @@ def _serve_ray(args: argparse.Namespace, token: str | None, limits) -> int:
         if args.replica_gpus is not None
         else (1.0 if (args.device or "").startswith("cuda") else 0.0),
         limits=limit_values,
+        store=args.store,
+        s3_endpoint=args.s3_endpoint,
+        cache_bytes=int(args.cache_mb * 2**20),
     )
     return serve_cluster(options, None if args.ray == "local" else args.ray)
 
@@ -312,7 +353,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.session_mb is not None and args.session_mb <= 0:
         print("videokv serve: --session-mb must be > 0", file=sys.stderr)
         return 2
-    for name in ("chat_idle_s", "read_timeout_s", "keep_alive_s"):
+    for name in ("chat_idle_s", "read_timeout_s", "keep_alive_s", "cache_mb", "lease_s"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
             print(f"videokv serve: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
             return 2
@@ -352,6 +393,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         limits=limits,
         bound_host=args.host,
         chat_idle_s=args.chat_idle_s,
+        **_store_options(args),
     )
     where = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}"
     print(f"videokv serve: {args.model} on {where} (data in {args.data_dir})", file=sys.stderr, flush=True)

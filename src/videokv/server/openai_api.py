@@ -36,6 +36,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import ClientDisconnect
 
 from videokv.api import GenerationOptions, VideoQA, check_question
 from videokv.errors import InputError, VideoError, VideoKVError
@@ -246,6 +247,8 @@ def to_openai_error(exc: BaseException, clean: Callable[[str], str], unauthorize
         status, message = 503, "the server is shutting down; retry later"
     elif isinstance(exc, HTTPException):
         status, message = exc.status_code, str(exc.detail)
+    elif isinstance(exc, ClientDisconnect):  # nobody reads this answer
+        status, message = 499, "the client closed the connection"
     else:
         log.exception("videokv: the OpenAI route failed", exc_info=exc)
         status, message = 500, f"internal error ({type(exc).__name__}); the server's log has the details"
@@ -387,7 +390,13 @@ def openai_router(
 
         # released when the answer is done, even if the client has gone (the stream is never read then)
         task = asyncio.ensure_future(released(run_ask(on_token)))
-        task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, ("done", None)))
+        # the exception is read here too: the stream that reports it is never read if the client has gone
+        task.add_done_callback(
+            lambda t: (
+                t.cancelled() or t.exception(),
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", None)),
+            )
+        )
         return StreamingResponse(
             reply.events(queue, task, lambda exc: to_openai_error(exc, clean, unauthorized)),
             media_type="text/event-stream",

@@ -205,6 +205,12 @@ class Saved(BaseModel):
     snapshot: str
 
 
+class QuarantineInfo(BaseModel):
+    session: str = Field(description="the quarantined session's id")
+    reason: str = Field(description="why its stored journal cannot be served")
+    since: float = Field(description="unix time it was quarantined (this server's start, or the adoption)")
+
+
 class SnapshotInfo(BaseModel):
     snapshot: str
     session: str | None

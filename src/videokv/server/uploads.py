@@ -4,9 +4,9 @@ Starlette's form parser would spool the whole upload before the handler sees it;
 file part into the session's folder as it arrives and stops writing as soon as the cap is passed (the rest
 of the body is read and dropped, up to a bound, so the client gets its 413 answer). The cap counts every
 byte of the body: the files' and fields' bytes, and the multipart framing (part headers, boundaries) beyond
-an allowance of FRAMING_BYTES; a part's headers may take at most PART_HEADER_BYTES. A file the server
-cannot write (a full disk, no file descriptors left) ends the request with that OSError (507 / 503), its
-partial files removed.
+an allowance of FRAMING_BYTES (python-multipart bounds one part's headers: 8 lines of 4 KiB). A file the
+server cannot write (a full disk, no file descriptors left) ends the request with that OSError (507 / 503),
+its partial files removed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from videokv.server.sessions import BadRequest, TooLarge
 FILE_FIELDS = ("file", "subtitles")
 MAX_FIELD_BYTES = 1024  # a plain form field (fps)
 FRAMING_BYTES = 64 * 2**10  # multipart framing (part headers, boundaries) a body may carry beyond the cap
-PART_HEADER_BYTES = 16 * 2**10  # the headers of one part
 DRAIN_BYTES = 256 * 2**20  # read and drop at most this much past the cap before answering 413
 _SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 
@@ -52,7 +51,6 @@ class _Receiver:
         self.upload = Upload()
         self.too_large = False
         self.error: str | None = None
-        self.header_bytes = 0  # of the part being parsed
         self._headers: dict[str, str] = {}
         self._field = b""
         self._value = b""
@@ -63,25 +61,15 @@ class _Receiver:
     def callbacks(self) -> dict:
         return {
             "on_part_begin": self.part_begin,
-            "on_header_field": lambda d, s, e: self.header_bytes_in(d, s, e, "_field"),
-            "on_header_value": lambda d, s, e: self.header_bytes_in(d, s, e, "_value"),
+            "on_header_field": lambda d, s, e: setattr(self, "_field", self._field + d[s:e]),
+            "on_header_value": lambda d, s, e: setattr(self, "_value", self._value + d[s:e]),
             "on_header_end": self.header_end,
             "on_headers_finished": self.headers_finished,
             "on_part_data": self.part_data,
             "on_part_end": self.part_end,
         }
 
-    def header_bytes_in(self, data: bytes, start: int, end: int, into: str) -> None:
-        """A piece of a part header's name or value; past PART_HEADER_BYTES the part is refused (413)."""
-        self.header_bytes += end - start
-        if self.header_bytes > PART_HEADER_BYTES:
-            self.too_large = True
-            self.error = f"a multipart part's headers are over {PART_HEADER_BYTES} bytes"
-            return
-        setattr(self, into, getattr(self, into) + data[start:end])
-
     def part_begin(self) -> None:
-        self.header_bytes = 0
         self._headers = {}
         self._name = None
         self._fh = None
@@ -161,7 +149,7 @@ async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Uplo
     receiver._close()
     if receiver.too_large:
         receiver.upload.cleanup()
-        raise _too_large(max_bytes, receiver.error)
+        raise _too_large(max_bytes)
     if receiver.error:
         receiver.upload.cleanup()
         raise BadRequest(receiver.error)
@@ -197,13 +185,12 @@ def _check_declared(request: Request, limit: int, max_bytes: int) -> None:
     """413 at once for a body whose Content-Length is over `limit` (nothing of it is read)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise _too_large(max_bytes, None)
+        raise _too_large(max_bytes)
 
 
-def _too_large(max_bytes: int, why: str | None) -> TooLarge:
+def _too_large(max_bytes: int) -> TooLarge:
     return TooLarge(
-        f"the upload is larger than this server's limit of {max_bytes / 2**20:.1f} MiB"
-        + (f" ({why})" if why else "")
-        + "; send a shorter clip, stream it with POST /v1/sessions/{id}/source, or start the server with a "
-        "larger --max-upload-mb"
+        f"the upload is larger than this server's limit of {max_bytes / 2**20:.1f} MiB (every byte of the "
+        "body counts: files, fields, part headers); send a shorter clip, stream it with POST "
+        "/v1/sessions/{id}/source, or start the server with a larger --max-upload-mb"
     )
