@@ -91,3 +91,19 @@ def test_the_store_going_away_mid_ingest_is_a_503_and_nothing_is_lost(serve_fact
         status = client.get(f"/v1/sessions/{sid}").json()
         assert status["frames"] == 12
         assert client.post(f"/v1/sessions/{sid}/ask", json=QUESTION).json()["logprobs"] == answer["logprobs"]
+
+
+def test_serve_refuses_a_store_it_cannot_use_before_loading_the_model(seaweed):
+    import subprocess
+    import sys
+
+    for store, expected in [
+        ("s3://no-such-bucket-here/x", "does not exist; create it first"),
+        ("gs://bucket/x", "use a folder path or s3://BUCKET/PREFIX"),
+    ]:
+        cmd = [sys.executable, "-m", "videokv.server", "--model", "tiny-qwen2_vl", "--store", store]
+        done = subprocess.run(
+            [*cmd, "--s3-endpoint", seaweed.endpoint], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 2 and expected in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr

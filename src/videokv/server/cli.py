@@ -114,6 +114,20 @@ def _add_store_args(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_store(args: argparse.Namespace) -> str | None:
+    """What is wrong with --store (None: it answers)."""
+    if not args.store:
+        return None
+    from videokv.errors import StorageError
+    from videokv.storage import open_backend
+
+    try:
+        open_backend(args.store, args.s3_endpoint).children("sessions")
+    except (StorageError, OSError) as e:
+        return f"--store {args.store}: {e}"
+    return None
+
+
 def _store_options(args: argparse.Namespace) -> dict:
     """The manager's storage arguments from `serve`'s options."""
     remote = bool(args.store) and str(args.store).startswith("s3://")
@@ -373,6 +387,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from videokv.presets import get_preset
 
     get_preset(args.memory)  # an unknown preset fails before the model loads
+    problem = _check_store(args)  # and so does a store that cannot be reached or named
+    if problem:
+        print(f"videokv serve: {problem}", file=sys.stderr)
+        return 2
     if args.ray is not None:
         return _serve_ray(args, token, limits)
 
