@@ -421,6 +421,23 @@ class Journal:
         )
         return session
 
+    def migrate_legacy(self, qa: VideoQA) -> bool:
+        """If this journal's folder holds a version-3 journal (videokv before storage backends) and no
+        current one, write the session it holds in the current format (one commit) and return True; the
+        old files are then garbage, deleted by `scrub`. An upload a crash cut is left out, as version 3's
+        recovery did."""
+        from pathlib import Path
+
+        from videokv.legacy import is_journal_v3, read_journal_v3
+
+        if not self.store.is_local or self.exists() or not is_journal_v3(Path(self.url)):
+            return False
+        manifest, tensors = read_journal_v3(Path(self.url))
+        session = Session.restore(qa, manifest, tensors)
+        info = {k: v for k, v in manifest.get("info", {}).items() if k not in ("fps", "system")}
+        self.commit(session, info)
+        return True
+
     def remove(self) -> None:
         """Delete every object of the journal."""
         self.store.delete_prefix()

@@ -203,7 +203,17 @@ def read_manifest(folder: str | Path, endpoint: str | None = None) -> dict:
 
 # ---- load -----------------------------------------------------------------------------------------
 def read_save(folder: str | Path, endpoint: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The manifest and tensors of a save, verified (raises SaveError)."""
+    """The manifest and tensors of a save, verified (raises SaveError). A save of version 2 (before
+    checksummed records) is read as it is (videokv.legacy)."""
+    store = open_backend(folder, endpoint)
+    if store.is_local and not store.exists(MANIFEST):
+        from videokv.legacy import is_save_v2, read_save_v2
+
+        if is_save_v2(Path(store.url)):
+            try:
+                return read_save_v2(Path(store.url))
+            except CorruptData as e:
+                raise SaveError(str(e)) from e
     manifest = read_manifest(folder, endpoint)
     store = open_backend(folder, endpoint)
     name = manifest.get("tensors")

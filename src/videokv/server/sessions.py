@@ -939,6 +939,8 @@ class SessionManager:
             log.warning("videokv: %s was being deleted when the server died; deleted", sid)
             self._remove(sid, folder)
             return None
+        if self.scheduler.call(sid, journal.migrate_legacy, self.qa):
+            log.warning("videokv: session %s: its version-3 journal was migrated to the current format", sid)
         if not journal.exists():
             objects = journal.store.list()
             if set(objects) <= {"new"} and not any((folder / "thumbs").glob("*")):
