@@ -50,6 +50,8 @@ DAMAGES = {
     "state_byte_flipped": lambda s: flip(s.path("state"), 0.97),
     "state_missing": lambda s: s.path("state").unlink(),
     "index_byte_flipped": lambda s: flip(next(s.path("index").iterdir()), 0.9),
+    "context_byte_flipped": lambda s: flip(next(s.path("context").iterdir()), 0.9),
+    "base_byte_flipped": lambda s: (s.put("base", s.get("state")), flip(s.path("base"), 0.5)),
     "block_missing": lambda s: sorted(s.path("blocks").iterdir())[1].unlink(),
 }
 
