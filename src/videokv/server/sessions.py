@@ -317,7 +317,7 @@ class SessionManager:
         )
         self.store_url = store
         self.quarantined: dict[str, dict] = {}  # session id -> {"session", "reason", "since"}
-        self.server_id = f"{secrets.token_hex(4)}-{os.getpid()}"
+        self.server_id = self._server_id()
         self.lease_s = lease_s
         self.renewed_at = time.monotonic()
         self._lease_thread: threading.Thread | None = None
@@ -335,6 +335,19 @@ class SessionManager:
         self.moved_away: dict[str, float] = {}
         self._lock = threading.Lock()
         self.closing = False
+
+    def _server_id(self) -> str:
+        """This server's name as a lease holder: kept in its data folder, so that the same server restarted
+        (after a crash too) takes its own sessions back at once instead of waiting for their leases."""
+        path = self.data_dir / "server-id"
+        try:
+            return path.read_text().strip() or secrets.token_hex(8)
+        except FileNotFoundError:
+            name = secrets.token_hex(8)
+            tmp = path.with_name(f".server-id.{os.getpid()}.tmp")
+            tmp.write_text(name)
+            os.replace(tmp, path)
+            return name
 
     # ---- memory configuration ------------------------------------------------------------------------
     def _config(self, memory: str | MemoryConfig, memory_set: list[str], folder: Path) -> MemoryConfig:
