@@ -5,7 +5,6 @@ nothing."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import threading
 import time
 
@@ -13,6 +12,7 @@ import httpx
 import numpy as np
 
 from tests.server.conftest import ServerHandle
+from videokv.journal import Journal
 
 QUESTION = {"question": "what is shown?", "max_new_tokens": 4, "logprobs": 2}
 
@@ -40,15 +40,26 @@ def test_a_second_server_on_the_store_takes_over_after_kill_9(serve_factory, sea
         r = client.get(f"/v1/sessions/{sid}")
         assert r.status_code == 503 and "held by another server" in r.json()["detail"], r.text
 
-    def push() -> None:  # an upload the kill cuts: never acknowledged, so never in memory
-        with contextlib.suppress(httpx.HTTPError), first.client() as c:
-            c.post(f"/v1/sessions/{sid}/frames", json=raw_frames(64, seed=2))
+    cut: list = []
 
+    def push() -> None:  # an upload the kill cuts: never acknowledged, so never in memory
+        try:
+            with first.client() as c:
+                cut.append(c.post(f"/v1/sessions/{sid}/frames", json=raw_frames(256, seed=2)).status_code)
+        except httpx.HTTPError:
+            cut.append("cut")
+
+    journal = Journal(f"{s3_url}/sessions/{sid}/journal")
     sender = threading.Thread(target=push, daemon=True)
     sender.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 120
+    # kill once the upload is under way: its base stored and a chunk of it committed
+    while not (journal.store.exists("base") and journal.read_header()["blocks"] > acked["blocks"]):
+        assert time.monotonic() < deadline and not cut, cut
+        time.sleep(0.02)
     first.kill()
     sender.join(30)
+    assert cut == ["cut"]
     killed = time.monotonic()
     with second.client() as client:
         while (r := client.get(f"/v1/sessions/{sid}")).status_code == 503:
