@@ -55,6 +55,7 @@ from videokv.server.sessions import (
     NotAVideo,
     ServiceError,
     SessionManager,
+    answer_steps,
 )
 from videokv.video.decode import iter_frames
 
@@ -481,16 +482,7 @@ def openai_router(
             session = qa.session(resolve_memory(preset), system=system if system else qa.system)
             session.prefill_chunk = PREFILL_CHUNK_TOKENS
             steps = session.ask_steps(question, choices, max_tokens, on_token, n_logprobs, options)
-            try:
-                while True:
-                    check()
-                    try:
-                        next(steps)
-                    except StopIteration as done:
-                        return done.value.to_dict()
-                    yield
-            finally:
-                steps.close()
+            return (yield from answer_steps(steps, check))
 
         try:
             return await manager.scheduler.run(key, run)

@@ -132,6 +132,22 @@ def gone(m: Managed) -> ServiceError:
     return SessionGone(f"session {m.id} was deleted")
 
 
+def answer_steps(steps: Iterator, check: Callable[[], None]) -> Iterator[None]:
+    """Drive an answer's `ask_steps` generator one step per scheduler slice, calling `check` before each
+    step (it raises to stop the answer there: its client has gone, its session was deleted); returns the
+    answer as a dict. The answer's generator is closed however it ends."""
+    try:
+        while True:
+            check()
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value.to_dict()
+            yield
+    finally:
+        steps.close()
+
+
 # ---- one session ------------------------------------------------------------------------------------------
 @dataclass
 class Managed:
@@ -797,22 +813,16 @@ class SessionManager:
         if choices is not None and (len(choices) < 2 or any(not c.strip() for c in choices)):
             raise BadRequest("choices must be at least two non-empty strings (or null for a free answer)")
 
+        def checks() -> None:
+            if m.deleted:
+                raise gone(m)
+            if check is not None:
+                check()
+
         def run():  # a generator: the scheduler runs it in slices, other sessions' jobs in between
             m.session.prefill_chunk = PREFILL_CHUNK_TOKENS
             steps = m.session.ask_steps(question, choices, max_new_tokens, on_token, logprobs, generation)
-            try:
-                while True:
-                    if m.deleted:
-                        raise gone(m)
-                    if check is not None:
-                        check()
-                    try:
-                        next(steps)
-                    except StopIteration as done:
-                        return done.value.to_dict()
-                    yield
-            finally:
-                steps.close()
+            return (yield from answer_steps(steps, checks))
 
         m.asking += 1
         try:
