@@ -438,10 +438,6 @@ class Journal:
         self.commit(session, info)
         return True
 
-    def remove(self) -> None:
-        """Delete every object of the journal."""
-        self.store.delete_prefix()
-
 
 def _fetch_for(journal: Journal, meta: dict) -> dict[str, torch.Tensor]:
     return journal.fetch_block(meta["object"], meta["row"])

@@ -151,7 +151,6 @@ def save_engine(
         b = engine.store.get(row)
         tensors.update(block_tensors(b, f"b{row}"))
         blocks.append(block_record(b))
-    old = _manifest_or_none(store)
     name = f"tensors-{secrets.token_hex(6)}"
     manifest = {
         "format": FORMAT,
@@ -168,14 +167,7 @@ def save_engine(
     stale = [k for k in store.list() if k.startswith("tensors-") and k != name]
     with contextlib.suppress(StorageError):  # the previous save's tensors (and any a crash left)
         store.delete(stale)
-    del old
     return folder
-
-
-def _manifest_or_none(store) -> dict | None:
-    with contextlib.suppress(Missing, StorageError):
-        return unpack(store.get(MANIFEST), f"{store.url}/{MANIFEST}")[0]
-    return None
 
 
 def read_manifest(folder: str | Path, endpoint: str | None = None) -> dict:
